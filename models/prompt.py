@@ -1,0 +1,50 @@
+"""Turn text + context segments into the backbone's input positions (CSM's chat template).
+
+Each segment is `<bos>[speaker]text<eos>`; a context segment with audio then has one
+`<|AUDIO|>` position per Mimi frame and one `<|audio_eos|>` position (an all-zero frame).
+The text to speak ends the prompt, with no audio. This is what transformers' CsmProcessor
+chat template produces; no torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .params import NUM_CODEBOOKS, Segment
+
+EOS_FRAME = (0,) * NUM_CODEBOOKS
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    bos: int
+    eos: int
+    audio: int
+    audio_eos: int
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """`token_ids[i]` is a text id, or `audio`/`audio_eos` where the position is a frame;
+    `frames` holds the codes of those positions, in order."""
+
+    token_ids: tuple[int, ...]
+    frames: tuple[tuple[int, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+def build_prompt(tokenizer, ids: SpecialIds, text: str, speaker: int, context: tuple[Segment, ...]) -> PromptTokens:
+    token_ids: list[int] = []
+    frames: list[tuple[int, ...]] = []
+    for seg in (*context, Segment(speaker=speaker, text=text)):
+        token_ids.append(ids.bos)
+        token_ids.extend(tokenizer.encode(f"[{seg.speaker}]{seg.text}", add_special_tokens=False))
+        token_ids.append(ids.eos)
+        if seg.codes:
+            token_ids.extend([ids.audio] * len(seg.codes))
+            token_ids.append(ids.audio_eos)
+            frames.extend(seg.codes)
+            frames.append(EOS_FRAME)
+    return PromptTokens(tuple(token_ids), tuple(frames))

@@ -1,0 +1,223 @@
+"""The model runner: owns every tensor (static KV caches, per-slot sampling state) and runs
+one engine step as batched forwards over the transformers CSM modules' own weights.
+
+Per step: one batched backbone forward for the prompt chunks being prefilled, one batched
+backbone forward for all decoding rows (each at its own position), then ONE batched frame
+sampler for every row that is due a frame: lm_head -> codebook 0, and the 31-step depth
+decoder loop -> codebooks 1..31. Layers, norms, projections and RoPE tables are the
+transformers modules; only the attention glue is ours, because transformers' caches keep
+one position for the whole batch. One host transfer per step: the new codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.models.csm.modeling_csm import apply_rotary_pos_emb
+
+from .sampler import sample, seed_key
+from .scheduler import PrefillChunk, Request, SchedulerOutput
+
+
+@dataclass
+class _KV:
+    """Where one forward writes its new keys/values and what it attends to.
+
+    write: (slot [N], pos [N]) cache coordinates, and (row [N], t [N]) in the new keys,
+    or None when every (row, t=0) is written (decode). read: cache rows, as a slice when
+    they are contiguous (a view, no copy) or an index tensor (a gather)."""
+
+    write_slot: torch.Tensor
+    write_pos: torch.Tensor
+    write_sel: tuple[torch.Tensor, torch.Tensor] | None
+    read: slice | torch.Tensor
+    kv_len: int
+    mask: torch.Tensor | None  # [B, 1, T, kv_len] bool, True = attend
+
+    def update(self, cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """cache [S, kvh, L, hd]; new [B, kvh, T, hd]. Returns the rows to attend to."""
+        new = new.transpose(1, 2)  # [B, T, kvh, hd]
+        new = new[:, 0] if self.write_sel is None else new[self.write_sel]  # [N, kvh, hd]
+        cache[self.write_slot, :, self.write_pos] = new
+        return cache[self.read, :, : self.kv_len]
+
+
+def _rows(slots: list[int]) -> slice | torch.Tensor:
+    lo = slots[0]
+    if slots == list(range(lo, lo + len(slots))):
+        return slice(lo, lo + len(slots))
+    return torch.tensor(slots)
+
+
+class ModelRunner:
+    def __init__(self, model, special_ids, num_slots: int, max_seq_len: int) -> None:
+        cfg = model.config
+        dcfg = cfg.depth_decoder_config
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.model = model
+        self.backbone = model.backbone_model
+        self.depth = model.depth_decoder.model
+        self.heads = model.depth_decoder.codebooks_head.weight  # [31, Hd, V]
+        self.special = special_ids
+        self.num_codebooks = cfg.num_codebooks
+        self.vocab_size = cfg.vocab_size
+        dev, dt = self.device, self.dtype
+        self.k_cache = torch.zeros(
+            cfg.num_hidden_layers, num_slots, cfg.num_key_value_heads, max_seq_len, cfg.head_dim, dtype=dt, device=dev
+        )
+        self.v_cache = torch.zeros_like(self.k_cache)
+        self.dk_cache = torch.zeros(
+            dcfg.num_hidden_layers, num_slots, dcfg.num_key_value_heads, cfg.num_codebooks, dcfg.head_dim,
+            dtype=dt, device=dev,
+        )
+        self.dv_cache = torch.zeros_like(self.dk_cache)
+        self.last_codes = torch.zeros(num_slots, cfg.num_codebooks, dtype=torch.long, device=dev)
+        self.keys = torch.zeros(num_slots, dtype=torch.long, device=dev)
+        self.temperature = torch.zeros(num_slots, dtype=torch.float32, device=dev)
+        self.top_k = torch.ones(num_slots, dtype=torch.long, device=dev)
+        self.top_k_host = [1] * num_slots
+        # RoPE tables for every position, computed once by the modules' own rotary embeddings.
+        probe = torch.zeros(1, dtype=dt, device=dev)
+        self.rope = self.backbone.rotary_emb(probe, torch.arange(max_seq_len, device=dev)[None])  # 2x [1, L, hd]
+        self.depth_rope = self.depth.rotary_emb(probe, torch.arange(cfg.num_codebooks, device=dev)[None])
+
+    # ---- one step -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> tuple[list[Request], list[list[int]]]:
+        """Run one step. Returns the requests that got a frame and their 32 codes each."""
+        hidden, rows = [], []
+        if sched.prefills:
+            for chunk in sched.prefills:
+                if chunk.start == 0:
+                    self._start(chunk.request)
+            h, done = self._prefill(sched.prefills)
+            if done:
+                hidden.append(h)
+                rows += done
+        if sched.decodes:
+            hidden.insert(0, self._decode(sched.decodes))
+            rows = sched.decodes + rows
+        if not rows:
+            return [], []
+        slots = torch.tensor([r.slot for r in rows], device=self.device)
+        frame_idx = torch.tensor([r.num_frames for r in rows], device=self.device)
+        codes = self._sample_frame(torch.cat(hidden), slots, frame_idx, max(self.top_k_host[r.slot] for r in rows))
+        self.last_codes[slots] = codes
+        return rows, codes.tolist()
+
+    def _start(self, req: Request) -> None:
+        self.keys[req.slot] = seed_key(req.seed)
+        self.temperature[req.slot] = req.params.temperature
+        self.top_k[req.slot] = req.params.top_k
+        self.top_k_host[req.slot] = req.params.top_k
+
+    # ---- backbone ---------------------------------------------------------------------------
+    def _prefill(self, chunks: list[PrefillChunk]) -> tuple[torch.Tensor, list[Request]]:
+        """Batched, padded prefill of prompt chunks. Returns the last hidden state [n, H] of
+        the requests whose prompt is now complete, and those requests."""
+        B, T = len(chunks), max(c.length for c in chunks)
+        x = torch.zeros(B, T, self.backbone.config.hidden_size, dtype=self.dtype, device=self.device)
+        for i, c in enumerate(chunks):
+            x[i, : c.length] = self._embed_prompt(c.request, c.start, c.length)
+        start = torch.tensor([c.start for c in chunks], device=self.device)
+        pos = start[:, None] + torch.arange(T, device=self.device)  # [B, T]
+        kv_len = max(c.start + c.length for c in chunks)
+        mask = torch.arange(kv_len, device=self.device) <= pos[:, :, None]  # [B, T, kv_len]
+        rows = torch.tensor([i for i, c in enumerate(chunks) for _ in range(c.length)], device=self.device)
+        ts = torch.tensor([t for c in chunks for t in range(c.length)], device=self.device)
+        slots = torch.tensor([c.request.slot for c in chunks], device=self.device)
+        kv = _KV(slots[rows], start[rows] + ts, (rows, ts), _rows([c.request.slot for c in chunks]), kv_len,
+                 mask[:, None])
+        h = self._backbone(x, pos.clamp(max=self.rope[0].shape[1] - 1), kv)  # [B, T, H]
+        last = [(i, c) for i, c in enumerate(chunks) if c.is_last]
+        if not last:
+            return h[:0, 0], []
+        idx = torch.tensor([i for i, _ in last], device=self.device)
+        t_last = torch.tensor([c.length - 1 for _, c in last], device=self.device)
+        return h[idx, t_last], [c.request for _, c in last]
+
+    def _decode(self, reqs: list[Request]) -> torch.Tensor:
+        """One backbone step for every decoding row, each at its own position. Returns [B, H]."""
+        slot_list = [r.slot for r in reqs]
+        slots = torch.tensor(slot_list, device=self.device)
+        pos_list = [r.num_prompt + r.num_frames - 1 for r in reqs]  # where the last frame goes
+        pos = torch.tensor(pos_list, device=self.device)
+        kv_len = max(pos_list) + 1
+        mask = torch.arange(kv_len, device=self.device) <= pos[:, None]  # [B, kv_len]
+        x = self.backbone.embed_tokens(self.last_codes[slots][:, None, :])  # [B, 1, H]
+        kv = _KV(slots, pos, None, _rows(slot_list), kv_len, mask[:, None, None])
+        return self._backbone(x, pos[:, None], kv)[:, 0]
+
+    def _backbone(self, x: torch.Tensor, pos: torch.Tensor, kv: _KV) -> torch.Tensor:
+        cos, sin = self.rope[0][0, pos], self.rope[1][0, pos]  # [B, T, hd]
+        for i, layer in enumerate(self.backbone.layers):
+            x = self._layer(layer, x, cos, sin, self.k_cache[i], self.v_cache[i], kv)
+        return self.backbone.norm(x)
+
+    def _layer(self, layer, x, cos, sin, k_cache, v_cache, kv: _KV) -> torch.Tensor:
+        """CsmDecoderLayer's math with our KV cache: x + attn(norm(x)), then x + mlp(norm(x))."""
+        attn = layer.self_attn
+        B, T, _ = x.shape
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        k = attn.k_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, kvh, T, hd]
+        v = attn.v_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys, values = kv.update(k_cache, k), kv.update(v_cache, v)  # [B, kvh, kv_len, hd]
+        o = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=kv.mask, is_causal=kv.mask is None and T > 1,
+            scale=attn.scaling, enable_gqa=True,
+        )  # [B, nh, T, hd]
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _embed_prompt(self, req: Request, start: int, length: int) -> torch.Tensor:
+        """Text embeddings, with audio / audio-eos positions replaced by summed frame codes,
+        as transformers' `_merge_input_ids_with_input_values` does. Returns [length, H]."""
+        token_ids = req.prompt.token_ids
+        ids = torch.tensor(token_ids[start : start + length], device=self.device)
+        emb = self.model.embed_text_tokens(ids)
+        is_audio = (ids == self.special.audio) | (ids == self.special.audio_eos)
+        n_audio = int(is_audio.sum())
+        if n_audio:
+            first = sum(1 for t in token_ids[:start] if t in (self.special.audio, self.special.audio_eos))
+            codes = torch.tensor(req.prompt.frames[first : first + n_audio], device=self.device)
+            emb[is_audio] = self.backbone.embed_tokens(codes[None])[0]
+        return emb
+
+    # ---- frame sampling: codebook 0 from the backbone, 1..31 from the depth decoder -------
+    def _sample_frame(self, hidden, slots, frame_idx, max_top_k: int) -> torch.Tensor:
+        """hidden [N, H] backbone last states -> codes [N, 32], all rows in one depth loop."""
+        N, V = hidden.shape[0], self.vocab_size
+        temp, top_k, keys = self.temperature[slots], self.top_k[slots], self.keys[slots]
+        counter = frame_idx * self.num_codebooks
+
+        def pick(logits: torch.Tensor, codebook: int) -> torch.Tensor:
+            return sample(logits, temp, top_k, keys, counter + codebook, max_top_k)
+
+        codes = [pick(self.model.lm_head(hidden), 0)]
+        x = torch.stack([hidden, self.depth.embed_tokens(codes[0])], dim=1)  # [N, 2, H]
+        dk, dv = self.dk_cache[:, :N], self.dv_cache[:, :N]
+        rows = torch.arange(N, device=self.device)
+        for p in range(1, self.num_codebooks):
+            if p > 1:
+                x = self.depth.embed_tokens(codes[-1] + (p - 1) * V)[:, None]  # [N, 1, H]
+            start, T = (0, 2) if p == 1 else (p, 1)
+            x = self.depth.inputs_embeds_projector(x)  # [N, T, Hd]
+            pos = torch.arange(start, start + T, device=self.device)
+            kv = _KV(rows.repeat_interleave(T), pos.repeat(N), None if T == 1 else _all(N, T, self.device),
+                     slice(0, N), start + T, None)
+            cos, sin = self.depth_rope[0][:, start : start + T], self.depth_rope[1][:, start : start + T]
+            for i, layer in enumerate(self.depth.layers):
+                x = self._layer(layer, x, cos, sin, dk[i], dv[i], kv)
+            h = self.depth.norm(x[:, -1])  # [N, Hd]
+            codes.append(pick(h @ self.heads[p - 1], p))
+        return torch.stack(codes, dim=1)
+
+
+def _all(n: int, t: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (row, t) pair, row-major: selects all new keys of a multi-token forward."""
+    return (torch.arange(n, device=device).repeat_interleave(t), torch.arange(t, device=device).repeat(n))

@@ -1,0 +1,61 @@
+"""Per-row sampling with a counter-based RNG: temperature, top-k, seed, no host sync.
+
+A row's random numbers are a hash of (its request's seed, its frame index, the codebook,
+the vocabulary index), so a request's codes depend only on its own inputs and seed: not on
+which rows share its batch, nor on when it joined. Sampling is Gumbel-max (argmax of
+logits/T + Gumbel noise), which draws exactly from softmax(logits/T) restricted to the
+top-k, like transformers' temperature + top-k + multinomial. Temperature 0 is greedy.
+All ops are plain tensor ops: graph-capturable, nothing read back to the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+# Multipliers below 2**31 keep every product of a 32-bit value under 2**63 (no int64 overflow).
+_MULS = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39)
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding 32-bit values."""
+    for m in _MULS:
+        x = x ^ (x >> 16)
+        x = (x * m) & _MASK32
+    return x ^ (x >> 16)
+
+
+def seed_key(seed: int) -> int:
+    """Fold a 63-bit seed into a 32-bit row key (host side, once per request)."""
+    lo = torch.tensor(seed & _MASK32, dtype=torch.int64)
+    hi = torch.tensor((seed >> 32) & _MASK32, dtype=torch.int64)
+    return int(mix32(mix32(hi) ^ lo))
+
+
+def gumbel_noise(keys: torch.Tensor, counters: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[B, V] float32 Gumbel(0, 1) noise from row keys [B] and per-row counters [B]."""
+    row = mix32(keys ^ mix32(counters))  # [B]
+    vocab = torch.arange(vocab_size, device=keys.device, dtype=torch.int64)
+    bits = mix32(row[:, None] ^ mix32(vocab + 0x5BD1E995)[None, :])  # [B, V]
+    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    keys: torch.Tensor,
+    counters: torch.Tensor,
+    max_top_k: int,
+) -> torch.Tensor:
+    """Sample one id per row. logits [B, V]; temperature [B] float; top_k [B] int64;
+    keys, counters [B] int64; max_top_k is top_k.max() known on the host. Returns [B] int64."""
+    logits = logits.float()
+    kth = torch.topk(logits, max_top_k, dim=-1).values.gather(1, (top_k - 1)[:, None])  # [B, 1]
+    masked = logits.masked_fill(logits < kth, float("-inf"))
+    is_greedy = temperature <= 0
+    inv_t = torch.where(is_greedy, torch.ones_like(temperature), 1.0 / temperature)[:, None]
+    noise = gumbel_noise(keys, counters, logits.shape[-1])
+    scores = torch.where(is_greedy[:, None], logits, masked * inv_t + noise)
+    return scores.argmax(dim=-1)
