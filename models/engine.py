@@ -83,6 +83,16 @@ class Engine:
         self.scheduler.finish(req, FinishReason.ABORT)
         self._aborted.append(req)
 
+    def abort_all(self) -> list[str]:
+        """End every request at once (after a failed step); returns their ids. No outputs follow."""
+        ids = list(self._requests)
+        for req in self._requests.values():
+            if req.status is not RequestStatus.FINISHED:
+                self.scheduler.finish(req, FinishReason.ABORT)
+        self._requests.clear()
+        self._aborted.clear()
+        return ids
+
     def step(self) -> list[StepOutput]:
         """Run one frame for every running request (prefilling new ones first) and return
         what each produced. Finished requests appear once, with is_finished and the reason."""

@@ -178,14 +178,14 @@ class ModelRunner:
         """Text embeddings, with audio / audio-eos positions replaced by summed frame codes,
         as transformers' `_merge_input_ids_with_input_values` does. Returns [length, H]."""
         token_ids = req.prompt.token_ids
-        ids = torch.tensor(token_ids[start : start + length], device=self.device)
-        emb = self.model.embed_text_tokens(ids)
-        is_audio = (ids == self.special.audio) | (ids == self.special.audio_eos)
-        n_audio = int(is_audio.sum())
-        if n_audio:
-            first = sum(1 for t in token_ids[:start] if t in (self.special.audio, self.special.audio_eos))
-            codes = torch.tensor(req.prompt.frames[first : first + n_audio], device=self.device)
-            emb[is_audio] = self.backbone.embed_tokens(codes[None])[0]
+        audio_ids = (self.special.audio, self.special.audio_eos)
+        chunk = token_ids[start : start + length]
+        emb = self.model.embed_text_tokens(torch.tensor(chunk, device=self.device))
+        where = [t for t, tok in enumerate(chunk) if tok in audio_ids]  # on the host: no sync
+        if where:
+            first = sum(1 for tok in token_ids[:start] if tok in audio_ids)
+            codes = torch.tensor(req.prompt.frames[first : first + len(where)], device=self.device)
+            emb[torch.tensor(where, device=self.device)] = self.backbone.embed_tokens(codes[None])[0]
         return emb
 
     # ---- frame sampling: codebook 0 from the backbone, 1..31 from the depth decoder -------

@@ -1,0 +1,30 @@
+# Two commands: `make serve` and `make test`. Everything installs into .venv from scratch.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build; on a GPU/NPU host install the matching torch (and torch_npu) instead.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -m "not accel" $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not accel and not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m benchmarks.engine_bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from models import EngineConfig, Engine, load_model
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The embedded tiny model in float32 on CPU (tight numerics against transformers)."""
+    return load_model("csm-tiny", device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def make_engine(tiny):
+    def make(**overrides) -> Engine:
+        return Engine(tiny, EngineConfig(**{"max_num_seqs": 4, **overrides}))
+
+    return make
+
+
+def run_to_end(engine: Engine, max_steps: int = 10_000) -> dict:
+    """Step until idle; returns {request_id: (frames, finish_reason)}."""
+    frames: dict[str, list] = {}
+    reasons: dict[str, object] = {}
+    for _ in range(max_steps):
+        if not engine.has_unfinished_requests():
+            break
+        for out in engine.step():
+            frames.setdefault(out.request_id, []).extend(out.frames)
+            if out.is_finished:
+                reasons[out.request_id] = out.finish_reason
+    return {rid: (frames.get(rid, []), reasons.get(rid)) for rid in set(frames) | set(reasons)}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,170 @@
+"""Engine behaviour: batching invariance, slots, FIFO, EOS/length, aborts, bad params."""
+
+import pytest
+
+from models import GenerationParams, Segment
+from tests.conftest import run_to_end
+
+TEXT = "Batching must not change what a request says."
+
+
+def _alone(make_engine, text, params, **cfg):
+    engine = make_engine(**cfg)
+    engine.add_request("x", text, params)
+    return run_to_end(engine)["x"]
+
+
+def test_same_seed_same_codes_alone_and_among_15_others(make_engine):
+    """A seeded, sampled request gives identical codes alone and in a busy batch where 15
+    others join before and after it and finish at different steps."""
+    params = GenerationParams(seed=1234, temperature=0.9, top_k=50, max_frames=24)
+    alone_frames, alone_reason = _alone(make_engine, TEXT, params)
+
+    engine = make_engine(max_num_seqs=16, max_prefill_tokens=64)
+    frames: list = []
+    batch_sizes: list[int] = []
+
+    def step():
+        for out in engine.step():
+            if out.request_id == "x":
+                frames.extend(out.frames)
+        batch_sizes.append(engine.stats().last_batch_size)
+
+    for i in range(7):  # running before x arrives
+        engine.add_request(f"early{i}", f"Early request {i}. " * (i + 1), GenerationParams(seed=i, max_frames=10 + 4 * i))
+    for _ in range(3):
+        step()
+    engine.add_request("x", TEXT, params)
+    step()
+    for i in range(8):  # joining while x runs
+        engine.add_request(f"late{i}", f"Late {i}.", GenerationParams(seed=100 + i, max_frames=3 + 4 * i, top_k=5 + i))
+        step()
+    results = run_to_end(engine)
+    frames.extend(results["x"][0])
+    assert results["x"][1] == alone_reason
+    assert max(batch_sizes) >= 12 and len(set(batch_sizes)) > 3  # a busy, changing batch
+    assert len(alone_frames) == 24
+    assert frames == alone_frames
+
+
+def test_seed_reproducible_and_seeds_differ(make_engine):
+    a = _alone(make_engine, TEXT, GenerationParams(seed=5, max_frames=6))[0]
+    b = _alone(make_engine, TEXT, GenerationParams(seed=5, max_frames=6))[0]
+    c = _alone(make_engine, TEXT, GenerationParams(seed=6, max_frames=6))[0]
+    assert a == b
+    assert a != c
+
+
+def test_chunked_prefill_gives_same_codes(make_engine):
+    """A long voice prompt prefilled 16 positions per step equals one-shot prefill."""
+    ctx = Segment(speaker=2, text="A long earlier turn " * 6, codes=tuple((i % 2048,) * 32 for i in range(40)))
+    params = GenerationParams(context=(ctx,), seed=9, max_frames=8)
+    whole = _alone(make_engine, TEXT, params, max_prefill_tokens=4096)
+    chunked = _alone(make_engine, TEXT, params, max_prefill_tokens=16)
+    assert whole == chunked
+
+
+def test_max_frames_ends_with_length(make_engine):
+    frames, reason = _alone(make_engine, TEXT, GenerationParams(max_frames=7, seed=1))
+    assert reason.value == "length" and len(frames) == 7
+    assert all(len(f) == 32 and all(0 <= c < 2051 for c in f) for f in frames)
+
+
+def test_default_max_frames_derived_from_text_and_capped(make_engine):
+    engine = make_engine(max_frames_cap=200)
+    short = engine.prepare("a", "Hello there.")
+    long = engine.prepare("b", "word " * 100)
+    assert 38 < short.max_frames < 80
+    assert long.max_frames == 200
+
+
+def test_fifo_waiting_when_slots_run_out(make_engine):
+    engine = make_engine(max_num_seqs=2)
+    for i in range(4):
+        engine.add_request(f"r{i}", TEXT, GenerationParams(seed=i, max_frames=3 + i))
+    engine.step()
+    stats = engine.stats()
+    assert (stats.num_running, stats.num_waiting, stats.num_kv_slots_used) == (2, 2, 2)
+    assert [r.request_id for r in engine.scheduler.running] == ["r0", "r1"]
+    order = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.is_finished:
+                order.append(out.request_id)
+    assert order == ["r0", "r1", "r2", "r3"]
+    assert engine.stats().num_kv_slots_used == 0
+
+
+def test_abort_frees_slot_for_waiting_request(make_engine):
+    engine = make_engine(max_num_seqs=1)
+    engine.add_request("a", TEXT, GenerationParams(max_frames=50))
+    engine.add_request("b", TEXT, GenerationParams(max_frames=2))
+    engine.step()
+    assert engine.stats().num_waiting == 1
+    engine.abort_request("a")
+    outs = engine.step()
+    aborted = [o for o in outs if o.request_id == "a"]
+    assert aborted and aborted[0].is_finished and aborted[0].finish_reason.value == "abort"
+    assert [o.request_id for o in outs if o.frames] == ["b"]  # b took the slot in the same step
+    run_to_end(engine)
+    assert engine.stats().num_kv_slots_used == 0 and not engine.has_unfinished_requests()
+    engine.abort_request("a")  # unknown / finished ids are ignored
+
+
+def test_abort_waiting_request(make_engine):
+    engine = make_engine(max_num_seqs=1)
+    engine.add_request("a", TEXT, GenerationParams(max_frames=2))
+    engine.add_request("b", TEXT, GenerationParams(max_frames=2))
+    engine.abort_request("b")
+    results = run_to_end(engine)
+    assert results["b"] == ([], results["b"][1]) and results["b"][1].value == "abort"
+    assert len(results["a"][0]) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"max_frames": 0}, "max_frames"),
+        ({"seed": -1}, "seed"),
+        ({"speaker": -3}, "speaker"),
+        ({"nucleus": 0.5}, "nucleus"),
+    ],
+)
+def test_bad_params_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        GenerationParams(**kwargs)
+
+
+def test_bad_codes_in_context():
+    with pytest.raises(ValueError, match="codes"):
+        Segment(text="x", codes=((1, 2, 3),))
+    with pytest.raises(ValueError, match="codes"):
+        Segment(text="x", codes=((4096,) * 32,))
+
+
+def test_requests_that_cannot_fit_are_rejected(make_engine):
+    engine = make_engine(max_seq_len=64, max_frames_cap=32)
+    with pytest.raises(ValueError, match="prompt"):
+        engine.add_request("a", "x" * 100)
+    with pytest.raises(ValueError, match="max_frames"):
+        engine.add_request("b", "hi", GenerationParams(max_frames=60))
+    with pytest.raises(ValueError, match="prompt"):
+        engine.add_request("c", "   ")
+    engine.add_request("d", "hi", GenerationParams(max_frames=2))
+    with pytest.raises(ValueError, match="request_id"):
+        engine.add_request("d", "hi")
+    assert engine.stats().num_waiting == 1
+
+
+def test_stats_report_batch_and_steps(make_engine):
+    engine = make_engine()
+    for i in range(3):
+        engine.add_request(f"r{i}", TEXT, GenerationParams(seed=i, max_frames=4))
+    engine.step()
+    s = engine.stats()
+    assert s.last_batch_size == 3 and s.num_running == 3 and s.num_kv_slots_total == 4
+    assert s.last_step_s > 0 and s.num_prompt_tokens_total > 0
+    run_to_end(engine)
+    assert engine.stats().num_frames_total == 12
