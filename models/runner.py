@@ -83,6 +83,7 @@ class ModelRunner:
         probe = torch.zeros(1, dtype=dt, device=dev)
         self.rope = self.backbone.rotary_emb(probe, torch.arange(max_seq_len, device=dev)[None])  # 2x [1, L, hd]
         self.depth_rope = self.depth.rotary_emb(probe, torch.arange(cfg.num_codebooks, device=dev)[None])
+        self._causal2 = torch.ones(2, 2, dtype=torch.bool, device=dev).tril()[None, None]  # depth's first step
 
     # ---- one step -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -167,10 +168,7 @@ class ModelRunner:
         v = attn.v_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = kv.update(k_cache, k), kv.update(v_cache, v)  # [B, kvh, kv_len, hd]
-        o = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=kv.mask, is_causal=kv.mask is None and T > 1,
-            scale=attn.scaling, enable_gqa=True,
-        )  # [B, nh, T, hd]
+        o = attention(q, keys, values, kv.mask, attn.scaling)  # [B, nh, T, hd]
         x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -209,13 +207,33 @@ class ModelRunner:
             x = self.depth.inputs_embeds_projector(x)  # [N, T, Hd]
             pos = torch.arange(start, start + T, device=self.device)
             kv = _KV(rows.repeat_interleave(T), pos.repeat(N), None if T == 1 else _all(N, T, self.device),
-                     slice(0, N), start + T, None)
+                     slice(0, N), start + T, None if T == 1 else self._causal2)
             cos, sin = self.depth_rope[0][:, start : start + T], self.depth_rope[1][:, start : start + T]
             for i, layer in enumerate(self.depth.layers):
                 x = self._layer(layer, x, cos, sin, dk[i], dv[i], kv)
             h = self.depth.norm(x[:, -1])  # [N, Hd]
             codes.append(pick(h @ self.heads[p - 1], p))
         return torch.stack(codes, dim=1)
+
+
+def attention(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Grouped-query attention. q [B, nh, T, hd]; k, v [B, kvh, L, hd]; mask [B|1, 1, T, L]
+    bool (True = attend) or None (all visible). Returns [B, nh, T, hd].
+
+    On CPU an explicit grouped matmul-softmax-matmul (softmax in float32, like transformers'
+    eager attention) is 5-15x faster than SDPA's flash kernel for decode shapes; accelerators
+    use SDPA."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    B, nh, T, hd = q.shape
+    kvh, L = k.shape[1], k.shape[2]
+    g = nh // kvh
+    scores = (q.reshape(B, kvh, g * T, hd) @ k.transpose(-1, -2)).float() * scale  # [B, kvh, g*T, L]
+    if mask is not None:
+        mask = mask[:, :, None].expand(-1, -1, g, -1, -1).reshape(mask.shape[0], 1, g * T, L)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1).to(q.dtype)
+    return (probs @ v).reshape(B, nh, T, hd)
 
 
 def _all(n: int, t: int, device) -> tuple[torch.Tensor, torch.Tensor]:
