@@ -7,6 +7,7 @@ deployment and any in-process server wrap this.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .engine import Engine
-from .params import GenerationParams, StepOutput
+from .params import GenerationParams, Segment, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,13 @@ class AsyncEngine:
                 self._send(("abort", request_id))
             self._streams.pop(request_id, None)
 
+    async def add_prefix(self, context: tuple[Segment, ...]) -> int:
+        """Cache a voice prompt's KV on the engine thread (see Engine.add_prefix)."""
+        self.check_health()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._send(("prefix", (tuple(context), future)))
+        return await asyncio.wrap_future(future)
+
     def stats(self):
         return self.engine.stats()
 
@@ -111,8 +119,14 @@ class AsyncEngine:
                     self.engine.add_request(arg.request_id, arg)
                 except ValueError as e:
                     self._deliver_error(arg.request_id, e)
-            else:
+            elif kind == "abort":
                 self.engine.abort_request(arg)
+            else:  # "prefix": (context, future), run here because the loop thread owns the engine
+                context, future = arg
+                try:
+                    future.set_result(self.engine.add_prefix(context))
+                except Exception as e:
+                    future.set_exception(e)
 
     def _deliver_error(self, request_id: str, error: BaseException) -> None:
         stream = self._streams.get(request_id)

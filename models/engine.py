@@ -8,8 +8,8 @@ import time
 
 from .config import EngineConfig
 from .loader import LoadedModel
-from .params import EngineStats, FinishReason, FRAME_RATE_HZ, GenerationParams, RequestStatus, StepOutput
-from .prompt import build_prompt
+from .params import EngineStats, FinishReason, FRAME_RATE_HZ, GenerationParams, RequestStatus, Segment, StepOutput
+from .prompt import build_prompt, encode_segments
 from .runner import ModelRunner
 from .scheduler import Request, Scheduler
 
@@ -32,6 +32,8 @@ class Engine:
         self._num_steps = 0
         self._num_frames_total = 0
         self._num_prompt_tokens_total = 0
+        self._num_prefix_hits = 0
+        self._prefixes: dict[tuple[Segment, ...], object] = {}
 
     def prepare(self, request_id: str, prompt: str, params: GenerationParams | None = None) -> Request:
         """Validate and tokenize a request without touching engine state (any thread may call).
@@ -57,7 +59,31 @@ class Engine:
         else:
             max_frames = min(self.default_max_frames(prompt), room, self.config.max_frames_cap)
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return Request(request_id, tokens, params, seed, max_frames)
+        prefix = self._longest_prefix(params.context)
+        cached = prefix.length if prefix is not None else 0
+        return Request(request_id, tokens, params, seed, max_frames, num_prefilled=cached, num_cached=cached, prefix=prefix)
+
+    def _longest_prefix(self, context: tuple[Segment, ...]):
+        """The cached prefix covering the most leading context segments, if any."""
+        for k in range(len(context), 0, -1):
+            prefix = self._prefixes.get(context[:k])
+            if prefix is not None:
+                return prefix
+        return None
+
+    def add_prefix(self, context: tuple[Segment, ...]) -> int:
+        """Prefill a voice prompt (context segments) once. Requests whose `context` equals it
+        start prefilling after it, with identical results. Returns its length in positions."""
+        context = tuple(context)
+        tokens = encode_segments(self.loaded.tokenizer, self.loaded.special_ids, context)
+        if not context or len(tokens) >= self.config.max_seq_len:
+            raise ValueError(f"context: {len(tokens)} positions do not fit max_seq_len {self.config.max_seq_len}")
+        self._prefixes[context] = self.runner.compute_prefix(tokens, self.config.max_prefill_tokens)
+        return len(tokens)
+
+    def remove_prefix(self, context: tuple[Segment, ...]) -> None:
+        """Forget a cached prefix (requests already holding it keep their copy)."""
+        self._prefixes.pop(tuple(context), None)
 
     def default_max_frames(self, text: str) -> int:
         """A generous frame cap from the text: slow speech plus a margin (CSM may never emit EOS)."""
@@ -72,6 +98,7 @@ class Engine:
         if req.request_id in self._requests:
             raise ValueError(f"request_id: {req.request_id!r} is already in the engine")
         self._requests[req.request_id] = req
+        self._num_prefix_hits += req.prefix is not None
         self.scheduler.add(req)
 
     def abort_request(self, request_id: str) -> None:
@@ -143,4 +170,6 @@ class Engine:
             num_steps=self._num_steps,
             num_frames_total=self._num_frames_total,
             num_prompt_tokens_total=self._num_prompt_tokens_total,
+            num_prefix_hits=self._num_prefix_hits,
+            num_prefixes=len(self._prefixes),
         )

@@ -93,3 +93,5 @@ class EngineStats:
     num_steps: int
     num_frames_total: int
     num_prompt_tokens_total: int
+    num_prefix_hits: int = 0
+    num_prefixes: int = 0

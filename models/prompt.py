@@ -35,10 +35,10 @@ class PromptTokens:
         return len(self.token_ids)
 
 
-def build_prompt(tokenizer, ids: SpecialIds, text: str, speaker: int, context: tuple[Segment, ...]) -> PromptTokens:
+def encode_segments(tokenizer, ids: SpecialIds, segments: tuple[Segment, ...]) -> PromptTokens:
     token_ids: list[int] = []
     frames: list[tuple[int, ...]] = []
-    for seg in (*context, Segment(speaker=speaker, text=text)):
+    for seg in segments:
         token_ids.append(ids.bos)
         token_ids.extend(tokenizer.encode(f"[{seg.speaker}]{seg.text}", add_special_tokens=False))
         token_ids.append(ids.eos)
@@ -48,3 +48,8 @@ def build_prompt(tokenizer, ids: SpecialIds, text: str, speaker: int, context: t
             frames.extend(seg.codes)
             frames.append(EOS_FRAME)
     return PromptTokens(tuple(token_ids), tuple(frames))
+
+
+def build_prompt(tokenizer, ids: SpecialIds, text: str, speaker: int, context: tuple[Segment, ...]) -> PromptTokens:
+    """The context segments, then the text to speak: its positions extend the context's."""
+    return encode_segments(tokenizer, ids, (*context, Segment(speaker=speaker, text=text)))

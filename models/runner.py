@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.csm.modeling_csm import apply_rotary_pos_emb
 
+from .params import GenerationParams
+from .prompt import PromptTokens
 from .sampler import sample, seed_key
 from .scheduler import PrefillChunk, Request, SchedulerOutput
 
@@ -44,6 +46,15 @@ class _KV:
         return cache[self.read, :, : self.kv_len]
 
 
+@dataclass(frozen=True)
+class PrefixKV:
+    """Backbone keys/values of a prompt prefix (a voice's context), computed once."""
+
+    length: int
+    keys: torch.Tensor  # [layers, kvh, length, hd]
+    values: torch.Tensor
+
+
 def _rows(slots: list[int]) -> slice | torch.Tensor:
     lo = slots[0]
     if slots == list(range(lo, lo + len(slots))):
@@ -65,8 +76,9 @@ class ModelRunner:
         self.num_codebooks = cfg.num_codebooks
         self.vocab_size = cfg.vocab_size
         dev, dt = self.device, self.dtype
+        self.scratch_slot = num_slots  # one extra KV row, where prefixes are computed
         self.k_cache = torch.zeros(
-            cfg.num_hidden_layers, num_slots, cfg.num_key_value_heads, max_seq_len, cfg.head_dim, dtype=dt, device=dev
+            cfg.num_hidden_layers, num_slots + 1, cfg.num_key_value_heads, max_seq_len, cfg.head_dim, dtype=dt, device=dev
         )
         self.v_cache = torch.zeros_like(self.k_cache)
         self.dk_cache = torch.zeros(
@@ -92,7 +104,7 @@ class ModelRunner:
         hidden, rows = [], []
         if sched.prefills:
             for chunk in sched.prefills:
-                if chunk.start == 0:
+                if chunk.start == chunk.request.num_cached:
                     self._start(chunk.request)
             h, done = self._prefill(sched.prefills)
             if done:
@@ -109,7 +121,21 @@ class ModelRunner:
         self.last_codes[slots] = codes
         return rows, codes.tolist()
 
+    @torch.inference_mode()
+    def compute_prefix(self, prompt: PromptTokens, chunk: int) -> PrefixKV:
+        """Prefill `prompt` in the scratch slot, `chunk` positions per forward; keep its KV."""
+        req = Request("prefix", prompt, GenerationParams(), 0, 1, slot=self.scratch_slot)
+        for start in range(0, len(prompt), chunk):
+            self._prefill([PrefillChunk(req, start, min(chunk, len(prompt) - start))])
+        n, s = len(prompt), self.scratch_slot
+        return PrefixKV(n, self.k_cache[:, s, :, :n].clone(), self.v_cache[:, s, :, :n].clone())
+
     def _start(self, req: Request) -> None:
+        """A request's first prefill chunk: load its cached prefix, set its sampling state."""
+        if req.prefix is not None:
+            n = req.prefix.length
+            self.k_cache[:, req.slot, :, :n] = req.prefix.keys
+            self.v_cache[:, req.slot, :, :n] = req.prefix.values
         self.keys[req.slot] = seed_key(req.seed)
         self.temperature[req.slot] = req.params.temperature
         self.top_k[req.slot] = req.params.top_k

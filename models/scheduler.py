@@ -25,6 +25,8 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     slot: int = -1
     num_prefilled: int = 0  # prompt positions already in the KV cache
+    num_cached: int = 0  # leading prompt positions whose KV comes from the prefix cache
+    prefix: object | None = None  # the runner's cached KV for those positions (opaque here)
     num_frames: int = 0  # frames sampled so far
     finish_reason: FinishReason | None = None
 

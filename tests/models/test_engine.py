@@ -168,3 +168,40 @@ def test_stats_report_batch_and_steps(make_engine):
     assert s.last_step_s > 0 and s.num_prompt_tokens_total > 0
     run_to_end(engine)
     assert engine.stats().num_frames_total == 12
+
+
+def _voice():
+    return (Segment(speaker=3, text="This is how I sound.", codes=tuple(((7 * i) % 2048,) * 32 for i in range(30))),)
+
+
+def test_voice_prefix_reuse_gives_identical_codes(make_engine):
+    """A request whose context is a cached prefix skips re-prefilling it, with the same codes."""
+    params = GenerationParams(context=_voice(), seed=21, max_frames=10)
+    full = _alone(make_engine, TEXT, params)
+    engine = make_engine(max_prefill_tokens=32)
+    length = engine.add_prefix(_voice())
+    req = engine.prepare("x", TEXT, params)
+    assert req.num_prefilled == req.num_cached == length > 30
+    engine.add_request("x", req)
+    engine.add_request("y", TEXT, GenerationParams(context=_voice(), seed=22, max_frames=3))
+    results = run_to_end(engine)
+    assert results["x"] == full
+    stats = engine.stats()
+    assert stats.num_prefix_hits == 2 and stats.num_prefixes == 1
+    assert stats.num_prompt_tokens_total < 2 * len(req.prompt) - length  # the prefix was not prefilled again
+    engine.remove_prefix(_voice())
+    assert engine.prepare("z", TEXT, params).num_cached == 0
+
+
+def test_async_add_prefix(make_engine):
+    import asyncio
+
+    from models import AsyncEngine
+
+    engine = AsyncEngine(make_engine(), idle_wait_s=0.05)
+    try:
+        assert asyncio.run(engine.add_prefix(_voice())) > 30
+        with pytest.raises(ValueError, match="context"):
+            asyncio.run(engine.add_prefix(()))
+    finally:
+        engine.shutdown()

@@ -1,0 +1,106 @@
+"""Text segments in, PCM out: one voice, each segment generated with the previous one as
+context (so the voice holds), all decoded by one streaming Mimi row per stream (so the
+segments join without gaps, clicks or repeated audio).
+
+The HTTP edge splits long input into segments (serve.text) and resolves the voice; this
+module only needs the voice's context segments, e.g. from `encode_clip`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import numpy as np
+import torch
+
+from .async_engine import AsyncEngine
+from .mimi_stream import CODEBOOK_SIZE, StreamingMimiDecoder
+from .params import GenerationParams, SAMPLE_RATE_HZ, Segment
+
+
+class NoStreamCapacity(RuntimeError):
+    """Every decoder row is streaming: the caller should retry later (503/429)."""
+
+
+@torch.inference_mode()
+def encode_clip(codec, pcm: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """Mimi codes of a whole 24 kHz mono clip, as frames of 32 codes (encoded once per voice)."""
+    param = next(codec.parameters())
+    wave = torch.as_tensor(np.asarray(pcm, dtype=np.float32), device=param.device).to(param.dtype)
+    codes = codec.encode(wave[None, None]).audio_codes[0]  # [32, frames]
+    return tuple(map(tuple, codes.T.tolist()))
+
+
+class SpeechPipeline:
+    def __init__(self, engine: AsyncEngine, max_streams: int, chunk_frames: int = 3) -> None:
+        self.engine = engine
+        self.chunk_frames = chunk_frames
+        self.decoder = StreamingMimiDecoder(engine.engine.loaded.model.codec_model, max_streams)
+        self._free_rows = list(range(max_streams))
+        self._decode_lock = threading.Lock()
+        self.voices: dict[str, tuple[Segment, ...]] = {}  # voice id -> its context segments
+
+    async def add_voice(self, voice_id: str, speaker: int, clips: list[tuple[np.ndarray, str]]) -> tuple[Segment, ...]:
+        """Encode a voice's reference clips with Mimi once, and cache the backbone KV of its
+        prompt in the engine, so its requests start without re-prefilling it."""
+        codec = self.engine.engine.loaded.model.codec_model
+        context = []
+        for pcm, transcript in clips:
+            codes = await asyncio.to_thread(encode_clip, codec, pcm)
+            context.append(Segment(speaker=speaker, text=transcript, codes=codes))
+        if context:
+            await self.engine.add_prefix(tuple(context))
+        self.voices[voice_id] = tuple(context)
+        return self.voices[voice_id]
+
+    async def stream(
+        self,
+        request_id: str,
+        segments: list[str],
+        voice: tuple[Segment, ...] = (),
+        params: GenerationParams | None = None,
+    ) -> AsyncIterator[np.ndarray]:
+        """Yield float32 PCM chunks (24 kHz mono) of about `chunk_frames` frames each.
+
+        `params.context` is ignored: the context is `voice` plus the previous segment.
+        With a seed, segment i uses seed + i."""
+        params = params or GenerationParams()
+        if not self._free_rows:
+            raise NoStreamCapacity("all audio streams are busy")
+        row = self._free_rows.pop()
+        try:
+            self.decoder.reset([row])
+            previous: tuple[Segment, ...] = ()
+            for i, text in enumerate(segments):
+                update = {"context": voice + previous}
+                if params.seed is not None:
+                    update["seed"] = params.seed + i
+                frames: list[list[int]] = []
+                pending: list[list[int]] = []
+                async for out in self.engine.generate(f"{request_id}/{i}", text, params.model_copy(update=update)):
+                    frames += out.frames
+                    pending += out.frames
+                    if len(pending) >= self.chunk_frames:
+                        yield await self._decode(row, pending)
+                        pending = []
+                if pending:
+                    yield await self._decode(row, pending)
+                codes = tuple(tuple(min(c, CODEBOOK_SIZE - 1) for c in f) for f in frames)
+                previous = (Segment(speaker=params.speaker, text=text, codes=codes),) if codes else ()
+        finally:
+            self._free_rows.append(row)
+
+    async def _decode(self, row: int, frames: list[list[int]]) -> np.ndarray:
+        codes = torch.tensor(frames).T[None]  # [1, 32, T]
+
+        def run() -> np.ndarray:
+            with self._decode_lock:
+                return self.decoder.decode([row], codes)[0].cpu().numpy()
+
+        return await asyncio.to_thread(run)
+
+
+def pcm_seconds(pcm: np.ndarray) -> float:
+    return len(pcm) / SAMPLE_RATE_HZ

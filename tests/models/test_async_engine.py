@@ -1,0 +1,124 @@
+"""AsyncEngine: streaming, concurrency, cancellation frees slots, failed steps end requests."""
+
+import asyncio
+
+import pytest
+
+from models import AsyncEngine, EngineStepError, GenerationParams
+
+TEXT = "Streaming frames as they come."
+
+
+@pytest.fixture
+def async_engine(make_engine):
+    engine = AsyncEngine(make_engine(max_num_seqs=4), idle_wait_s=0.05)
+    yield engine
+    engine.shutdown()
+
+
+async def _collect(engine, rid, params):
+    frames, last = [], None
+    async for out in engine.generate(rid, TEXT, params):
+        frames += out.frames
+        last = out
+    return frames, last
+
+
+async def _wait_for(predicate, timeout_s=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_generate_streams_until_finished(async_engine):
+    frames, last = asyncio.run(_collect(async_engine, "a", GenerationParams(seed=3, max_frames=6)))
+    assert len(frames) == 6 and last.is_finished and last.finish_reason.value == "length"
+
+
+def test_concurrent_requests_match_sync_engine(async_engine, make_engine):
+    """Eight concurrent streams (more than the 4 slots) all finish with the codes the
+    synchronous engine gives each of them alone."""
+
+    async def main():
+        return await asyncio.gather(
+            *(_collect(async_engine, f"r{i}", GenerationParams(seed=i, max_frames=3 + i)) for i in range(8))
+        )
+
+    results = asyncio.run(main())
+    for i, (frames, last) in enumerate(results):
+        engine = make_engine()
+        engine.add_request("x", TEXT, GenerationParams(seed=i, max_frames=3 + i))
+        alone = []
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                alone += out.frames
+        assert frames == alone and last.is_finished
+    assert async_engine.stats().num_kv_slots_used == 0
+
+
+def test_cancelled_stream_frees_its_slot(async_engine):
+    async def main():
+        agen = async_engine.generate("long", TEXT, GenerationParams(max_frames=500))
+        first = await agen.__anext__()
+        assert first.frames
+        assert async_engine.stats().num_kv_slots_used == 1
+        await agen.aclose()  # what a disconnecting client's cancelled task does
+        await _wait_for(lambda: async_engine.stats().num_kv_slots_used == 0)
+        await _wait_for(lambda: not async_engine.engine.has_unfinished_requests())
+
+    asyncio.run(main())
+
+
+def test_cancelled_task_frees_its_slot(async_engine):
+    async def main():
+        task = asyncio.create_task(_collect(async_engine, "t", GenerationParams(max_frames=500)))
+        await _wait_for(lambda: async_engine.stats().num_frames_total > 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _wait_for(lambda: async_engine.stats().num_kv_slots_used == 0)
+
+    asyncio.run(main())
+
+
+def test_bad_request_raises_before_queueing(async_engine):
+    async def main():
+        with pytest.raises(ValueError, match="prompt"):
+            async for _ in async_engine.generate("bad", "", None):
+                pass
+
+    asyncio.run(main())
+    assert not async_engine.engine.has_unfinished_requests()
+
+
+def test_failed_step_ends_requests_and_engine_keeps_serving(async_engine, monkeypatch):
+    runner = async_engine.engine.runner
+    real_execute = runner.execute
+    calls = {"n": 0}
+
+    def flaky(sched):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated device error")
+        return real_execute(sched)
+
+    monkeypatch.setattr(runner, "execute", flaky)
+
+    async def main():
+        with pytest.raises(EngineStepError, match="simulated device error"):
+            await _collect(async_engine, "doomed", GenerationParams(max_frames=20))
+        assert async_engine.stats().num_kv_slots_used == 0
+        return await _collect(async_engine, "next", GenerationParams(max_frames=3))
+
+    frames, last = asyncio.run(main())
+    assert len(frames) == 3 and last.is_finished
+    async_engine.check_health()
+
+
+def test_shutdown_fails_health_check(make_engine):
+    engine = AsyncEngine(make_engine())
+    engine.check_health()
+    engine.shutdown()
+    with pytest.raises(RuntimeError, match="not running"):
+        engine.check_health()
