@@ -1,0 +1,146 @@
+"""Voices kept as files: one folder per voice with a `voice.json` manifest and its clips.
+
+A voice is a CSM speaker id plus optional reference clips with transcripts (the model's
+"context"). The 13 OpenAI voice names always resolve: to a folder of that name if the
+operator configured one, else to a built-in voice that is only a speaker id (no clip).
+Uploaded samples are decoded with PyAV, resampled to 24 kHz mono, checked (size, 1-30 s)
+and stored as FLAC. No torch here: encoding clips to Mimi codes is the engine's job.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from pydantic import BaseModel, ConfigDict, Field
+
+from .audio import SAMPLE_RATE, decode_audio
+
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx",
+    "nova", "sage", "shimmer", "verse", "marin", "cedar",
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+_ID = re.compile(r"^voice_[0-9a-f]{16}$")
+MANIFEST = "voice.json"
+
+
+class VoiceError(ValueError):
+    """An unusable voice name, sample or transcript (a client error)."""
+
+
+class VoiceNotFound(LookupError):
+    pass
+
+
+class VoiceClip(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    audio: str = Field(description="file name inside the voice's folder")
+    transcript: str = Field(min_length=1, max_length=2000)
+
+
+class Voice(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    name: str
+    speaker: int = Field(0, ge=0, le=999)
+    created_at: int = 0
+    clips: tuple[VoiceClip, ...] = ()
+    is_builtin: bool = False
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise VoiceError("name: 1-64 characters of letters, digits, space, '_', '-' or '.', starting with a letter or digit")
+    return name
+
+
+class VoiceStore:
+    def __init__(
+        self,
+        voices_dir: str | Path | None,
+        max_sample_bytes: int = 10 * 2**20,
+        min_sample_s: float = 1.0,
+        max_sample_s: float = 30.0,
+    ) -> None:
+        self.dir = Path(voices_dir) if voices_dir else None
+        self.max_sample_bytes = max_sample_bytes
+        self.min_sample_s, self.max_sample_s = min_sample_s, max_sample_s
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _stored(self) -> list[tuple[Path, Voice]]:
+        if self.dir is None:
+            return []
+        found = []
+        for manifest in sorted(self.dir.glob(f"*/{MANIFEST}")):
+            found.append((manifest.parent, Voice.model_validate_json(manifest.read_text())))
+        return found
+
+    def list(self) -> list[Voice]:
+        """Configured and custom voices, then the OpenAI names not overridden by a folder."""
+        stored = [v for _, v in self._stored()]
+        names = {v.name for v in stored}
+        builtin = [
+            Voice(id=name, name=name, speaker=i, is_builtin=True)
+            for i, name in enumerate(OPENAI_VOICES)
+            if name not in names
+        ]
+        return stored + builtin
+
+    def resolve(self, name_or_id: str) -> Voice:
+        """A voice by id or name (OpenAI names included). Raises VoiceNotFound."""
+        for voice in self.list():
+            if name_or_id in (voice.id, voice.name):
+                return voice
+        raise VoiceNotFound(f"voice {name_or_id!r} not found; use one of {', '.join(OPENAI_VOICES)} or a custom voice id")
+
+    def folder(self, voice: Voice) -> Path:
+        for path, stored in self._stored():
+            if stored.id == voice.id:
+                return path
+        raise VoiceNotFound(f"voice {voice.id!r} has no files")
+
+    def load_clip(self, voice: Voice, clip: VoiceClip) -> np.ndarray:
+        """A clip as float32 mono PCM at 24 kHz."""
+        pcm, rate = soundfile.read(self.folder(voice) / Path(clip.audio).name, dtype="float32", always_2d=True)
+        if rate != SAMPLE_RATE:
+            raise VoiceError(f"clip {clip.audio!r} is {rate} Hz, expected {SAMPLE_RATE}")
+        return pcm.mean(axis=1)
+
+    def create(self, name: str, audio: bytes, transcript: str, speaker: int = 0) -> Voice:
+        """Validate an uploaded sample and persist it as a new custom voice."""
+        if self.dir is None:
+            raise VoiceError("custom voices are disabled: no voices directory is configured")
+        _check_name(name)
+        transcript = (transcript or "").strip()
+        if not transcript or len(transcript) > 2000:
+            raise VoiceError("transcript: the words spoken in the sample are required (1-2000 characters)")
+        if len(audio) > self.max_sample_bytes:
+            raise VoiceError(f"audio_sample: larger than {self.max_sample_bytes} bytes")
+        pcm = decode_audio(audio, max_seconds=self.max_sample_s + 1)
+        seconds = len(pcm) / SAMPLE_RATE
+        if not self.min_sample_s <= seconds <= self.max_sample_s:
+            raise VoiceError(f"audio_sample: {seconds:.1f} s long, must be {self.min_sample_s:g}-{self.max_sample_s:g} s")
+        voice = Voice(
+            id=f"voice_{secrets.token_hex(8)}", name=name, speaker=speaker, created_at=int(time.time()),
+            clips=(VoiceClip(audio="sample.flac", transcript=transcript),),
+        )
+        folder = self.dir / voice.id
+        folder.mkdir()
+        soundfile.write(folder / "sample.flac", pcm, SAMPLE_RATE)
+        (folder / MANIFEST).write_text(voice.model_dump_json(indent=2))
+        return voice
+
+    def delete(self, voice_id: str) -> Voice:
+        """Remove a custom voice. Built-in names and unknown ids raise."""
+        if not isinstance(voice_id, str) or not _ID.match(voice_id):
+            raise VoiceNotFound(f"custom voice {voice_id!r} not found")
+        voice = self.resolve(voice_id)
+        shutil.rmtree(self.folder(voice))
+        return voice
