@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast bench clean
+.PHONY: venv serve serve-local test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+serve: venv  ## Ray Serve app from serve_config.yaml on 127.0.0.1:8000
+	$(VENV)/bin/serve run serve_config.yaml
+
+serve-local: venv  ## the same API in one process, without Ray
+	$(PY) -m deployments.local --host 127.0.0.1 --port 8000
 
 test: venv
 	$(PY) -m pytest -m "not accel" $(PYTEST_ARGS)

@@ -1,0 +1,43 @@
+"""Typed FastAPI dependencies: the backend, the voice store, the settings, API-key auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .backend import SpeechBackend
+from .errors import APIError
+from .settings import ServerSettings
+from .voices import VoiceStore
+
+
+def get_backend(request: Request) -> SpeechBackend:
+    return request.app.state.backend
+
+
+def get_store(request: Request) -> VoiceStore:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> ServerSettings:
+    return request.app.state.settings
+
+
+BackendDep = Annotated[SpeechBackend, Depends(get_backend)]
+StoreDep = Annotated[VoiceStore, Depends(get_store)]
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """When API keys are configured, every /v1 route needs `Authorization: Bearer <key>`
+    (compared in constant time)."""
+    if not settings.api_keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip().encode()
+    ok = scheme.lower() == "bearer" and any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys)
+    if not ok:
+        raise APIError(401, "Incorrect or missing API key: send Authorization: Bearer <key>.", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,106 @@
+"""POST /v1/audio/speech: audio bytes streamed as generated, or SSE speech.audio.* events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from ..audio import SAMPLE_RATE, AudioEncoder, make_encoder
+from ..backend import Overloaded, SynthesisParams
+from ..deps import BackendDep, SettingsDep, StoreDep
+from ..errors import APIError
+from ..schemas import SpeechAudioDelta, SpeechAudioDone, SpeechRequest, Usage
+from ..text import split_text
+from ..voices import VoiceNotFound
+
+router = APIRouter(tags=["speech"])
+FRAME_SAMPLES = 1920
+
+_AUDIO_RESPONSES = {200: {"content": {"audio/mpeg": {}, "text/event-stream": {}}, "description": "audio"}}
+
+
+@router.post("/v1/audio/speech", responses=_AUDIO_RESPONSES, response_class=StreamingResponse)
+async def create_speech(body: SpeechRequest, backend: BackendDep, store: StoreDep, settings: SettingsDep):
+    if body.model not in (settings.model_id, *settings.model_aliases):
+        raise APIError(404, f"The model '{body.model}' does not exist.", "model", "model_not_found")
+    try:
+        voice = store.resolve(body.voice_key)
+    except VoiceNotFound as e:
+        raise APIError(400, str(e), "voice", "voice_not_found") from e
+    if not backend.is_ready():
+        raise APIError(503, "The model is loading; retry shortly.", code="not_ready",
+                       headers={"Retry-After": str(settings.retry_after_s)})
+    segments = await asyncio.to_thread(split_text, body.input, settings.segment_max_chars)
+    params = SynthesisParams(
+        speaker=voice.speaker if body.speaker is None else body.speaker,
+        seed=body.seed, temperature=body.temperature, top_k=body.top_k,
+    )
+    encoder = make_encoder(body.response_format, body.speed)
+    pcm = backend.synthesize(f"speech-{uuid.uuid4().hex}", segments, voice, params)
+    try:  # the first chunk decides the status: overload and unusable input are 4xx, not a cut stream
+        first = await anext(pcm, None)
+    except Overloaded as e:
+        await pcm.aclose()
+        raise APIError(429, f"The server is at capacity ({e}); retry shortly.", code="overloaded",
+                       headers={"Retry-After": str(settings.retry_after_s)}) from e
+    except ValueError as e:
+        await pcm.aclose()
+        raise APIError(400, str(e), "input", "invalid_input") from e
+    max_samples = round(body.max_audio_seconds * SAMPLE_RATE) if body.max_audio_seconds else None
+    chunks = _capped(first, pcm, max_samples)
+    if body.stream_format == "sse":
+        return StreamingResponse(_sse(chunks, encoder, len(body.input)), media_type="text/event-stream")
+    return StreamingResponse(_encoded(chunks, encoder), media_type=encoder.content_type)
+
+
+async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None) -> AsyncIterator[np.ndarray]:
+    """The PCM stream, cut at max_samples; closing it (client gone) aborts the generation."""
+    total, chunk = 0, first
+    try:
+        while chunk is not None:
+            if max_samples is not None:
+                chunk = chunk[: max_samples - total]
+            total += len(chunk)
+            yield chunk
+            if max_samples is not None and total >= max_samples:
+                return
+            chunk = await anext(pcm, None)
+    finally:
+        await pcm.aclose()
+
+
+async def _encoded(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        data = encoder.encode(chunk)
+        if data:
+            yield data
+    tail = encoder.flush()
+    if tail:
+        yield tail
+
+
+async def _sse(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder, num_chars: int) -> AsyncIterator[bytes]:
+    """`speech.audio.delta` events with base64 audio, then `speech.audio.done` with usage:
+    input_tokens counts input characters, output_tokens audio frames (80 ms each)."""
+    samples = 0
+
+    def event(payload) -> bytes:
+        return f"data: {json.dumps(payload.model_dump())}\n\n".encode()
+
+    async def counted():
+        nonlocal samples
+        async for chunk in chunks:
+            samples += len(chunk)
+            yield chunk
+
+    async for data in _encoded(counted(), encoder):
+        yield event(SpeechAudioDelta(audio=base64.b64encode(data).decode()))
+    frames = -(-samples // FRAME_SAMPLES)
+    yield event(SpeechAudioDone(usage=Usage(input_tokens=num_chars, output_tokens=frames, total_tokens=num_chars + frames)))

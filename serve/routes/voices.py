@@ -1,0 +1,57 @@
+"""Custom voices as in OpenAI's voices API, plus `transcript` (CSM needs the sample's words)."""
+
+import asyncio
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from ..audio import AudioDecodeError
+from ..deps import BackendDep, StoreDep
+from ..errors import APIError
+from ..schemas import VoiceList, VoiceObject
+from ..voices import VoiceError, VoiceNotFound
+
+router = APIRouter(tags=["voices"])
+
+
+def _object(voice) -> VoiceObject:
+    return VoiceObject(id=voice.id, name=voice.name, created_at=voice.created_at)
+
+
+@router.post("/v1/audio/voices", response_model=VoiceObject)
+async def create_voice(
+    backend: BackendDep,
+    store: StoreDep,
+    name: str = Form(...),
+    audio_sample: UploadFile = File(...),
+    transcript: str = Form(...),
+    consent: str | None = Form(None),
+    speaker: int = Form(0, ge=0, le=999),
+) -> VoiceObject:
+    data = await audio_sample.read(store.max_sample_bytes + 1)
+    if len(data) > store.max_sample_bytes:
+        raise APIError(413, f"audio_sample is larger than {store.max_sample_bytes} bytes.", "audio_sample", "file_too_large")
+    try:
+        voice = await asyncio.to_thread(store.create, name, data, transcript, speaker)
+    except AudioDecodeError as e:
+        raise APIError(400, f"audio_sample: {e}", "audio_sample", "invalid_audio") from e
+    except VoiceError as e:
+        param = str(e).split(":", 1)[0] if ":" in str(e) else None
+        raise APIError(400, str(e), param, "invalid_voice") from e
+    clips = [(await asyncio.to_thread(store.load_clip, voice, c), c.transcript) for c in voice.clips]
+    await backend.add_voice(voice, clips)
+    return _object(voice)
+
+
+@router.get("/v1/audio/voices", response_model=VoiceList)
+async def list_voices(store: StoreDep) -> VoiceList:
+    return VoiceList(data=[_object(v) for v in store.list()])
+
+
+@router.delete("/v1/audio/voices/{voice_id}")
+async def delete_voice(voice_id: str, backend: BackendDep, store: StoreDep) -> dict:
+    try:
+        voice = await asyncio.to_thread(store.delete, voice_id)
+    except VoiceNotFound as e:
+        raise APIError(404, str(e), "voice_id", "voice_not_found") from e
+    await backend.remove_voice(voice)
+    return {"id": voice.id, "object": "audio.voice.deleted", "deleted": True}

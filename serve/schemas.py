@@ -1,0 +1,104 @@
+"""OpenAI-compatible request and response schemas (checked against the openai-python types)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .audio import FORMATS, MAX_SPEED, MIN_SPEED
+
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+assert set(ResponseFormat.__args__) == set(FORMATS)
+
+
+class VoiceRef(BaseModel):
+    """`voice: {"id": "voice_..."}`: a custom voice made with POST /v1/audio/voices."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128)
+
+
+class SpeechRequest(BaseModel):
+    """POST /v1/audio/speech. Unknown fields are rejected, as OpenAI does."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(min_length=1, max_length=128)
+    input: str = Field(min_length=1, max_length=4096, description="the text to speak")
+    voice: str | VoiceRef = Field(description="an OpenAI voice name, a custom voice id, or {'id': ...}")
+    instructions: str | None = Field(
+        None, max_length=4096,
+        description="accepted for compatibility; CSM has no instruction input, so it is ignored",
+    )
+    response_format: ResponseFormat = "mp3"
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    stream_format: Literal["audio", "sse"] = "audio"
+    # Extensions for CSM (not in OpenAI's API).
+    seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same audio, busy or idle")
+    temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 is greedy; default 0.9")
+    top_k: int | None = Field(None, ge=1, le=2051, description="default 50")
+    max_audio_seconds: float | None = Field(None, gt=0, le=600, description="cap on the audio length")
+    speaker: int | None = Field(None, ge=0, le=999, description="CSM speaker id; default: the voice's")
+
+    @field_validator("input")
+    @classmethod
+    def _has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must contain text to speak")
+        return value
+
+    @property
+    def voice_key(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class VoiceObject(BaseModel):
+    id: str
+    object: Literal["audio.voice"] = "audio.voice"
+    name: str
+    created_at: int
+
+
+class VoiceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceObject]
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDelta(BaseModel):
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str  # base64
+
+
+class SpeechAudioDone(BaseModel):
+    type: Literal["speech.audio.done"] = "speech.audio.done"
+    usage: Usage
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

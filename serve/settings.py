@@ -1,0 +1,22 @@
+"""HTTP-edge settings, from the environment (CSM_*) or the deployment config."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CSM_", extra="forbid", protected_namespaces=())
+
+    model_id: str = Field("csm-1b", description="the id /v1/models lists and requests name")
+    model_aliases: list[str] = Field(
+        default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"],
+        description="OpenAI model names accepted as this model, so unmodified clients work",
+    )
+    api_keys: list[str] = Field(default_factory=list, description="if set, Bearer keys every route but health needs")
+    voices_dir: str | None = Field(None, description="where voices live; custom voices need it")
+    max_sample_bytes: int = 10 * 2**20
+    segment_max_chars: int = Field(250, ge=20, le=1000)
+    chunk_s: float = Field(0.24, ge=0.08, le=2.0, description="audio per streamed chunk")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After on 429/503")

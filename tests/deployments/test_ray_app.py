@@ -1,0 +1,90 @@
+"""The Ray Serve application on loopback, driven by the official openai client."""
+
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from serve.audio import decode_audio
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+from deployments.app import build_app  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": 4},
+        "server": {"voices_dir": str(tmp_path_factory.mktemp("voices"))},
+        "cpus_per_engine": 1,
+        "max_queued_requests": 2,
+    }
+    serve.run(build_app(args), name="csm", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _engine_stats() -> dict:
+    return serve.get_deployment_handle("TTSEngine", app_name="csm").stats.remote().result()
+
+
+def test_speech_through_ray(app_url):
+    client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=0)
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input="Through Ray Serve.",
+                                       response_format="wav", extra_body={"seed": 1, "max_audio_seconds": 0.48}).read()
+    assert len(decode_audio(audio)) == 6 * 1920
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="Streamed through Ray.", response_format="pcm",
+        extra_body={"seed": 2, "max_audio_seconds": 1.6},
+    ) as response:
+        chunks = [c for c in response.iter_bytes() if c]
+    assert len(chunks) >= 2 and sum(map(len, chunks)) == 20 * 1920 * 2
+
+
+def test_concurrent_requests_are_batched(app_url):
+    before = _engine_stats()
+    results = [None] * 6
+
+    def one(i):
+        client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=3)
+        results[i] = client.audio.speech.create(model="tts-1", voice="echo", input=f"Request {i}.",
+                                                response_format="pcm", extra_body={"seed": i, "max_audio_seconds": 0.8}).read()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(r is not None and len(r) == 10 * 1920 * 2 for r in results)
+    after = _engine_stats()
+    frames = after["num_frames_total"] - before["num_frames_total"]
+    steps = after["num_steps"] - before["num_steps"]
+    assert frames / steps > 1.5  # requests shared forward passes
+
+
+def test_disconnect_frees_the_slot(app_url):
+    with httpx.stream("POST", app_url + "/v1/audio/speech", timeout=60, json={
+        "model": "tts-1", "voice": "alloy", "input": "A long answer " * 20, "response_format": "pcm",
+    }) as r:
+        next(r.iter_bytes())
+    deadline = time.time() + 15
+    while _engine_stats()["num_kv_slots_used"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert _engine_stats()["num_kv_slots_used"] == 0

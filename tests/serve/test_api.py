@@ -1,0 +1,193 @@
+"""The OpenAI contract over real HTTP on loopback: uvicorn serving the app with the
+in-process backend (csm-tiny), driven by the official openai client and httpx."""
+
+import asyncio
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile
+import uvicorn
+
+from deployments.local import LocalBackend
+from models import EngineConfig
+from serve.app import create_app
+from serve.audio import FORMATS, decode_audio
+from serve.settings import ServerSettings
+from serve.voices import VoiceStore
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = ServerSettings(voices_dir=str(tmp_path_factory.mktemp("voices")))
+    store = VoiceStore(settings.voices_dir)
+    port = _free_port()
+    state = {}
+
+    async def main():
+        backend = await LocalBackend.start(EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4), store, max_queued=2)
+        state["backend"] = backend
+        state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, settings), host="127.0.0.1",
+                                                        port=port, log_level="warning"))
+        await state["server"].serve()
+        backend.shutdown()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not (state.get("server") and state["server"].started):
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", state["backend"]
+    state["server"].should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0)
+
+
+EXTRA = {"seed": 7, "max_audio_seconds": 0.48}  # 6 frames: the tiny model never says EOS
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_decodes_to_the_right_audio(client, fmt):
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format=fmt,
+                                       extra_body=EXTRA).read()
+    if fmt == "pcm":
+        pcm = np.frombuffer(audio, "<i2")
+        assert len(pcm) == 6 * 1920
+    else:
+        pcm = decode_audio(audio)
+        assert 0.40 < len(pcm) / 24_000 < 0.70  # 0.48 s, plus codec padding for lossy formats
+
+
+def test_streaming_response_arrives_in_several_chunks(client):
+    with client.audio.speech.with_streaming_response.create(
+        model="csm-1b", voice="echo", input="Streaming as it is generated.", response_format="pcm",
+        extra_body={"seed": 3, "max_audio_seconds": 2.0},
+    ) as response:
+        assert response.headers["content-type"].startswith("audio/pcm")
+        chunks = [c for c in response.iter_bytes() if c]
+    assert len(chunks) >= 3 and sum(map(len, chunks)) == 25 * 1920 * 2
+
+
+def test_sse_audio_equals_plain_pcm_for_the_same_seed(server, client):
+    body = {"model": "tts-1", "voice": "nova", "input": "Same seed, same audio.", "response_format": "pcm", **EXTRA}
+    plain = client.audio.speech.create(**{k: body[k] for k in ("model", "voice", "input", "response_format")},
+                                       extra_body=EXTRA).read()
+    events = []
+    with httpx.stream("POST", server[0] + "/v1/audio/speech", json={**body, "stream_format": "sse"}, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] == 6
+    assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == plain
+
+
+def test_models_list(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == "csm-1b" and "tts-1" in ids
+
+
+def _wav(seconds: float) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, 0.2 * np.sin(np.arange(int(seconds * 16_000)) / 5), 16_000, format="WAV")
+    return buf.getvalue()
+
+
+def test_custom_voice_lifecycle(server, client):
+    url = server[0]
+    r = httpx.post(url + "/v1/audio/voices", data={"name": "Narrator", "transcript": "Hello, it is me."},
+                   files={"audio_sample": ("s.wav", _wav(1.5), "audio/wav")}, timeout=60)
+    assert r.status_code == 200, r.text
+    voice = r.json()
+    assert voice["object"] == "audio.voice" and voice["name"] == "Narrator" and voice["id"].startswith("voice_")
+    assert voice["id"] in [v["id"] for v in httpx.get(url + "/v1/audio/voices").json()["data"]]
+    for ref in ({"id": voice["id"]}, voice["id"]):
+        audio = client.audio.speech.create(model="tts-1", voice=ref, input="In my voice.", response_format="wav",
+                                           extra_body=EXTRA).read()
+        assert len(decode_audio(audio)) == 6 * 1920
+    assert server[1].pipeline.engine.stats().num_prefix_hits >= 2
+    assert httpx.delete(url + f"/v1/audio/voices/{voice['id']}").status_code == 200
+    assert httpx.delete(url + f"/v1/audio/voices/{voice['id']}").status_code == 404
+
+
+BAD = [
+    (b"{not json", 400, None),
+    ({"voice": "alloy", "input": "x"}, 400, "model"),
+    ({"model": "tts-1", "voice": "alloy"}, 400, "input"),
+    ({"model": "tts-1", "voice": "alloy", "input": "   "}, 400, "input"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x" * 4097}, 400, "input"),
+    ({"model": "tts-1", "voice": "nobody", "input": "x"}, 400, "voice"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "response_format": "ogg"}, 400, "response_format"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": 5}, 400, "speed"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": "fast"}, 400, "speed"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "bogus": 1}, 400, "bogus"),
+    ({"model": "tts-1", "voice": 5, "input": "x"}, 400, "voice"),
+    ({"model": "nope", "voice": "alloy", "input": "x"}, 404, "model"),
+    ({"model": "tts-1", "voice": {"id": "voice_0000000000000000"}, "input": "x"}, 400, "voice"),
+]
+
+
+@pytest.mark.parametrize("body, status, param", BAD)
+def test_bad_requests_get_openai_errors(server, body, status, param):
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(server[0] + "/v1/audio/speech", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param:
+        assert param in (error["param"] or "")
+    assert httpx.get(server[0] + "/health").status_code == 200  # still serving
+
+
+def test_bad_uploads(server):
+    url = server[0] + "/v1/audio/voices"
+    cases = [
+        ({"name": "../x", "transcript": "t"}, ("s.wav", _wav(1.5), "audio/wav"), 400),
+        ({"name": "ok", "transcript": "t"}, ("s.wav", b"garbage", "audio/wav"), 400),
+        ({"name": "ok", "transcript": "t"}, ("s.wav", _wav(0.3), "audio/wav"), 400),
+        ({"name": "ok", "transcript": "t"}, ("s.wav", b"0" * (10 * 2**20 + 1), "audio/wav"), 413),
+        ({"name": "ok"}, ("s.wav", _wav(1.5), "audio/wav"), 400),
+    ]
+    for data, file, status in cases:
+        r = httpx.post(url, data=data, files={"audio_sample": file}, timeout=60)
+        assert r.status_code == status, (data, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_health_routes(server):
+    assert httpx.get(server[0] + "/v2/health/live").json() == {"status": "ok"}
+    assert httpx.get(server[0] + "/v2/health/ready").status_code == 200
+
+
+def test_api_keys_are_required_when_configured(server):
+    settings = ServerSettings(api_keys=["k1", "k2"])
+    app = create_app(server[1], VoiceStore(None), settings)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            assert (await c.get("/v1/models")).status_code == 401
+            assert (await c.get("/v1/models", headers={"Authorization": "Bearer nope"})).status_code == 401
+            assert (await c.get("/v1/models", headers={"Authorization": "Bearer k2"})).status_code == 200
+            assert (await c.get("/health")).status_code == 200
+
+    asyncio.run(run())
