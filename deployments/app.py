@@ -9,7 +9,9 @@ stream aborts its request in the engine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -58,7 +60,9 @@ def engine_actor_options(engine: EngineConfig, cpus: float) -> dict:
 class TTSEngineDeployment:
     def __init__(self, engine: dict, voices_dir: str | None, max_sample_bytes: int) -> None:
         config = EngineConfig(**engine)
-        self.engine = AsyncEngine(build_engine(config))
+        engine = build_engine(config)
+        engine.warm_up()  # the replica reports ready only after this
+        self.engine = AsyncEngine(engine)
         self.pipeline = SpeechPipeline(self.engine, max_streams=config.max_num_seqs)
         self.store = VoiceStore(voices_dir, max_sample_bytes)
 
@@ -95,10 +99,11 @@ class RayBackend:
         return True  # the ingress only receives traffic once the engine deployment is up
 
     async def synthesize(self, request_id, segments, voice: Voice, params: SynthesisParams) -> AsyncIterator[np.ndarray]:
-        stream = self.engine.options(stream=True).synthesize.remote(
-            request_id, segments, voice.model_dump(), params.__dict__
-        )
+        stream = None
         try:
+            stream = self.engine.options(stream=True).synthesize.remote(
+                request_id, segments, voice.model_dump(), params.__dict__
+            )
             async for data in stream:
                 yield np.frombuffer(data, dtype=np.float32)
         except BackPressureError as e:
@@ -106,7 +111,9 @@ class RayBackend:
         except NoStreamCapacity as e:
             raise Overloaded(str(e)) from e
         finally:
-            stream.cancel()
+            if stream is not None:
+                with contextlib.suppress(Exception):  # cancel() re-raises a failed call's error
+                    stream.cancel()
 
     async def add_voice(self, voice: Voice, clips) -> None:
         pass  # engine replicas load it from the voices directory on first use
@@ -115,7 +122,7 @@ class RayBackend:
         await self.engine.forget_voice.remote(voice.id)
 
 
-@serve.deployment(name="SpeechIngress")
+@serve.deployment(name="SpeechIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)  # I/O-bound
 @serve.ingress()
 class SpeechIngress:
     """The FastAPI app from serve.app.create_app, built per replica after __init__."""
@@ -132,6 +139,8 @@ class SpeechIngress:
 def build_app(args: dict):
     """Application builder for `serve run` / `serve deploy` (args from serve_config.yaml)."""
     cfg = AppArgs.model_validate(args or {})
+    if cfg.server.get("voices_dir"):  # replicas do not share the driver's working directory
+        cfg.server["voices_dir"] = os.path.abspath(cfg.server["voices_dir"])
     settings = ServerSettings(**cfg.server)
     engine = TTSEngineDeployment.options(
         ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine),

@@ -28,7 +28,9 @@ class LocalBackend:
 
     @classmethod
     async def start(cls, config: EngineConfig, store: VoiceStore, max_queued: int = 16) -> LocalBackend:
-        engine = AsyncEngine(build_engine(config))
+        sync_engine = build_engine(config)
+        sync_engine.warm_up()
+        engine = AsyncEngine(sync_engine)
         backend = cls(SpeechPipeline(engine, max_streams=config.max_num_seqs + max_queued))
         await load_voices(backend.pipeline, store)
         backend._ready = True

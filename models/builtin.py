@@ -104,6 +104,18 @@ def byte_tokenizer(first_special_id: int) -> PreTrainedTokenizerFast:
     )
 
 
+def _randomize_codebooks(codec) -> None:
+    """Mimi's codebooks start as zeros (trained checkpoints fill them), which would make every
+    code decode to the same audio and every clip encode to code 0. Random centroids make
+    decoded audio depend on the codes, as with real weights."""
+    from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
+
+    for module in codec.modules():
+        if isinstance(module, MimiEuclideanCodebook):
+            module.embed_sum.normal_()
+            module._embed = None
+
+
 def builtin_model(name: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) with seeded random weights; same bytes on every machine and run."""
     from transformers import CsmForConditionalGeneration
@@ -112,6 +124,7 @@ def builtin_model(name: str, dtype: torch.dtype = torch.float32):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEEDS[name])
         model = CsmForConditionalGeneration(config)
+        _randomize_codebooks(model.codec_model)
     model.to(dtype).eval()
     tokenizer = byte_tokenizer(config.bos_token_id)
     return model, tokenizer

@@ -155,6 +155,13 @@ class Engine:
         num_frames = req.num_frames - (req.finish_reason is FinishReason.EOS)
         return StepOutput(req.request_id, frames, True, req.finish_reason, num_frames)
 
+    def warm_up(self) -> None:
+        """Run one short request through every path (prefill, decode, depth loop) so the first
+        user request does not pay one-time kernel setup. Call before serving."""
+        self.add_request("__warm_up__", "Warm up.", GenerationParams(max_frames=2, seed=0))
+        while self.has_unfinished_requests():
+            self.step()
+
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
 

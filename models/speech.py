@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import torch
@@ -61,11 +61,12 @@ class SpeechPipeline:
         segments: list[str],
         voice: tuple[Segment, ...] = (),
         params: GenerationParams | None = None,
+        on_segment_done: Callable[[int], None] | None = None,
     ) -> AsyncIterator[np.ndarray]:
         """Yield float32 PCM chunks (24 kHz mono) of about `chunk_frames` frames each.
 
         `params.context` is ignored: the context is `voice` plus the previous segment.
-        With a seed, segment i uses seed + i."""
+        With a seed, segment i uses seed + i. `on_segment_done(i)` reports progress."""
         params = params or GenerationParams()
         if not self._free_rows:
             raise NoStreamCapacity("all audio streams are busy")
@@ -89,6 +90,8 @@ class SpeechPipeline:
                     yield await self._decode(row, pending)
                 codes = tuple(tuple(min(c, CODEBOOK_SIZE - 1) for c in f) for f in frames)
                 previous = (Segment(speaker=params.speaker, text=text, codes=codes),) if codes else ()
+                if on_segment_done is not None:
+                    on_segment_done(i)
         finally:
             self._free_rows.append(row)
 

@@ -205,3 +205,10 @@ def test_async_add_prefix(make_engine):
             asyncio.run(engine.add_prefix(()))
     finally:
         engine.shutdown()
+
+
+def test_warm_up_leaves_the_engine_idle(make_engine):
+    engine = make_engine()
+    engine.warm_up()
+    stats = engine.stats()
+    assert stats.num_frames_total == 2 and stats.num_kv_slots_used == 0 and not engine.has_unfinished_requests()

@@ -76,3 +76,10 @@ def test_codes_above_codebook_are_clamped(codec):
     codes[0, 3, 1] = 2050  # the model's pad id: must never index Mimi's codebooks
     dec = StreamingMimiDecoder(codec, max_rows=1)
     assert torch.isfinite(dec.decode([0], codes)).all()
+
+
+def test_decoded_audio_depends_on_the_codes(codec):
+    """The built-in codec has random (not zero) codebooks, so the equality tests above would
+    catch codes routed to the wrong row or frame."""
+    a, b = _whole(codec, _codes(4, seed=1)), _whole(codec, _codes(4, seed=2))
+    assert (a - b).abs().max() > 1e-2

@@ -1,0 +1,114 @@
+"""`csm-serve`: start the server with overrides, or synthesize offline to a file.
+
+    csm-serve serve [--config serve_config.yaml] [--model PATH] [--device npu] [--port 8000]
+    csm-serve local [--model csm-tiny] [--port 8000]          # one process, no Ray
+    csm-serve say "Hello there." -o hello.mp3 [--voice alloy] [--seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from serve.audio import FORMATS, make_encoder
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """`serve run` on the config with the given overrides (written to a temporary copy)."""
+    config = yaml.safe_load(Path(args.config).read_text())
+    app = config["applications"][0]
+    engine = app.setdefault("args", {}).setdefault("engine", {})
+    for key in ("model", "device", "dtype", "max_num_seqs"):
+        if getattr(args, key) is not None:
+            engine[key] = getattr(args, key)
+    config.setdefault("http_options", {}).update({"host": args.host, "port": args.port})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config, f)
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    os.execv(serve_bin, [serve_bin, "run", f.name])
+
+
+async def _say(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from models import AsyncEngine, EngineConfig, GenerationParams, build_engine
+    from models.params import SAMPLES_PER_FRAME
+    from models.speech import SpeechPipeline
+    from serve.text import split_text
+    from serve.voices import VoiceStore
+
+    from .voices import load_voice
+
+    fmt = args.format or Path(args.output).suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise SystemExit(f"format: use one of {', '.join(FORMATS)} (or an output file ending in one)")
+    encoder = make_encoder(fmt, args.speed)
+    store = VoiceStore(args.voices_dir)
+    voice = store.resolve(args.voice)
+    engine = AsyncEngine(build_engine(EngineConfig(model=args.model, device=args.device, max_num_seqs=1)))
+    try:
+        pipeline = SpeechPipeline(engine, max_streams=1)
+        await load_voice(pipeline, store, voice)
+        segments = split_text(args.text)
+        given = {"seed": args.seed, "max_frames": args.max_frames}
+        params = GenerationParams(speaker=voice.speaker, **{k: v for k, v in given.items() if v is not None})
+        with open(args.output, "wb") as out, tqdm(total=len(segments), unit="segment", desc="speaking") as bar:
+            frames = 0
+            stream = pipeline.stream("say", segments, pipeline.voices[voice.id], params, lambda i: bar.update(1))
+            async for pcm in stream:
+                out.write(encoder.encode(pcm))
+                frames += len(pcm) // SAMPLES_PER_FRAME
+                bar.set_postfix(audio_s=f"{frames * 0.08:.1f}")
+            out.write(encoder.flush())
+    finally:
+        engine.shutdown()
+    print(f"wrote {args.output}: {frames * 0.08:.2f} s of audio")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="csm-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("serve", help="run the Ray Serve app from a config file, with overrides")
+    srv.add_argument("--config", default="serve_config.yaml")
+    for p in (srv, sub.add_parser("local", help="the same API in one process, without Ray")):
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--model", default=None)
+        p.add_argument("--device", default=None)
+        p.add_argument("--max-num-seqs", type=int, default=None)
+    srv.add_argument("--dtype", default=None)
+    say = sub.add_parser("say", help="synthesize text to an audio file, offline")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", required=True)
+    say.add_argument("--format", choices=FORMATS, default=None, help="default: from the output's suffix")
+    say.add_argument("--voice", default="alloy")
+    say.add_argument("--voices-dir", default=None)
+    say.add_argument("--model", default="csm-tiny")
+    say.add_argument("--device", default="auto")
+    say.add_argument("--seed", type=int, default=None)
+    say.add_argument("--speed", type=float, default=1.0)
+    say.add_argument("--max-frames", type=int, default=None, help="cap per text segment (80 ms each)")
+    args = ap.parse_args(argv)
+    if args.command == "serve":
+        _serve(args)
+    if args.command == "local":
+        from .local import main as local_main
+
+        forwarded = ["--host", args.host, "--port", str(args.port)]
+        forwarded += ["--model", args.model] if args.model else []
+        forwarded += ["--device", args.device] if args.device else []
+        forwarded += ["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []
+        local_main(forwarded)
+        return 0
+    return asyncio.run(_say(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
