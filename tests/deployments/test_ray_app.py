@@ -1,5 +1,7 @@
 """The Ray Serve application on loopback, driven by the official openai client."""
 
+import base64
+import json
 import socket
 import threading
 import time
@@ -9,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from serve.audio import decode_audio
+from serve.audio import FORMATS, decode_audio
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -39,6 +41,28 @@ def app_url(tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_through_ray(app_url, fmt):
+    client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=0)
+    audio = client.audio.speech.create(model="tts-1", voice="coral", input="Every format.", response_format=fmt,
+                                       extra_body={"seed": 5, "max_audio_seconds": 0.48}).read()
+    pcm = np.frombuffer(audio, "<i2") if fmt == "pcm" else decode_audio(audio)  # decode_audio: 24 kHz mono
+    assert 0.40 < len(pcm) / 24_000 < 0.70
+
+
+def test_sse_through_ray_equals_plain_pcm(app_url):
+    body = {"model": "tts-1", "voice": "onyx", "input": "Events.", "response_format": "pcm",
+            "seed": 8, "max_audio_seconds": 0.48}
+    plain = httpx.post(app_url + "/v1/audio/speech", json=body, timeout=60).content
+    events = []
+    with httpx.stream("POST", app_url + "/v1/audio/speech", json={**body, "stream_format": "sse"}, timeout=60) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done"
+    streamed = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    a, b = np.frombuffer(plain, "<i2").astype(int), np.frombuffer(streamed, "<i2").astype(int)
+    assert len(a) == len(b) == 6 * 1920 and np.abs(a - b).max() <= 2  # same codes; PCM up to float rounding
 
 
 def _engine_stats() -> dict:
