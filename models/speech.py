@@ -17,7 +17,7 @@ import torch
 
 from .async_engine import AsyncEngine
 from .mimi_stream import CODEBOOK_SIZE, StreamingMimiDecoder
-from .params import GenerationParams, SAMPLE_RATE_HZ, Segment
+from .params import GenerationParams, Segment
 
 
 class NoStreamCapacity(RuntimeError):
@@ -104,6 +104,3 @@ class SpeechPipeline:
 
         return await asyncio.to_thread(run)
 
-
-def pcm_seconds(pcm: np.ndarray) -> float:
-    return len(pcm) / SAMPLE_RATE_HZ

@@ -1,3 +1,5 @@
+import socket
+
 import pytest
 import torch
 
@@ -35,3 +37,10 @@ def run_to_end(engine: Engine, max_steps: int = 10_000) -> dict:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback for a test server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,7 +2,6 @@
 
 import base64
 import json
-import socket
 import threading
 import time
 
@@ -11,6 +10,7 @@ import numpy as np
 import openai
 import pytest
 
+from tests.conftest import free_port
 from serve.audio import FORMATS, decode_audio
 
 pytestmark = pytest.mark.slow
@@ -20,15 +20,9 @@ from ray import serve  # noqa: E402
 from deployments.app import build_app  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {

@@ -5,7 +5,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
 import threading
 import time
 
@@ -19,22 +18,17 @@ import uvicorn
 from deployments.local import LocalBackend
 from models import EngineConfig
 from serve.app import create_app
+from tests.conftest import free_port
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
 from serve.voices import VoiceStore
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     settings = ServerSettings(voices_dir=str(tmp_path_factory.mktemp("voices")))
     store = VoiceStore(settings.voices_dir)
-    port = _free_port()
+    port = free_port()
     state = {}
 
     async def main():
