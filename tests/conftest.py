@@ -1,3 +1,4 @@
+import random
 import socket
 
 import pytest
@@ -40,7 +41,15 @@ def _seed():
 
 
 def free_port() -> int:
-    """A free TCP port on loopback for a test server."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on loopback for a test server, from 20000-30000: outside Ray's worker
+    ports (10002-19999) and the kernel's ephemeral range, which other processes race for."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20_000, 30_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-30000")
