@@ -23,14 +23,17 @@ from ray.serve.handle import DeploymentHandle
 
 from models import AsyncEngine, EngineConfig, GenerationParams, build_engine
 from models.speech import NoStreamCapacity, SpeechPipeline
+from serve import metrics as m
 from serve.app import create_app
 from serve.backend import Overloaded, SynthesisParams
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
+from .metrics import EngineRecorder, RayMetrics
 from .voices import load_voice
 
 log = logging.getLogger(__name__)
+INGRESS_METRICS = (m.REQUESTS, m.ERRORS, m.TTFA, m.DURATION, m.RTF, m.AUDIO_SECONDS, m.INPUT_CHARS)
 
 
 class AppArgs(BaseModel):
@@ -62,7 +65,7 @@ class TTSEngineDeployment:
         config = EngineConfig(**engine)
         engine = build_engine(config)
         engine.warm_up()  # the replica reports ready only after this
-        self.engine = AsyncEngine(engine)
+        self.engine = AsyncEngine(engine, on_step=EngineRecorder(RayMetrics(), engine.loaded).on_step)
         self.pipeline = SpeechPipeline(self.engine, max_streams=config.max_num_seqs)
         self.store = VoiceStore(voices_dir, max_sample_bytes)
 
@@ -133,7 +136,7 @@ class SpeechIngress:
         self.backend = RayBackend(engine)
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.backend, self.store, self.settings)
+        return create_app(self.backend, self.store, self.settings, RayMetrics(INGRESS_METRICS))
 
 
 def build_app(args: dict):

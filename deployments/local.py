@@ -15,6 +15,7 @@ from serve.backend import Overloaded, SynthesisParams
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
+from .metrics import EngineRecorder
 from .voices import load_voices
 
 
@@ -27,10 +28,12 @@ class LocalBackend:
         self._ready = False
 
     @classmethod
-    async def start(cls, config: EngineConfig, store: VoiceStore, max_queued: int = 16) -> LocalBackend:
+    async def start(cls, config: EngineConfig, store: VoiceStore, max_queued: int = 16, metrics=None) -> LocalBackend:
+        """Load, warm up and start the engine; `metrics` (serve.metrics.Metrics) gets engine metrics."""
         sync_engine = build_engine(config)
         sync_engine.warm_up()
-        engine = AsyncEngine(sync_engine)
+        recorder = EngineRecorder(metrics, sync_engine.loaded) if metrics is not None else None
+        engine = AsyncEngine(sync_engine, on_step=recorder.on_step if recorder else None)
         backend = cls(SpeechPipeline(engine, max_streams=config.max_num_seqs + max_queued))
         await load_voices(backend.pipeline, store)
         backend._ready = True
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from serve.app import create_app
+    from serve.metrics import Metrics
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
@@ -81,8 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     config = EngineConfig(model=args.model, device=args.device, max_num_seqs=args.max_num_seqs)
 
     async def serve() -> None:
-        backend = await LocalBackend.start(config, store)
-        server = uvicorn.Server(uvicorn.Config(create_app(backend, store, settings), host=args.host, port=args.port))
+        metrics = Metrics()
+        backend = await LocalBackend.start(config, store, metrics=metrics)
+        app = create_app(backend, store, settings, metrics)
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port))
         try:
             await server.serve()
         finally:

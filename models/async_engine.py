@@ -11,11 +11,11 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from .engine import Engine
-from .params import GenerationParams, Segment, StepOutput
+from .params import EngineStats, GenerationParams, Segment, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,12 @@ class _Stream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine, idle_wait_s: float = 0.5) -> None:
+    def __init__(
+        self, engine: Engine, idle_wait_s: float = 0.5, on_step: Callable[[EngineStats], None] | None = None
+    ) -> None:
+        """`on_step(stats)` runs on the loop thread after every step (metrics); its errors are logged."""
         self.engine = engine
+        self._on_step = on_step
         self._idle_wait_s = idle_wait_s
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -151,6 +155,11 @@ class AsyncEngine:
                     stream = self._streams.get(out.request_id)
                     if stream is not None:
                         stream.put(out)
+                if self._on_step is not None:
+                    try:
+                        self._on_step(self.engine.stats())
+                    except Exception:
+                        log.exception("on_step callback failed")
         except BaseException as e:  # pragma: no cover - reported through check_health
             self._error = e
             log.exception("engine loop died")

@@ -127,6 +127,7 @@ class Engine:
         self._aborted.clear()
         sched = self.scheduler.schedule()
         if sched.is_empty:
+            self._last_batch_size = 0
             return outputs
         t0 = time.perf_counter()
         rows, codes = self.runner.execute(sched)

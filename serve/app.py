@@ -7,14 +7,20 @@ from fastapi import Depends, FastAPI
 from .backend import SpeechBackend
 from .deps import require_api_key
 from .errors import install_error_handlers
+from .metrics import Metrics, metrics_endpoint
 from .routes import health, models, speech, voices
 from .settings import ServerSettings
 from .voices import VoiceStore
 
 
-def create_app(backend: SpeechBackend, store: VoiceStore, settings: ServerSettings) -> FastAPI:
+def create_app(backend: SpeechBackend, store: VoiceStore, settings: ServerSettings, metrics=None) -> FastAPI:
+    """`metrics`: a serve.metrics.Metrics (then served at /metrics) or the Ray binding of the
+    same definitions (exported by Ray's metrics agent); default: a private registry."""
     app = FastAPI(title="csm-serve", version="0.1.0", description="OpenAI-compatible speech API for Sesame CSM")
-    app.state.backend, app.state.store, app.state.settings = backend, store, settings
+    metrics = metrics if metrics is not None else Metrics()
+    app.state.backend, app.state.store, app.state.settings, app.state.metrics = backend, store, settings, metrics
+    if isinstance(metrics, Metrics):
+        app.add_api_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
     install_error_handlers(app)
     app.include_router(health.router)
     auth = [Depends(require_api_key)]

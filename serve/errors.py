@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .metrics import ERRORS
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -30,7 +32,10 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
-def _json(status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
+def _json(request: Request, status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.inc(ERRORS, labels={"code": str(status)})
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
@@ -40,29 +45,29 @@ def _param(loc: tuple) -> str | None:
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return _json(exc.status, exc.message, exc.param, exc.code, exc.headers)
+    return _json(request, exc.status, exc.message, exc.param, exc.code, exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
-        return _json(400, "We could not parse the JSON body of your request.", None, "invalid_json")
+        return _json(request, 400, "We could not parse the JSON body of your request.", None, "invalid_json")
     param = _param(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid request")
     if first.get("type") == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"
     elif param:
         message = f"{param}: {message}"
-    return _json(400, message, param, first.get("type"))
+    return _json(request, 400, message, param, first.get("type"))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _json(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    return _json(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _json(500, "The server had an error while processing your request.", code="internal_error")
+    return _json(request, 500, "The server had an error while processing your request.", code="internal_error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from .. import metrics as m
 from ..audio import SAMPLE_RATE, AudioEncoder, make_encoder
 from ..backend import Overloaded, SynthesisParams
 from ..deps import BackendDep, SettingsDep, StoreDep
 from ..errors import APIError
 from ..schemas import SpeechAudioDelta, SpeechAudioDone, SpeechRequest, Usage
 from ..text import split_text
-from ..voices import VoiceNotFound
+from ..voices import OPENAI_VOICES, VoiceNotFound
 
 router = APIRouter(tags=["speech"])
 FRAME_SAMPLES = 1920
@@ -26,8 +28,39 @@ FRAME_SAMPLES = 1920
 _AUDIO_RESPONSES = {200: {"content": {"audio/mpeg": {}, "text/event-stream": {}}, "description": "audio"}}
 
 
+class _Tally:
+    """Per-request metrics: time to first audio, duration, real-time factor, outcome."""
+
+    def __init__(self, metrics, fmt: str, voice: str) -> None:
+        self.metrics, self.labels, self.t0 = metrics, {"format": fmt, "voice": voice}, time.monotonic()
+
+    def first_audio(self) -> None:
+        self.metrics.observe(m.TTFA, time.monotonic() - self.t0)
+
+    def done(self, outcome: str, samples: int = 0) -> None:
+        elapsed = time.monotonic() - self.t0
+        self.metrics.inc(m.REQUESTS, labels={"outcome": outcome, **self.labels})
+        if samples:
+            audio_s = samples / SAMPLE_RATE
+            self.metrics.observe(m.DURATION, elapsed)
+            self.metrics.observe(m.RTF, elapsed / audio_s)
+            self.metrics.inc(m.AUDIO_SECONDS, audio_s)
+
+
 @router.post("/v1/audio/speech", responses=_AUDIO_RESPONSES, response_class=StreamingResponse)
-async def create_speech(body: SpeechRequest, backend: BackendDep, store: StoreDep, settings: SettingsDep):
+async def create_speech(request: Request, body: SpeechRequest, backend: BackendDep, store: StoreDep,
+                        settings: SettingsDep):
+    voice_label = body.voice_key if body.voice_key in OPENAI_VOICES else "custom"
+    tally = _Tally(request.app.state.metrics, body.response_format, voice_label)
+    request.app.state.metrics.inc(m.INPUT_CHARS, len(body.input))
+    try:
+        return await _speech(body, backend, store, settings, tally)
+    except APIError as e:
+        tally.done("rejected" if e.status in (429, 503) else "client_error")
+        raise
+
+
+async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally):
     if body.model not in (settings.model_id, *settings.model_aliases):
         raise APIError(404, f"The model '{body.model}' does not exist.", "model", "model_not_found")
     try:
@@ -54,15 +87,17 @@ async def create_speech(body: SpeechRequest, backend: BackendDep, store: StoreDe
         await pcm.aclose()
         raise APIError(400, str(e), "input", "invalid_input") from e
     max_samples = round(body.max_audio_seconds * SAMPLE_RATE) if body.max_audio_seconds else None
-    chunks = _capped(first, pcm, max_samples)
+    chunks = _capped(first, pcm, max_samples, tally)
     if body.stream_format == "sse":
         return StreamingResponse(_sse(chunks, encoder, len(body.input)), media_type="text/event-stream")
     return StreamingResponse(_encoded(chunks, encoder), media_type=encoder.content_type)
 
 
-async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None) -> AsyncIterator[np.ndarray]:
+async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None, tally: _Tally):
     """The PCM stream, cut at max_samples; closing it (client gone) aborts the generation."""
-    total, chunk = 0, first
+    total, chunk, outcome = 0, first, "error"
+    if first is not None:
+        tally.first_audio()
     try:
         while chunk is not None:
             if max_samples is not None:
@@ -70,9 +105,14 @@ async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None
             total += len(chunk)
             yield chunk
             if max_samples is not None and total >= max_samples:
-                return
+                break
             chunk = await anext(pcm, None)
+        outcome = "ok"
+    except (GeneratorExit, asyncio.CancelledError):
+        outcome = "cancelled"
+        raise
     finally:
+        tally.done(outcome, total)
         await pcm.aclose()
 
 

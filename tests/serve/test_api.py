@@ -18,6 +18,7 @@ import uvicorn
 from deployments.local import LocalBackend
 from models import EngineConfig
 from serve.app import create_app
+from serve.metrics import Metrics
 from tests.conftest import free_port
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
@@ -32,10 +33,12 @@ def server(tmp_path_factory):
     state = {}
 
     async def main():
-        backend = await LocalBackend.start(EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4), store, max_queued=2)
+        metrics = Metrics()
+        backend = await LocalBackend.start(EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4), store,
+                                           max_queued=2, metrics=metrics)
         state["backend"] = backend
-        state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, settings), host="127.0.0.1",
-                                                        port=port, log_level="warning"))
+        state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, settings, metrics),
+                                                        host="127.0.0.1", port=port, log_level="warning"))
         await state["server"].serve()
         backend.shutdown()
 
@@ -216,3 +219,28 @@ def test_cli_say_writes_a_file(tmp_path):
     assert main(["say", "Hello there. A second sentence.", "-o", str(out), "--seed", "1", "--max-frames", "5",
                  "--device", "cpu"]) == 0
     assert len(decode_audio(out.read_bytes())) == 5 * 1920
+
+
+def test_metrics_endpoint_reports_requests_latency_engine_and_memory(server, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.audio.speech.create(model="tts-1", voice="alloy", input="Counted.", response_format="wav", extra_body=EXTRA)
+    httpx.post(server[0] + "/v1/audio/speech", json={"model": "tts-1", "voice": "nobody", "input": "x"})
+    text = httpx.get(server[0] + "/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+
+    def value(name, **labels):
+        return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert value("tts_requests_total", outcome="ok", format="wav", voice="alloy") >= 1
+    assert value("tts_requests_total", outcome="client_error") >= 1 and value("tts_errors_total", code="400") >= 1
+    assert value("tts_time_to_first_audio_seconds_count") >= 1 and value("tts_real_time_factor_count") >= 1
+    assert value("tts_audio_seconds_total") >= 0.48 and value("tts_input_characters_total") >= 8
+    assert value("tts_engine_batch_size_count") >= 6 and value("tts_engine_step_duration_seconds_sum") > 0
+    assert value("tts_audio_frames_total") >= 6 and value("tts_engine_kv_slots_total") == 4
+    used, total = value("tts_device_memory_used_bytes", device="cpu"), value("tts_device_memory_total_bytes", device="cpu")
+    assert 0 < used < total
+    assert value("tts_model_info", model="csm-tiny", device="cpu") == 1 and value("tts_model_load_seconds") > 0

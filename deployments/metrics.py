@@ -1,0 +1,82 @@
+"""Metrics glue: the definitions of serve/metrics.py bound to Ray Serve's metrics (exported
+by Ray's metrics agent, with deployment/replica/application tags and a `ray_` prefix), and
+the engine-side recorder shared by the Ray and in-process backends."""
+
+from __future__ import annotations
+
+import time
+
+from models.device import device_label, memory_bytes
+from models.loader import LoadedModel
+from models.params import EngineStats
+from serve import metrics as m
+
+
+class RayMetrics:
+    """Same interface as serve.metrics.Metrics, on ray.serve.metrics."""
+
+    def __init__(self, defs=m.ALL) -> None:
+        from ray.serve import metrics as rm
+
+        self._m = {}
+        for d in defs:
+            if d.kind == "counter":
+                self._m[d.name] = rm.Counter(d.name.removesuffix("_total"), d.help, d.labels)
+            elif d.kind == "gauge":
+                self._m[d.name] = rm.Gauge(d.name, d.help, d.labels)
+            else:
+                self._m[d.name] = rm.Histogram(d.name, d.help, list(d.buckets), d.labels)
+
+    def inc(self, d, value: float = 1.0, labels: dict | None = None) -> None:
+        self._m[d.name].inc(value, tags=labels)
+
+    def set(self, d, value: float, labels: dict | None = None) -> None:
+        self._m[d.name].set(value, tags=labels)
+
+    def observe(self, d, value: float, labels: dict | None = None) -> None:
+        self._m[d.name].observe(value, tags=labels)
+
+
+class EngineRecorder:
+    """`on_step` for AsyncEngine: per-step batch size and duration, engine gauges, and device
+    memory (read at most once a second: on accelerators it is a driver call)."""
+
+    def __init__(self, metrics, loaded: LoadedModel, memory_period_s: float = 1.0) -> None:
+        self.metrics, self.loaded = metrics, loaded
+        self.device = device_label(loaded.device)
+        self.memory_period_s = memory_period_s
+        self._last_memory = 0.0
+        self._prefix_hits = 0
+        self._info = {"model": loaded.name, "dtype": str(loaded.dtype).removeprefix("torch."), "device": self.device}
+        self.record_memory()
+
+    def record_memory(self) -> None:
+        """Memory, and the static model gauges again (a Ray replica's constructor runs before
+        its metrics tags exist, so values set only there are not exported)."""
+        self.metrics.set(m.LOAD_SECONDS, self.loaded.load_s)
+        self.metrics.set(m.MODEL_INFO, 1, self._info)
+        used, total = memory_bytes(self.loaded.device)
+        self.metrics.set(m.MEM_USED, used, {"device": self.device})
+        self.metrics.set(m.MEM_TOTAL, total, {"device": self.device})
+        if self.loaded.device.type != "cpu":
+            import torch
+
+            self.metrics.set(m.RSS, memory_bytes(torch.device("cpu"))[0])
+        else:
+            self.metrics.set(m.RSS, used)
+        self._last_memory = time.monotonic()
+
+    def on_step(self, stats: EngineStats) -> None:
+        if stats.last_batch_size:
+            self.metrics.observe(m.BATCH_SIZE, stats.last_batch_size)
+            self.metrics.observe(m.STEP_SECONDS, stats.last_step_s)
+            self.metrics.inc(m.AUDIO_FRAMES, stats.last_batch_size)
+        self.metrics.set(m.RUNNING, stats.num_running)
+        self.metrics.set(m.WAITING, stats.num_waiting)
+        self.metrics.set(m.KV_USED, stats.num_kv_slots_used)
+        self.metrics.set(m.KV_TOTAL, stats.num_kv_slots_total)
+        if stats.num_prefix_hits > self._prefix_hits:
+            self.metrics.inc(m.PREFIX_HITS, stats.num_prefix_hits - self._prefix_hits)
+            self._prefix_hits = stats.num_prefix_hits
+        if time.monotonic() - self._last_memory >= self.memory_period_s:
+            self.record_memory()

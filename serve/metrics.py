@@ -1,0 +1,92 @@
+"""One definition of every metric (name, kind, labels, buckets) and two ways to record them:
+prometheus-client (the in-process server's /metrics) or Ray Serve's metrics (bound in
+deployments/, exported by Ray's metrics agent with a `ray_` prefix). No torch, no ray here.
+
+Names follow Prometheus conventions: `tts_` prefix, base units, `_total` counters,
+`_seconds` histograms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+RTF_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+STEP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+REQUESTS = MetricDef("tts_requests_total", "counter", "Speech requests by outcome (ok, client_error, rejected, error, cancelled).", ("outcome", "format", "voice"))
+ERRORS = MetricDef("tts_errors_total", "counter", "Error responses by HTTP status code.", ("code",))
+TTFA = MetricDef("tts_time_to_first_audio_seconds", "histogram", "From request received to first audio chunk ready.", (), LATENCY_BUCKETS)
+DURATION = MetricDef("tts_request_duration_seconds", "histogram", "From request received to last audio chunk sent.", (), LATENCY_BUCKETS)
+RTF = MetricDef("tts_real_time_factor", "histogram", "Generation time / audio duration, per request (< 1 is faster than real time).", (), RTF_BUCKETS)
+AUDIO_SECONDS = MetricDef("tts_audio_seconds_total", "counter", "Seconds of audio produced.")
+AUDIO_FRAMES = MetricDef("tts_audio_frames_total", "counter", "Audio frames (80 ms) produced by the engine.")
+INPUT_CHARS = MetricDef("tts_input_characters_total", "counter", "Characters of input text received.")
+RUNNING = MetricDef("tts_engine_running_requests", "gauge", "Requests holding a KV slot.")
+WAITING = MetricDef("tts_engine_waiting_requests", "gauge", "Requests waiting for a KV slot.")
+KV_USED = MetricDef("tts_engine_kv_slots_used", "gauge", "KV cache slots in use.")
+KV_TOTAL = MetricDef("tts_engine_kv_slots_total", "gauge", "KV cache slots (max_num_seqs).")
+BATCH_SIZE = MetricDef("tts_engine_batch_size", "histogram", "Rows sampled per engine step.", (), BATCH_BUCKETS)
+STEP_SECONDS = MetricDef("tts_engine_step_duration_seconds", "histogram", "Wall time of one engine step.", (), STEP_BUCKETS)
+PREFIX_HITS = MetricDef("tts_prefix_cache_hits_total", "counter", "Requests that started from a cached voice prefix.")
+MEM_USED = MetricDef("tts_device_memory_used_bytes", "gauge", "Device memory in use (process RSS on CPU).", ("device",))
+MEM_TOTAL = MetricDef("tts_device_memory_total_bytes", "gauge", "Device memory capacity (physical RAM on CPU).", ("device",))
+RSS = MetricDef("tts_process_resident_memory_bytes", "gauge", "Resident memory of the engine process.")
+LOAD_SECONDS = MetricDef("tts_model_load_seconds", "gauge", "Time to load the model.")
+MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype and device as labels.", ("model", "dtype", "device"))
+
+ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
+       KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, PREFIX_HITS, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
+
+
+class Metrics:
+    """Records by definition: `inc`, `set`, `observe`. Backed by prometheus-client here; the
+    Ray deployments bind the same definitions to ray.serve.metrics (deployments/metrics.py)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._m = {d.name: self._make(d) for d in ALL}
+
+    def _make(self, d: MetricDef):
+        if d.kind == "counter":
+            return Counter(d.name.removesuffix("_total"), d.help, d.labels, registry=self.registry)
+        if d.kind == "gauge":
+            return Gauge(d.name, d.help, d.labels, registry=self.registry)
+        return Histogram(d.name, d.help, d.labels, buckets=d.buckets, registry=self.registry)
+
+    def _get(self, d: MetricDef, labels: dict[str, str] | None):
+        m = self._m[d.name]
+        return m.labels(**labels) if labels else m
+
+    def inc(self, d: MetricDef, value: float = 1.0, labels: dict[str, str] | None = None) -> None:
+        self._get(d, labels).inc(value)
+
+    def set(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
+        self._get(d, labels).set(value)
+
+    def observe(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
+        self._get(d, labels).observe(value)
+
+
+def metrics_endpoint(registry: CollectorRegistry):
+    """A route handler serving the registry in Prometheus' text format."""
+    from fastapi import Response
+
+    async def endpoint() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint
