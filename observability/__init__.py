@@ -1,0 +1,1 @@
+"""Grafana dashboard and Prometheus alert rules, produced by code (`python -m observability.build`)."""

@@ -1,0 +1,82 @@
+"""The PromQL of the dashboard and the alerts, in one place. Metric names are as Ray's metrics
+agent exports the definitions of serve/metrics.py: with a `ray_` prefix, and Serve's
+`application`, `deployment` and `replica` labels on every series."""
+
+from __future__ import annotations
+
+SEL = 'application=~"$application", replica=~"$replica"'
+
+
+def quantile(q: float, metric: str, sel: str = SEL, window: str = "$__rate_interval") -> str:
+    return f"histogram_quantile({q}, sum by (le) (rate(ray_{metric}_bucket{{{sel}}}[{window}])))"
+
+
+PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    # (title, unit, [(legend, expr), ...])
+    ("Real-time factor (p50 / p95; below 1 is faster than real time)", "none", [
+        ("p50", quantile(0.5, "tts_real_time_factor")),
+        ("p95", quantile(0.95, "tts_real_time_factor")),
+        ("real time", "vector(1)"),
+    ]),
+    ("Time to first audio (p50 / p95)", "s", [
+        ("p50", quantile(0.5, "tts_time_to_first_audio_seconds")),
+        ("p95", quantile(0.95, "tts_time_to_first_audio_seconds")),
+    ]),
+    ("Throughput: audio seconds per second", "none", [
+        ("audio s/s", f"sum(rate(ray_tts_audio_seconds_total{{{SEL}}}[$__rate_interval]))"),
+    ]),
+    ("Engine batch size (p50 / p95)", "none", [
+        ("p50", quantile(0.5, "tts_engine_batch_size")),
+        ("p95", quantile(0.95, "tts_engine_batch_size")),
+    ]),
+    ("Running / waiting requests", "none", [
+        ("running {{replica}}", f"sum by (replica) (ray_tts_engine_running_requests{{{SEL}}})"),
+        ("waiting {{replica}}", f"sum by (replica) (ray_tts_engine_waiting_requests{{{SEL}}})"),
+    ]),
+    ("Device memory used vs total", "bytes", [
+        ("used {{device}} {{replica}}", f"max by (device, replica) (ray_tts_device_memory_used_bytes{{{SEL}}})"),
+        ("total {{device}} {{replica}}", f"max by (device, replica) (ray_tts_device_memory_total_bytes{{{SEL}}})"),
+    ]),
+    ("Error rate by status code", "reqps", [
+        ("{{code}}", f"sum by (code) (rate(ray_tts_errors_total{{{SEL}}}[$__rate_interval]))"),
+    ]),
+    ("Requests by outcome", "reqps", [
+        ("{{outcome}}", f"sum by (outcome) (rate(ray_tts_requests_total{{{SEL}}}[$__rate_interval]))"),
+    ]),
+    ("Healthy engine replicas", "none", [
+        ("healthy", 'sum(ray_serve_deployment_replica_healthy{application=~"$application", deployment="TTSEngine"})'),
+    ]),
+]
+
+TEMPLATE_QUERIES = {
+    "cluster": "label_values(ray_tts_model_info, ray_io_cluster)",
+    "application": "label_values(ray_tts_model_info, application)",
+    "replica": 'label_values(ray_tts_model_info{application=~"$application"}, replica)',
+}
+
+def _alert(name: str, value: str, condition: str, for_: str, severity: str, summary: str, expr: str = "") -> dict:
+    """`value` is the watched quantity (a test checks it has live series); `condition` the
+    comparison that fires (or a whole `expr`)."""
+    return {"alert": name, "value": value, "expr": expr or f"{value} {condition}", "for": for_,
+            "severity": severity, "summary": summary}
+
+
+_HEALTHY = 'ray_serve_deployment_replica_healthy{deployment="TTSEngine"}'
+ALERTS: list[dict] = [
+    _alert("TTSRealTimeFactorHigh",
+           "histogram_quantile(0.95, sum by (le, application) (rate(ray_tts_real_time_factor_bucket[5m])))",
+           "> 1", "5m", "warning", "Speech is generated slower than real time (RTF p95 > 1) for 5 minutes."),
+    _alert("TTSTimeToFirstAudioHigh",
+           "histogram_quantile(0.95, sum by (le, application) (rate(ray_tts_time_to_first_audio_seconds_bucket[5m])))",
+           "> 2", "5m", "warning", "Time to first audio p95 above 2 s for 5 minutes."),
+    _alert("TTSErrorRatioHigh",
+           '(sum by (application) (rate(ray_tts_errors_total{code=~"5.."}[5m])) or sum by (application) '
+           '(rate(ray_tts_requests_total[5m])) * 0) / sum by (application) (rate(ray_tts_requests_total[5m]))',
+           "> 0.05", "5m", "critical", "More than 5% of speech requests fail with a server error."),
+    _alert("TTSDeviceMemoryHigh",
+           "max by (device, replica) (ray_tts_device_memory_used_bytes / ray_tts_device_memory_total_bytes)",
+           "> 0.9", "5m", "warning", "A card's memory is more than 90% used."),
+    _alert("TTSNoHealthyReplica", f"sum by (application) ({_HEALTHY})", "", "1m", "critical",
+           "No healthy TTS engine replica: speech requests cannot be served.",
+           expr=f"(sum by (application) ({_HEALTHY}) < 1) or absent({_HEALTHY})"),
+]
