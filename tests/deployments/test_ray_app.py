@@ -2,6 +2,8 @@
 
 import base64
 import json
+import shutil
+import subprocess
 import threading
 import time
 
@@ -9,6 +11,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import yaml
 
 from tests.conftest import free_port
 from serve.audio import FORMATS, decode_audio
@@ -21,9 +24,15 @@ from deployments.app import build_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def metrics_port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, metrics_port):
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {
         "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": 4},
@@ -139,3 +148,81 @@ def test_disconnect_frees_the_slot(app_url):
     while _engine_stats()["num_kv_slots_used"] and time.time() < deadline:
         time.sleep(0.2)
     assert _engine_stats()["num_kv_slots_used"] == 0
+
+
+@pytest.fixture(scope="module")
+def prometheus(app_url, metrics_port, tmp_path_factory):
+    """Debian's prometheus on loopback, scraping Ray's metrics agent every second."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus (Debian package) is not installed")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
+    }))
+    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/-/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _query(prom: str, expr: str) -> list:
+    r = httpx.get(prom + "/api/v1/query", params={"query": expr}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]["result"]
+
+
+def _burst(app_url: str, n: int, seed: int) -> None:
+    def one(i):
+        httpx.post(app_url + "/v1/audio/speech", timeout=120, json={
+            "model": "tts-1", "voice": "alloy", "input": f"Metric {i}.", "response_format": "pcm",
+            "seed": seed + i, "max_audio_seconds": 0.8})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+
+
+def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
+    """A real Prometheus scraping the running app: RTF p95, time to first audio p95, device
+    memory and batch size have plausible values, and every dashboard and alert expression
+    returns at least one series."""
+    from observability.queries import ALERTS, PANELS
+    from tests.observability.test_rules import concrete
+
+    _burst(app_url, 6, 100)
+    time.sleep(4)
+    _burst(app_url, 6, 200)
+    checks = {
+        "rtf": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_real_time_factor_bucket[1m])))",
+        "ttfa": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_time_to_first_audio_seconds_bucket[1m])))",
+        "memory": 'max(ray_tts_device_memory_used_bytes{device="cpu"})',
+        "batch": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_engine_batch_size_bucket[1m])))",
+    }
+    values = {}
+    deadline = time.time() + 60
+    while time.time() < deadline and len(values) < len(checks):
+        for name, expr in checks.items():
+            result = _query(prometheus, expr)
+            if result and result[0]["value"][1] not in ("NaN", "+Inf"):
+                values[name] = float(result[0]["value"][1])
+        time.sleep(1)
+    assert set(values) == set(checks), values
+    assert 0 < values["rtf"] < 100 and 0 < values["ttfa"] < 60
+    assert 10 * 2**20 < values["memory"] < 1 << 40 and values["batch"] >= 1
+    exprs = [concrete(e) for _, _, targets in PANELS for _, e in targets] + [a["value"] for a in ALERTS]
+    empty = [e for e in exprs if not _query(prometheus, e)]
+    assert not empty, empty
