@@ -30,9 +30,9 @@ KUBECTL = shutil.which("kubectl")
 # Kubernetes versions to validate the built-in kinds against (kubernetes-validate ships their
 # schemas; "latest" is the newest it has).
 K8S_VERSIONS = ("1.29", "latest")
-CARD = {"ascend": "huawei.com/Ascend910", "nvidia": "nvidia.com/gpu", "cpu": None}
 ACCELERATOR_LIMITS = ("huawei.com/Ascend910", "nvidia.com/gpu", "amd.com/gpu")
 RAY_DEFAULT_GRACEFUL_SHUTDOWN_S = 20  # Serve's default graceful_shutdown_timeout_s
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are 1 MB each
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: cannot run `kubectl kustomize`")
 
@@ -43,12 +43,11 @@ needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not insta
 @cache
 def build(path: str) -> tuple[dict, ...]:
     """`kubectl kustomize k8s/<path>`, parsed (cached: each kustomization builds once per run)."""
-    proc = subprocess.run([KUBECTL, "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S / path)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, f"kubectl kustomize k8s/{path} failed:\n{proc.stderr}"
     return tuple(doc for doc in yaml.load_all(proc.stdout, Loader=_Loader) if doc)
-
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def docs(overlay: str) -> tuple[dict, ...]:
@@ -148,7 +147,8 @@ def test_kustomization_builds(path):
     kinds = sorted(d["kind"] for d in build(path))
     assert kinds.count("RayService") == 1
     assert kinds.count("PodMonitor") == 2
-    assert "ConfigMap" not in kinds, "the serve-config ConfigMap is build-time only (local-config)"
+    names = {d["metadata"]["name"] for d in build(path)}
+    assert "csm-serve-config" not in names, "the serve-config ConfigMap is build-time only (local-config)"
 
 
 @needs_kubectl
@@ -186,7 +186,8 @@ def test_builtin_kinds_validate_against_kubernetes_schemas(overlay):
             try:
                 kv.validate(obj, version, strict=True)
             except kv.ValidationError as e:
-                error = f"{obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): {'.'.join(map(str, e.path))}: {e.message}"
+                where = f"{obj['kind']}/{obj['metadata']['name']} (Kubernetes {version})"
+                error = f"{where}: {'.'.join(map(str, e.path))}: {e.message}"
             assert error is None, error
 
 
@@ -205,7 +206,8 @@ def test_podmonitors_scrape_every_ray_pod_on_the_metrics_port(overlay):
         assert "metrics" in [e["port"] for e in endpoints]
         for group in templates[node_type]:
             labels = group["template"]["metadata"]["labels"]
-            selector = {k: v for k, v in monitor["spec"]["selector"]["matchLabels"].items() if not k.startswith("ray.io/")}
+            match = monitor["spec"]["selector"]["matchLabels"]
+            selector = {k: v for k, v in match.items() if not k.startswith("ray.io/")}
             assert selector.items() <= labels.items(), "the PodMonitor must select this group's pods"
             ports = {p["name"]: p["containerPort"] for p in ray_container(group)["ports"]}
             assert ports["metrics"] == int(group["rayStartParams"]["metrics-export-port"]) == 8080
@@ -242,9 +244,14 @@ def _openapi_to_jsonschema(node):
         return [_openapi_to_jsonschema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    # `default` is kept aside as `_default` (a list-map key may default, e.g. a port's protocol).
+    # `default` is kept aside as `_default` (a list-map key may default, e.g. a port's protocol);
+    # the keys of `properties` are field names, converted as they are.
     out = {
-        ("_default" if k == "default" else k): _openapi_to_jsonschema(v)
+        ("_default" if k == "default" else k): (
+            {name: _openapi_to_jsonschema(sub) for name, sub in v.items()}
+            if k == "properties"
+            else _openapi_to_jsonschema(v)
+        )
         for k, v in node.items()
         if k not in ("description", "example")
     }
@@ -308,9 +315,24 @@ def _crd_errors(schema: dict, instance: dict) -> list[str]:
 def test_crd_conversion_is_strict():
     """The converted schema rejects what the API server would prune or refuse."""
     schema = _crd_schema("ray.io_rayservices.yaml")
-    good = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "x"},
-            "spec": {"rayClusterConfig": {"headGroupSpec": {"template": {"spec": {"containers": [
-                {"name": "ray-head", "image": "csm-serve:latest", "ports": [{"containerPort": 8000}]}]}}}}}}
+    good = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "x"},
+        "spec": {
+            "rayClusterConfig": {
+                "headGroupSpec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {"name": "ray-head", "image": "csm-serve:latest", "ports": [{"containerPort": 8000}]}
+                            ]
+                        }
+                    }
+                }
+            }
+        },
+    }
     assert _crd_errors(schema, good) == []
     typo = copy.deepcopy(good)
     typo["spec"]["rayClusterConfig"]["enableInTreeAutoscalling"] = True
@@ -331,8 +353,12 @@ def test_rayservice_validates_against_kuberay_crd(overlay):
     assert rs["apiVersion"] == "ray.io/v1"
     assert _crd_errors(_crd_schema("ray.io_rayservices.yaml"), rs) == []
     # rayClusterConfig becomes the spec of the RayCluster that KubeRay creates from it.
-    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "csm-serve-raycluster"},
-               "spec": rs["spec"]["rayClusterConfig"]}
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "csm-serve-raycluster"},
+        "spec": rs["spec"]["rayClusterConfig"],
+    }
     assert _crd_errors(_crd_schema("ray.io_rayclusters.yaml"), cluster) == []
 
 
@@ -496,7 +522,9 @@ def test_one_engine_replica_per_worker_and_bounds_agree(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_grace_periods_outlast_serve_graceful_shutdown(overlay):
     config = embedded_serve_config(overlay)
-    graceful = max(d.get("graceful_shutdown_timeout_s", RAY_DEFAULT_GRACEFUL_SHUTDOWN_S) for d in app(config)["deployments"])
+    graceful = max(
+        d.get("graceful_shutdown_timeout_s", RAY_DEFAULT_GRACEFUL_SHUTDOWN_S) for d in app(config)["deployments"]
+    )
     assert graceful == 120
     spec = rayservice(overlay)["spec"]
     assert spec["rayClusterDeletionDelaySeconds"] > graceful, "the old cluster must outlive in-flight requests"
@@ -546,7 +574,8 @@ def test_volumes(overlay):
     config = embedded_serve_config(overlay)
     voices_dir = app(config)["args"]["server"]["voices_dir"]
     model = app(config)["args"]["engine"]["model"]
-    voices_pvc = next(d for d in docs(overlay) if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "csm-voices")
+    pvcs = {d["metadata"]["name"]: d for d in docs(overlay) if d["kind"] == "PersistentVolumeClaim"}
+    voices_pvc = pvcs["csm-voices"]
     assert voices_pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     for name, template in pod_templates(overlay):
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
