@@ -9,6 +9,7 @@ stream aborts its request in the engine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -33,6 +34,7 @@ from .metrics import EngineRecorder, RayMetrics
 from .voices import load_voice
 
 log = logging.getLogger(__name__)
+ENGINE_NAME = "TTSEngine"
 INGRESS_METRICS = (m.REQUESTS, m.ERRORS, m.TTFA, m.DURATION, m.RTF, m.AUDIO_SECONDS, m.INPUT_CHARS)
 
 
@@ -59,7 +61,7 @@ def engine_actor_options(engine: EngineConfig, cpus: float) -> dict:
     return {"num_cpus": cpus}
 
 
-@serve.deployment(name="TTSEngine", graceful_shutdown_timeout_s=120, health_check_period_s=10)
+@serve.deployment(name=ENGINE_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
 class TTSEngineDeployment:
     def __init__(self, engine: dict, voices_dir: str | None, max_sample_bytes: int) -> None:
         config = EngineConfig(**engine)
@@ -86,7 +88,7 @@ class TTSEngineDeployment:
             self.engine.engine.remove_prefix(context)
 
     def stats(self) -> dict:
-        return self.engine.stats().__dict__
+        return {**self.engine.stats().__dict__, "pid": os.getpid()}
 
     def check_health(self) -> None:
         self.engine.check_health()
@@ -98,8 +100,15 @@ class RayBackend:
     def __init__(self, engine: DeploymentHandle) -> None:
         self.engine = engine
 
-    def is_ready(self) -> bool:
-        return True  # the ingress only receives traffic once the engine deployment is up
+    async def is_ready(self) -> bool:
+        """Ready when Serve's controller reports the engine deployment healthy (not while a
+        replica is being replaced). Asks the controller, so it takes no engine slot."""
+        try:
+            status = await asyncio.to_thread(serve.status)
+            app = status.applications[serve.get_replica_context().app_name]
+            return app.deployments[ENGINE_NAME].status == "HEALTHY"
+        except Exception:
+            return False
 
     async def synthesize(self, request_id, segments, voice: Voice, params: SynthesisParams) -> AsyncIterator[np.ndarray]:
         stream = None

@@ -39,7 +39,7 @@ class LocalBackend:
         backend._ready = True
         return backend
 
-    def is_ready(self) -> bool:
+    async def is_ready(self) -> bool:
         return self._ready and self.pipeline.engine.is_alive
 
     async def synthesize(

@@ -25,8 +25,8 @@ class SynthesisParams:
 
 
 class SpeechBackend(Protocol):
-    def is_ready(self) -> bool:
-        """Model loaded and warmed up."""
+    async def is_ready(self) -> bool:
+        """Model loaded, warmed up, and the engine answering."""
 
     def synthesize(
         self, request_id: str, segments: list[str], voice: Voice, params: SynthesisParams

@@ -16,6 +16,6 @@ async def live() -> dict:
 
 @router.get("/v2/health/ready")
 async def ready(backend: BackendDep):
-    if backend.is_ready():
+    if await backend.is_ready():
         return {"status": "ready"}
     return JSONResponse({"status": "loading"}, status_code=503)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from .. import metrics as m
-from ..audio import SAMPLE_RATE, AudioEncoder, make_encoder
+from ..audio import CONTENT_TYPES, SAMPLE_RATE, AudioEncoder, make_encoder
 from ..backend import Overloaded, SynthesisParams
 from ..deps import BackendDep, SettingsDep, StoreDep
 from ..errors import APIError
@@ -25,7 +25,8 @@ from ..voices import OPENAI_VOICES, VoiceNotFound
 router = APIRouter(tags=["speech"])
 FRAME_SAMPLES = 1920
 
-_AUDIO_RESPONSES = {200: {"content": {"audio/mpeg": {}, "text/event-stream": {}}, "description": "audio"}}
+_AUDIO_RESPONSES = {200: {"content": {**{t: {} for t in CONTENT_TYPES.values()}, "text/event-stream": {}},
+                          "description": "audio in the requested response_format, or SSE speech.audio.* events"}}
 
 
 class _Tally:
@@ -67,9 +68,6 @@ async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally):
         voice = store.resolve(body.voice_key)
     except VoiceNotFound as e:
         raise APIError(400, str(e), "voice", "voice_not_found") from e
-    if not backend.is_ready():
-        raise APIError(503, "The model is loading; retry shortly.", code="not_ready",
-                       headers={"Retry-After": str(settings.retry_after_s)})
     segments = await asyncio.to_thread(split_text, body.input, settings.segment_max_chars)
     params = SynthesisParams(
         speaker=voice.speaker if body.speaker is None else body.speaker,

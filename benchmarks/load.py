@@ -1,0 +1,291 @@
+"""Load tool: drives a running server's real HTTP API (POST /v1/audio/speech) and reports
+what its clients see, per load level.
+
+Modes (both may be given in one run; each value is one level):
+  closed loop  `--concurrency 1 4 16`: N workers, each sending its next request as soon as
+               the previous one is answered, `--requests-per-level` requests in all.
+  open loop    `--rate 8 --duration-s 10`: Poisson arrivals at R requests/s for D seconds,
+               at most `--max-requests`; stragglers get `--timeout-s` more, then count as lost.
+Default: `--concurrency 1 4 16`.
+
+`--format pcm` (default) streams: time to first audio is taken at the first body byte and
+audio seconds are counted exactly from the bytes (24 kHz s16le). Any other format (mp3,
+wav, ...) is read as a whole body: time to first audio is the complete response, and audio
+seconds come from decoding it (lossy codecs add a little padding).
+Every request carries `seed` (`--seed` + its index in the level) and `max_audio_seconds`.
+
+Per level: sent, ok, rejected (429/503: with or without Retry-After, and how fast),
+failed (other status, connection errors, timeouts), lost (sent, no outcome: should be 0),
+time to first audio p50/p95/p99, RTF p50/p95 (request wall time / audio seconds),
+throughput (audio seconds per second of wall time) and errors by status code or exception.
+The JSON report goes to stdout and `--out`; `--plot` (default: `--out` with .png) draws
+latency percentiles and throughput against the load level.
+
+Run: `python -m benchmarks.load --help`, e.g.
+  python -m benchmarks.load --concurrency 1 4 16 --rate 2 8 --duration-s 10 --out load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+SAMPLE_RATE = 24_000
+BYTES_PER_SAMPLE = 2  # s16le mono
+REJECTED = (429, 503)
+
+
+@dataclass
+class Result:
+    """One request's outcome; `outcome` stays "lost" until the request ends one way or another."""
+
+    start: float
+    outcome: str = "lost"  # ok | rejected | failed | lost
+    status: int | None = None  # HTTP status; None when no response came (connection error, timeout)
+    error: str | None = None  # exception name for failures without a status
+    ttfa_s: float | None = None
+    wall_s: float | None = None
+    audio_s: float = 0.0
+    retry_after: bool | None = None  # rejections only: was Retry-After present
+    body: bytes = b""  # non-pcm formats: the whole body, decoded after the level
+
+
+def request_body(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    return {"model": args.model, "voice": args.voice, "input": args.text, "response_format": args.format,
+            "seed": seed, "max_audio_seconds": args.max_audio_seconds}
+
+
+async def _exchange(client: httpx.AsyncClient, body: dict[str, Any], res: Result, stream: bool) -> None:
+    async with client.stream("POST", "/v1/audio/speech", json=body) as r:
+        res.status = r.status_code
+        if r.status_code != 200:
+            await r.aread()
+            res.retry_after = "retry-after" in r.headers
+            res.outcome = "rejected" if r.status_code in REJECTED else "failed"
+            return
+        nbytes, chunks = 0, []
+        async for chunk in r.aiter_bytes():
+            if chunk and res.ttfa_s is None and stream:
+                res.ttfa_s = time.perf_counter() - res.start
+            nbytes += len(chunk)
+            if not stream:
+                chunks.append(chunk)
+        if stream:
+            res.audio_s = nbytes // BYTES_PER_SAMPLE / SAMPLE_RATE
+        else:
+            res.ttfa_s, res.body = time.perf_counter() - res.start, b"".join(chunks)
+        res.outcome, res.error = ("ok", None) if nbytes else ("failed", "empty body")
+
+
+async def send(client: httpx.AsyncClient, args: argparse.Namespace, seed: int, res: Result) -> None:
+    """One request, bounded by --timeout-s; fills `res` (appended by the caller when sent)."""
+    try:
+        async with asyncio.timeout(args.timeout_s):
+            await _exchange(client, request_body(args, seed), res, stream=args.format == "pcm")
+    except TimeoutError:
+        res.outcome, res.error = "failed", "timeout"
+    except Exception as e:  # noqa: BLE001 - connection errors, protocol errors: the request failed
+        res.outcome, res.error = "failed", type(e).__name__
+    finally:
+        res.wall_s = time.perf_counter() - res.start
+
+
+def make_client(args: argparse.Namespace, max_connections: int | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    return httpx.AsyncClient(base_url=args.url, headers=headers, timeout=args.timeout_s,
+                             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=None))
+
+
+async def closed_loop(args: argparse.Namespace, concurrency: int) -> list[Result]:
+    """`concurrency` workers send back to back until --requests-per-level have been sent."""
+    results: list[Result] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while len(results) < args.requests_per_level:
+            res = Result(time.perf_counter())
+            seed = args.seed + len(results)
+            results.append(res)
+            await send(client, args, seed, res)
+
+    async with make_client(args, concurrency) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return results
+
+
+async def open_loop(args: argparse.Namespace, rate: float) -> list[Result]:
+    """Poisson arrivals at `rate`/s for --duration-s (at most --max-requests); unfinished
+    requests --timeout-s (+1 s) after the last arrival are cancelled and stay lost."""
+    rng, results, tasks = random.Random(args.seed), [], []
+    async with make_client(args, None) as client:
+        t0 = time.perf_counter()
+        at = rng.expovariate(rate)
+        while at < args.duration_s and len(results) < args.max_requests:
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            res = Result(time.perf_counter())
+            tasks.append(asyncio.create_task(send(client, args, args.seed + len(results), res)))
+            results.append(res)
+            at += rng.expovariate(rate)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=args.timeout_s + 1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+    return results
+
+
+def pct(values: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
+    arr = np.asarray(values, dtype=float)
+    return {f"p{q}": (float(np.percentile(arr, q)) if arr.size else None) for q in qs}
+
+
+def decode_bodies(results: list[Result]) -> None:
+    """Audio seconds of whole-body (non-pcm) responses, decoded after the level so decoding
+    does not slow the load; an undecodable body turns the request into a failure."""
+    from serve.audio import decode_audio
+
+    for res in results:
+        if res.outcome == "ok" and res.body:
+            try:
+                res.audio_s = len(decode_audio(res.body)) / SAMPLE_RATE
+            except Exception as e:  # noqa: BLE001 - any decode error is the server's failure
+                res.outcome, res.error = "failed", f"undecodable: {type(e).__name__}"
+            res.body = b""
+
+
+def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
+    by = {k: [r for r in results if r.outcome == k] for k in ("ok", "rejected", "failed", "lost")}
+    ok, rejected = by["ok"], by["rejected"]
+    audio = [r.audio_s for r in ok]
+    errors: dict[str, int] = {}
+    for r in by["rejected"] + by["failed"]:
+        key = str(r.status) if r.status is not None and r.status != 200 else str(r.error)
+        errors[key] = errors.get(key, 0) + 1
+    return {
+        "sent": len(results), **{k: len(v) for k, v in by.items()},
+        "wall_s": wall_s,
+        "ttfa_s": pct([r.ttfa_s for r in ok if r.ttfa_s is not None], (50, 95, 99)),
+        "rtf": pct([r.wall_s / r.audio_s for r in ok if r.audio_s > 0 and r.wall_s is not None], (50, 95)),
+        "audio_s": {"total": float(sum(audio)), "min": min(audio, default=None), "max": max(audio, default=None)},
+        "throughput_audio_s_per_s": sum(audio) / wall_s if wall_s > 0 else 0.0,
+        "rejections": {
+            "with_retry_after": sum(1 for r in rejected if r.retry_after),
+            "without_retry_after": sum(1 for r in rejected if not r.retry_after),
+            "latency_s": {**pct([r.wall_s for r in rejected if r.wall_s is not None], (50, 95)),
+                          "max": max((r.wall_s or 0.0 for r in rejected), default=None)},
+        },
+        "errors_by_status": dict(sorted(errors.items())),
+    }
+
+
+async def run_level(args: argparse.Namespace, mode: str, value: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if mode == "closed":
+        results = await closed_loop(args, int(value))
+    else:
+        results = await open_loop(args, value)
+    wall_s = time.perf_counter() - t0
+    decode_bodies(results)
+    label = f"c={int(value)}" if mode == "closed" else f"{value:g}/s"
+    level = {"label": label, "mode": mode, **({"concurrency": int(value)} if mode == "closed" else {"rate": value})}
+    return {**level, **summarize(results, wall_s)}
+
+
+async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.warmup:
+        async with make_client(args, 1) as client:
+            for i in range(args.warmup):
+                await send(client, args, args.seed + i, Result(time.perf_counter()))
+    levels = [("closed", float(c)) for c in args.concurrency or []] + [("open", r) for r in args.rate or []]
+    out = []
+    for mode, value in levels:
+        out.append(await run_level(args, mode, value))
+        counts = {k: out[-1][k] for k in ("sent", "ok", "rejected", "failed", "lost")}
+        print(f"{out[-1]['label']}: {counts}", file=sys.stderr)
+    return out
+
+
+def plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [lv["label"] for lv in levels]
+    x = range(len(levels))
+    fig, (lat, thr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
+        lat.plot(x, [lv["ttfa_s"][q] if lv["ttfa_s"][q] is not None else float("nan") for lv in levels],
+                 style, label=f"time to first audio {q}")
+    for q, style in (("p50", "o-"), ("p95", "s--")):
+        lat.plot(x, [lv["rtf"][q] if lv["rtf"][q] is not None else float("nan") for lv in levels],
+                 style, label=f"RTF {q}")
+    lat.axhline(1.0, color="grey", lw=0.8)
+    lat.set_ylabel("seconds / RTF")
+    lat.legend(fontsize=8)
+    lat.set_title(title)
+    thr.bar(x, [lv["throughput_audio_s_per_s"] for lv in levels], color="tab:green")
+    for i, lv in enumerate(levels):
+        thr.annotate(f"ok {lv['ok']} / rej {lv['rejected']} / fail {lv['failed']}", (i, 0), fontsize=7,
+                     ha="center", va="bottom", rotation=90, color="white", xytext=(0, 4), textcoords="offset points")
+    thr.set_ylabel("audio s per s")
+    thr.set_xticks(list(x), labels)
+    thr.set_xlabel("load level (c = concurrent clients, /s = arrival rate)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--concurrency", type=int, nargs="+", help="closed-loop levels (default 1 4 16 without --rate)")
+    ap.add_argument("--rate", type=float, nargs="+", help="open-loop levels: Poisson arrivals per second")
+    ap.add_argument("--duration-s", type=float, default=10.0, help="open loop: seconds of arrivals per level")
+    ap.add_argument("--max-requests", type=int, default=10_000, help="open loop: cap on requests per level")
+    ap.add_argument("--requests-per-level", type=int, default=32, help="closed loop: requests per level")
+    ap.add_argument("--max-audio-seconds", type=float, default=2.0)
+    ap.add_argument("--format", default="pcm", help="pcm streams; others (mp3, wav, ...) are read whole")
+    ap.add_argument("--model", default="tts-1")
+    ap.add_argument("--voice", default="alloy")
+    ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog.")
+    ap.add_argument("--timeout-s", type=float, default=60.0, help="per request, start to last byte")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=1, help="requests sent (and not counted) before the levels")
+    ap.add_argument("--out", type=Path, help="JSON report")
+    ap.add_argument("--plot", type=Path, help="PNG (default: --out with .png)")
+    args = ap.parse_args(argv)
+    if not args.concurrency and not args.rate:
+        args.concurrency = [1, 4, 16]
+    if any(c < 1 for c in args.concurrency or []) or any(r <= 0 for r in args.rate or []):
+        ap.error("--concurrency values must be >= 1 and --rate values > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    levels = asyncio.run(run_all(args))
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
+    report = {"config": config, "levels": levels}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    plot_path = args.plot or (args.out.with_suffix(".png") if args.out else None)
+    if plot_path and levels:
+        plot(levels, plot_path, f"{args.url}  format={args.format}  max_audio_seconds={args.max_audio_seconds:g}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The load tool against the real app on loopback (uvicorn + in-process csm-tiny backend with
+2 slots and a queue of 1, so 6 concurrent clients overload it): every request is accounted
+for, overload is 429 with Retry-After, streamed audio is counted exactly, JSON and PNG are written."""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from benchmarks.load import main
+from deployments.local import LocalBackend
+from models import EngineConfig
+from serve.app import create_app
+from serve.metrics import Metrics
+from serve.settings import ServerSettings
+from serve.voices import VoiceStore
+from tests.conftest import free_port
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = ServerSettings(voices_dir=str(tmp_path_factory.mktemp("voices")))
+    store = VoiceStore(settings.voices_dir)
+    port = free_port()
+    state = {}
+
+    async def serve():
+        metrics = Metrics()
+        backend = await LocalBackend.start(EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=2), store,
+                                           max_queued=1, metrics=metrics)
+        state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, settings, metrics),
+                                                        host="127.0.0.1", port=port, log_level="warning"))
+        await state["server"].serve()
+        backend.shutdown()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not (state.get("server") and state["server"].started):
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    state["server"].should_exit = True
+    thread.join(10)
+
+
+LEVEL_FIELDS = {"label", "mode", "sent", "ok", "rejected", "failed", "lost", "wall_s", "ttfa_s", "rtf", "audio_s",
+                "throughput_audio_s_per_s", "rejections", "errors_by_status"}
+
+
+def test_sweep_and_open_loop_account_for_every_request(server, tmp_path, capsys):
+    out = tmp_path / "load.json"
+    report = main(["--url", server, "--concurrency", "1", "6", "--requests-per-level", "6",
+                   "--rate", "8", "--duration-s", "2", "--max-audio-seconds", "0.5", "--timeout-s", "20",
+                   "--seed", "3", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == report == json.loads(capsys.readouterr().out)
+    levels = {lv["label"]: lv for lv in saved["levels"]}
+    assert list(levels) == ["c=1", "c=6", "8/s"]
+    for lv in levels.values():
+        assert LEVEL_FIELDS <= set(lv)
+        assert lv["lost"] == 0 and lv["sent"] == lv["ok"] + lv["rejected"] + lv["failed"] > 0
+        assert lv["failed"] == 0, lv["errors_by_status"]
+        assert lv["ok"] > 0 and lv["audio_s"]["min"] == lv["audio_s"]["max"] == 0.5  # 12000 samples each, exactly
+        assert lv["audio_s"]["total"] == 0.5 * lv["ok"]
+        assert 0 < lv["ttfa_s"]["p50"] <= lv["ttfa_s"]["p95"] <= lv["ttfa_s"]["p99"] < 20
+        assert 0 < lv["rtf"]["p50"] <= lv["rtf"]["p95"] and lv["throughput_audio_s_per_s"] > 0
+        assert lv["rejections"]["without_retry_after"] == 0  # every 429 carried Retry-After
+        assert set(lv["errors_by_status"]) <= {"429"} and lv["errors_by_status"].get("429", 0) == lv["rejected"]
+    assert levels["c=1"]["sent"] == 6 and levels["c=1"]["rejected"] == 0
+    overloaded = levels["c=6"]  # 6 at once against 2 slots + 1 queued
+    assert overloaded["sent"] == 6 and overloaded["rejected"] >= 3 and overloaded["errors_by_status"]["429"] >= 3
+    assert overloaded["rejections"]["with_retry_after"] == overloaded["rejected"]
+    assert overloaded["rejections"]["latency_s"]["max"] < overloaded["ttfa_s"]["p99"] + 1.0
+    assert levels["8/s"]["sent"] >= 4  # Poisson(16) arrivals in 2 s, seeded
+    png = tmp_path / "load.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
