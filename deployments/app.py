@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -88,7 +89,7 @@ class TTSEngineDeployment:
             self.engine.engine.remove_prefix(context)
 
     def stats(self) -> dict:
-        return {**self.engine.stats().__dict__, "pid": os.getpid()}
+        return {**self.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count()}
 
     def check_health(self) -> None:
         self.engine.check_health()

@@ -230,6 +230,30 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
     assert not empty, empty
 
 
+def test_clients_vanishing_before_during_and_after_generation_leak_nothing(app_url):
+    """Clients that give up before the first byte, mid-stream, or right after the end leave
+    no slot, queued request or thread behind."""
+    body = {"model": "tts-1", "voice": "alloy", "input": "Going away.", "response_format": "pcm", "max_audio_seconds": 3}
+    threads_before = _engine_stats()["num_threads"]
+    for _ in range(3):
+        with pytest.raises(httpx.TimeoutException):  # before: gone before any audio
+            httpx.post(app_url + "/v1/audio/speech", json=body, timeout=httpx.Timeout(0.05, connect=5))
+        with httpx.stream("POST", app_url + "/v1/audio/speech", json=body, timeout=30) as r:  # during
+            next(r.iter_bytes())
+        with httpx.stream("POST", app_url + "/v1/audio/speech", json={**body, "max_audio_seconds": 0.24},
+                          timeout=30) as r:  # after: everything was generated, the body is never read
+            r.read()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        stats = _engine_stats()
+        if stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0:
+            break
+        time.sleep(0.2)
+    stats = _engine_stats()
+    assert stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0 and stats["num_running"] == 0
+    assert stats["num_threads"] <= threads_before + 2  # no thread per request left behind
+
+
 def test_killed_engine_replica_fails_streams_fast_and_is_replaced(app_url):
     """Kill the engine replica's process mid-stream: the stream ends with an error promptly,
     readiness drops while Serve replaces the replica, and the next requests succeed."""
