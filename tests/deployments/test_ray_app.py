@@ -31,18 +31,22 @@ def metrics_port():
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, metrics_port):
-    port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, _metrics_export_port=metrics_port,
-             _system_config={"metrics_report_interval_ms": 1000})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {
+def app_args(tmp_path_factory):
+    return {
         "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": 4},
         "server": {"voices_dir": str(tmp_path_factory.mktemp("voices"))},
         "cpus_per_engine": 1,
         "max_queued_requests": 2,
     }
-    serve.run(build_app(args), name="csm", route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def app_url(app_args, metrics_port):
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(app_args), name="csm", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -252,6 +256,31 @@ def test_clients_vanishing_before_during_and_after_generation_leak_nothing(app_u
     stats = _engine_stats()
     assert stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0 and stats["num_running"] == 0
     assert stats["num_threads"] <= threads_before + 2  # no thread per request left behind
+
+
+def test_redeploy_drains_in_flight_requests(app_url, app_args):
+    """`serve.run` of a changed config replaces the engine replica; a request streaming at
+    that moment still completes in full (graceful shutdown), and new requests succeed."""
+    old_pid = _engine_stats()["pid"]
+    result = {}
+
+    def long_request():
+        r = httpx.post(app_url + "/v1/audio/speech", timeout=120, json={
+            "model": "tts-1", "voice": "alloy", "input": "Still talking " * 10, "response_format": "pcm",
+            "seed": 4, "max_audio_seconds": 12})
+        result["status"], result["bytes"] = r.status_code, len(r.content)
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    time.sleep(1.0)
+    changed = {**app_args, "engine": {**app_args["engine"], "max_prefill_tokens": 256}}
+    serve.run(build_app(changed), name="csm", route_prefix="/")
+    thread.join(120)
+    assert result == {"status": 200, "bytes": 150 * 1920 * 2}
+    assert _engine_stats()["pid"] != old_pid
+    client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=2)
+    assert len(client.audio.speech.create(model="tts-1", voice="alloy", input="New config.", response_format="pcm",
+                                          extra_body={"max_audio_seconds": 0.48}).read()) == 6 * 1920 * 2
 
 
 def test_killed_engine_replica_fails_streams_fast_and_is_replaced(app_url):
