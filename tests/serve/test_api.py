@@ -19,7 +19,7 @@ from deployments.local import LocalBackend
 from models import EngineConfig
 from serve.app import create_app
 from serve.metrics import Metrics
-from tests.conftest import free_port
+from tests.local_server import local_server
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
 from serve.voices import VoiceStore
@@ -27,30 +27,8 @@ from serve.voices import VoiceStore
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = ServerSettings(voices_dir=str(tmp_path_factory.mktemp("voices")))
-    store = VoiceStore(settings.voices_dir)
-    port = free_port()
-    state = {}
-
-    async def main():
-        metrics = Metrics()
-        backend = await LocalBackend.start(EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4), store,
-                                           max_queued=2, metrics=metrics)
-        state["backend"] = backend
-        state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, settings, metrics),
-                                                        host="127.0.0.1", port=port, log_level="warning"))
-        await state["server"].serve()
-        backend.shutdown()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not (state.get("server") and state["server"].started):
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", state["backend"]
-    state["server"].should_exit = True
-    thread.join(10)
+    with local_server(str(tmp_path_factory.mktemp("voices"))) as running:
+        yield running
 
 
 @pytest.fixture

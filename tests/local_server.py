@@ -1,0 +1,50 @@
+"""A real uvicorn server with the in-process backend on loopback, for HTTP tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+
+import uvicorn
+
+from deployments.local import LocalBackend
+from models import EngineConfig
+from serve.app import create_app
+from serve.metrics import Metrics
+from serve.settings import ServerSettings
+from serve.voices import VoiceStore
+from tests.conftest import free_port
+
+
+@contextlib.contextmanager
+def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued: int = 2, **settings):
+    """Yields (base_url, backend); stops the server and the engine on exit."""
+    engine = engine or EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4)
+    server_settings = ServerSettings(voices_dir=voices_dir, **settings)
+    store = VoiceStore(voices_dir)
+    port = free_port()
+    state = {}
+
+    async def main():
+        metrics = Metrics()
+        backend = await LocalBackend.start(engine, store, max_queued=max_queued, metrics=metrics)
+        state["backend"] = backend
+        state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, server_settings, metrics),
+                                                        host="127.0.0.1", port=port, log_level="warning"))
+        await state["server"].serve()
+        backend.shutdown()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not (state.get("server") and state["server"].started):
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", state["backend"]
+    finally:
+        state["server"].should_exit = True
+        thread.join(10)

@@ -1,0 +1,59 @@
+"""Soak: a bounded run of steady load leaves memory, file descriptors and threads flat."""
+
+import os
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.local_server import local_server
+
+pytestmark = pytest.mark.slow
+SOAK_S = float(os.environ.get("CSM_SOAK_S", "120"))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _load(url: str, seconds: float, clients: int, outcomes: list) -> None:
+    stop = time.monotonic() + seconds
+
+    def client(i):
+        with httpx.Client(timeout=60) as http:
+            n = 0
+            while time.monotonic() < stop:
+                r = http.post(url + "/v1/audio/speech", json={
+                    "model": "tts-1", "voice": "alloy", "input": f"Soak {i} {n}.", "response_format": "pcm",
+                    "seed": n, "max_audio_seconds": 0.48})
+                outcomes.append((r.status_code, len(r.content)))
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+
+
+def test_steady_load_keeps_rss_fds_and_threads_flat(tmp_path):
+    with local_server(str(tmp_path)) as (url, backend):
+        warm: list = []
+        _load(url, 10, 4, warm)  # allocator pools and caches settle first
+        rss, fds, threads = _rss_bytes(), _fds(), threading.active_count()
+        outcomes: list = []
+        _load(url, SOAK_S, 4, outcomes)
+        time.sleep(1)
+        grown = (_rss_bytes() - rss) / 2**20, _fds() - fds, threading.active_count() - threads
+        stats = backend.pipeline.engine.stats()
+    print(f"soak {SOAK_S:.0f} s: {len(outcomes)} requests, RSS {rss / 2**20:.0f} MiB -> +{grown[0]:.1f} MiB, "
+          f"fds +{grown[1]}, threads +{grown[2]}")
+    assert len(outcomes) > SOAK_S and all(o == (200, 6 * 1920 * 2) for o in outcomes)
+    assert grown[0] < 64 and grown[1] <= 4 and grown[2] <= 2
+    assert stats.num_kv_slots_used == 0 and stats.num_waiting == 0
