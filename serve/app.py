@@ -6,7 +6,7 @@ from fastapi import Depends, FastAPI
 
 from .backend import SpeechBackend
 from .deps import require_api_key
-from .errors import install_error_handlers
+from .errors import ERROR_RESPONSES, install_error_handlers
 from .metrics import Metrics, metrics_endpoint
 from .routes import health, models, speech, voices
 from .settings import ServerSettings
@@ -25,5 +25,5 @@ def create_app(backend: SpeechBackend, store: VoiceStore, settings: ServerSettin
     app.include_router(health.router)
     auth = [Depends(require_api_key)]
     for router in (models.router, speech.router, voices.router):
-        app.include_router(router, dependencies=auth)
+        app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)
     return app

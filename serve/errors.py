@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .metrics import ERRORS
+from .schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,13 @@ _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
     405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
     422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
+}
+
+
+# Documented on every API route, in place of FastAPI's default 422 (validation errors are 400 here).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {"model": ErrorResponse, "description": "Client error: bad input, auth, unknown id, too large, rate limit"},
+    "5XX": {"model": ErrorResponse, "description": "Server error or not ready (503, with Retry-After)"},
 }
 
 

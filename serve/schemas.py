@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -44,7 +45,8 @@ class SpeechRequest(BaseModel):
     @field_validator("input")
     @classmethod
     def _has_text(cls, value: str) -> str:
-        if not value.strip():
+        # a letter, digit, punctuation or symbol: not only whitespace, controls, zero-width or combining marks
+        if not any(unicodedata.category(c)[0] in "LNPS" for c in value):
             raise ValueError("input must contain text to speak")
         return value
 

@@ -38,7 +38,12 @@ async def create_voice(
         param = str(e).split(":", 1)[0] if ":" in str(e) else None
         raise APIError(400, str(e), param, "invalid_voice") from e
     clips = [(await asyncio.to_thread(store.load_clip, voice, c), c.transcript) for c in voice.clips]
-    await backend.add_voice(voice, clips)
+    try:
+        await backend.add_voice(voice, clips)
+    except ValueError as e:  # the engine refused it, e.g. sample and transcript longer than its context
+        await asyncio.to_thread(store.delete, voice.id)
+        raise APIError(400, f"transcript: the sample and its transcript do not fit the model ({e})", "transcript",
+                       "invalid_voice") from e
     return _object(voice)
 
 
