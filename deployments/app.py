@@ -24,7 +24,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from models import AsyncEngine, EngineConfig, GenerationParams, build_engine
-from models.speech import NoStreamCapacity, SpeechPipeline
+from models.speech import NoStreamCapacity, SpeechPipeline, chunk_frames
 from serve import metrics as m
 from serve.app import create_app
 from serve.backend import Overloaded, SynthesisParams
@@ -64,12 +64,12 @@ def engine_actor_options(engine: EngineConfig, cpus: float) -> dict:
 
 @serve.deployment(name=ENGINE_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
 class TTSEngineDeployment:
-    def __init__(self, engine: dict, voices_dir: str | None, max_sample_bytes: int) -> None:
+    def __init__(self, engine: dict, voices_dir: str | None, max_sample_bytes: int, chunk_s: float = 0.24) -> None:
         config = EngineConfig(**engine)
         engine = build_engine(config)
         engine.warm_up()  # the replica reports ready only after this
         self.engine = AsyncEngine(engine, on_step=EngineRecorder(RayMetrics(), engine.loaded).on_step)
-        self.pipeline = SpeechPipeline(self.engine, max_streams=config.max_num_seqs)
+        self.pipeline = SpeechPipeline(self.engine, max_streams=config.max_num_seqs, chunk_frames=chunk_frames(chunk_s))
         self.store = VoiceStore(voices_dir, max_sample_bytes)
 
     async def synthesize(self, request_id: str, segments: list[str], voice: dict, params: dict) -> AsyncIterator[bytes]:
@@ -159,5 +159,5 @@ def build_app(args: dict):
         ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine),
         max_ongoing_requests=cfg.engine.max_num_seqs,
         max_queued_requests=cfg.max_queued_requests,
-    ).bind(cfg.engine.model_dump(), settings.voices_dir, settings.max_sample_bytes)
+    ).bind(cfg.engine.model_dump(), settings.voices_dir, settings.max_sample_bytes, settings.chunk_s)
     return SpeechIngress.bind(engine, cfg.server)

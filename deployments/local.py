@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from models import AsyncEngine, EngineConfig, GenerationParams, build_engine
-from models.speech import NoStreamCapacity, SpeechPipeline
+from models.speech import NoStreamCapacity, SpeechPipeline, chunk_frames
 from serve.backend import Overloaded, SynthesisParams
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
@@ -28,13 +28,14 @@ class LocalBackend:
         self._ready = False
 
     @classmethod
-    async def start(cls, config: EngineConfig, store: VoiceStore, max_queued: int = 16, metrics=None) -> LocalBackend:
+    async def start(cls, config: EngineConfig, store: VoiceStore, max_queued: int = 16, metrics=None,
+                    chunk_s: float = 0.24) -> LocalBackend:
         """Load, warm up and start the engine; `metrics` (serve.metrics.Metrics) gets engine metrics."""
         sync_engine = build_engine(config)
         sync_engine.warm_up()
         recorder = EngineRecorder(metrics, sync_engine.loaded) if metrics is not None else None
         engine = AsyncEngine(sync_engine, on_step=recorder.on_step if recorder else None)
-        backend = cls(SpeechPipeline(engine, max_streams=config.max_num_seqs + max_queued))
+        backend = cls(SpeechPipeline(engine, max_streams=config.max_num_seqs + max_queued, chunk_frames=chunk_frames(chunk_s)))
         await load_voices(backend.pipeline, store)
         backend._ready = True
         return backend
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         metrics = Metrics()
-        backend = await LocalBackend.start(config, store, metrics=metrics)
+        backend = await LocalBackend.start(config, store, metrics=metrics, chunk_s=settings.chunk_s)
         app = create_app(backend, store, settings, metrics)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port))
         try:

@@ -17,7 +17,7 @@ import torch
 
 from .async_engine import AsyncEngine
 from .mimi_stream import CODEBOOK_SIZE, StreamingMimiDecoder
-from .params import GenerationParams, Segment
+from .params import FRAME_RATE_HZ, GenerationParams, Segment
 
 
 class NoStreamCapacity(RuntimeError):
@@ -31,6 +31,11 @@ def encode_clip(codec, pcm: np.ndarray) -> tuple[tuple[int, ...], ...]:
     wave = torch.as_tensor(np.asarray(pcm, dtype=np.float32), device=param.device).to(param.dtype)
     codes = codec.encode(wave[None, None]).audio_codes[0]  # [32, frames]
     return tuple(map(tuple, codes.T.tolist()))
+
+
+def chunk_frames(chunk_s: float) -> int:
+    """Frames (80 ms each) per streamed PCM chunk for a target chunk duration."""
+    return max(1, round(chunk_s * FRAME_RATE_HZ))
 
 
 class SpeechPipeline:

@@ -29,7 +29,8 @@ def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued
 
     async def main():
         metrics = Metrics()
-        backend = await LocalBackend.start(engine, store, max_queued=max_queued, metrics=metrics)
+        backend = await LocalBackend.start(engine, store, max_queued=max_queued, metrics=metrics,
+                                           chunk_s=server_settings.chunk_s)
         state["backend"] = backend
         state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, server_settings, metrics),
                                                         host="127.0.0.1", port=port, log_level="warning"))

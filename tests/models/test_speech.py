@@ -98,3 +98,9 @@ def test_add_voice_encodes_once_and_caches_its_prefix(pipeline):
     stats = pipeline.engine.stats()
     assert stats.num_prefixes == 1 and stats.num_prefix_hits == 2  # both segments start from the voice's KV
     assert sum(map(len, chunks)) == 4 * 1920
+
+
+def test_chunk_duration_maps_to_frames():
+    from models.speech import chunk_frames
+
+    assert [chunk_frames(s) for s in (0.01, 0.1, 0.24, 0.4)] == [1, 1, 3, 5]
