@@ -2,51 +2,22 @@
 2 slots and a queue of 1, so 6 concurrent clients overload it): every request is accounted
 for, overload is 429 with Retry-After, streamed audio is counted exactly, JSON and PNG are written."""
 
-import asyncio
 import json
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from benchmarks.load import main
-from deployments.local import LocalBackend
 from models import EngineConfig
-from serve.app import create_app
-from serve.metrics import Metrics
-from serve.settings import ServerSettings
-from serve.voices import VoiceStore
-from tests.conftest import free_port
+from tests.local_server import local_server
 
 pytest.importorskip("matplotlib")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = ServerSettings(voices_dir=str(tmp_path_factory.mktemp("voices")))
-    store = VoiceStore(settings.voices_dir)
-    port = free_port()
-    state = {}
-
-    async def serve():
-        metrics = Metrics()
-        backend = await LocalBackend.start(EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=2), store,
-                                           max_queued=1, metrics=metrics)
-        state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, settings, metrics),
-                                                        host="127.0.0.1", port=port, log_level="warning"))
-        await state["server"].serve()
-        backend.shutdown()
-
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not (state.get("server") and state["server"].started):
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    state["server"].should_exit = True
-    thread.join(10)
+    engine = EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=2)
+    with local_server(str(tmp_path_factory.mktemp("voices")), engine, max_queued=1) as (url, _):
+        yield url
 
 
 LEVEL_FIELDS = {"label", "mode", "sent", "ok", "rejected", "failed", "lost", "wall_s", "ttfa_s", "rtf", "audio_s",

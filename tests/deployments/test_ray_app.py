@@ -209,9 +209,6 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
     from observability.queries import ALERTS, PANELS
     from tests.observability.test_rules import concrete
 
-    _burst(app_url, 6, 100)
-    time.sleep(4)
-    _burst(app_url, 6, 200)
     checks = {
         "rtf": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_real_time_factor_bucket[1m])))",
         "ttfa": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_time_to_first_audio_seconds_bucket[1m])))",
@@ -219,8 +216,10 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
         "batch": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_engine_batch_size_bucket[1m])))",
     }
     values = {}
-    deadline = time.time() + 60
+    deadline, seed = time.time() + 120, 100
     while time.time() < deadline and len(values) < len(checks):
+        _burst(app_url, 3, seed)  # keep traffic flowing: rate() needs increases across scrapes
+        seed += 3
         for name, expr in checks.items():
             result = _query(prometheus, expr)
             if result and result[0]["value"][1] not in ("NaN", "+Inf"):
