@@ -84,9 +84,7 @@ class TTSEngineDeployment:
             yield pcm.astype(np.float32).tobytes()
 
     async def forget_voice(self, voice_id: str) -> None:
-        context = self.pipeline.voices.pop(voice_id, ())
-        if context:
-            self.engine.engine.remove_prefix(context)
+        await self.pipeline.remove_voice(voice_id)
 
     def stats(self) -> dict:
         return {**self.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count()}

@@ -58,9 +58,7 @@ class LocalBackend:
         await self.pipeline.add_voice(voice.id, voice.speaker, clips)
 
     async def remove_voice(self, voice: Voice) -> None:
-        context = self.pipeline.voices.pop(voice.id, ())
-        if context:
-            self.pipeline.engine.engine.remove_prefix(context)
+        await self.pipeline.remove_voice(voice.id)
 
     def shutdown(self) -> None:
         self.pipeline.engine.shutdown()

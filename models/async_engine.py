@@ -92,9 +92,16 @@ class AsyncEngine:
 
     async def add_prefix(self, context: tuple[Segment, ...]) -> int:
         """Cache a voice prompt's KV on the engine thread (see Engine.add_prefix)."""
+        return await self._on_loop("prefix", context)
+
+    async def remove_prefix(self, context: tuple[Segment, ...]) -> None:
+        """Forget a cached voice prompt on the engine thread (see Engine.remove_prefix)."""
+        await self._on_loop("unprefix", context)
+
+    async def _on_loop(self, kind: str, context: tuple[Segment, ...]):
         self.check_health()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._send(("prefix", (tuple(context), future)))
+        self._send((kind, (tuple(context), future)))
         return await asyncio.wrap_future(future)
 
     def stats(self):
@@ -125,10 +132,11 @@ class AsyncEngine:
                     self._deliver_error(arg.request_id, e)
             elif kind == "abort":
                 self.engine.abort_request(arg)
-            else:  # "prefix": (context, future), run here because the loop thread owns the engine
+            else:  # "prefix" / "unprefix": (context, future), here because the loop thread owns the engine
                 context, future = arg
                 try:
-                    future.set_result(self.engine.add_prefix(context))
+                    change = self.engine.add_prefix if kind == "prefix" else self.engine.remove_prefix
+                    future.set_result(change(context))
                 except Exception as e:
                     future.set_exception(e)
 

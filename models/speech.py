@@ -60,6 +60,12 @@ class SpeechPipeline:
         self.voices[voice_id] = tuple(context)
         return self.voices[voice_id]
 
+    async def remove_voice(self, voice_id: str) -> None:
+        """Forget a voice and its cached prompt prefix."""
+        context = self.voices.pop(voice_id, ())
+        if context:
+            await self.engine.remove_prefix(context)
+
     async def stream(
         self,
         request_id: str,

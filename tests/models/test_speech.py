@@ -104,3 +104,16 @@ def test_chunk_duration_maps_to_frames():
     from models.speech import chunk_frames
 
     assert [chunk_frames(s) for s in (0.01, 0.1, 0.24, 0.4)] == [1, 1, 3, 5]
+
+
+def test_remove_voice_drops_its_cached_prefix(pipeline):
+    pcm = (0.2 * np.sin(np.arange(30_000) / 7)).astype(np.float32)
+
+    async def run():
+        await pipeline.add_voice("v1", 2, [(pcm, "Reference words.")])
+        assert pipeline.engine.stats().num_prefixes == 1
+        await pipeline.remove_voice("v1")
+        await pipeline.remove_voice("unknown")  # ignored
+
+    asyncio.run(run())
+    assert "v1" not in pipeline.voices and pipeline.engine.stats().num_prefixes == 0
