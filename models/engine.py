@@ -7,6 +7,7 @@ import secrets
 import time
 
 from .config import EngineConfig
+from .graphs import resolve_capture
 from .loader import LoadedModel
 from .params import EngineStats, FinishReason, FRAME_RATE_HZ, GenerationParams, RequestStatus, Segment, StepOutput
 from .prompt import build_prompt, encode_segments
@@ -158,10 +159,15 @@ class Engine:
 
     def warm_up(self) -> None:
         """Run one short request through every path (prefill, decode, depth loop) so the first
-        user request does not pay one-time kernel setup. Call before serving."""
-        self.add_request("__warm_up__", "Warm up.", GenerationParams(max_frames=2, seed=0))
-        while self.has_unfinished_requests():
-            self.step()
+        user request does not pay one-time kernel setup, then capture the decode steps
+        (unless enforce_eager; see graphs.py) and run it again through them. Call before serving."""
+        mode = resolve_capture(self.config.capture, self.runner.device, self.config.enforce_eager)
+        for _ in range(2 if mode else 1):
+            self.add_request("__warm_up__", "Warm up.", GenerationParams(max_frames=2, seed=0))
+            while self.has_unfinished_requests():
+                self.step()
+            if mode and not self.runner.capture_mode:
+                self.runner.capture(mode, self.config.batch_buckets())
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)

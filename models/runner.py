@@ -7,6 +7,10 @@ sampler for every row that is due a frame: lm_head -> codebook 0, and the 31-ste
 decoder loop -> codebooks 1..31. Layers, norms, projections and RoPE tables are the
 transformers modules; only the attention glue is ours, because transformers' caches keep
 one position for the whole batch. One host transfer per step: the new codes.
+
+After `capture()`, decode steps replay a captured backbone step per (batch, KV length)
+bucket and a captured frame sampler per batch bucket (see graphs.py); rows are padded up to
+their bucket with the scratch slot, whose KV and sampling state nothing else reads then.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.csm.modeling_csm import apply_rotary_pos_emb
 
+from .graphs import Capturer, CaptureMode, allow_recompiles, bucket_for
 from .params import GenerationParams
 from .prompt import PromptTokens
 from .sampler import sample, seed_key
@@ -86,16 +91,24 @@ class ModelRunner:
             dtype=dt, device=dev,
         )
         self.dv_cache = torch.zeros_like(self.dk_cache)
-        self.last_codes = torch.zeros(num_slots, cfg.num_codebooks, dtype=torch.long, device=dev)
-        self.keys = torch.zeros(num_slots, dtype=torch.long, device=dev)
-        self.temperature = torch.zeros(num_slots, dtype=torch.float32, device=dev)
-        self.top_k = torch.ones(num_slots, dtype=torch.long, device=dev)
+        # Per-slot state, with a row for the scratch slot (the padding rows of captured steps).
+        self.last_codes = torch.zeros(num_slots + 1, cfg.num_codebooks, dtype=torch.long, device=dev)
+        self.keys = torch.zeros(num_slots + 1, dtype=torch.long, device=dev)
+        self.temperature = torch.zeros(num_slots + 1, dtype=torch.float32, device=dev)
+        self.top_k = torch.ones(num_slots + 1, dtype=torch.long, device=dev)
         self.top_k_host = [1] * num_slots
+        self.max_seq_len = max_seq_len
+        self.capture_mode: CaptureMode | None = None
+        self.batch_buckets: list[int] = []
+        self.kv_buckets: list[int] = []
+        self._decode_graphs: dict[tuple[int, int], tuple] = {}  # (batch, kv_len) -> (replay, slots, pos)
+        self._sample_graphs: dict[int, tuple] = {}  # batch -> (replay, hidden, slots, frame_idx)
         # RoPE tables for every position, computed once by the modules' own rotary embeddings.
         probe = torch.zeros(1, dtype=dt, device=dev)
         self.rope = self.backbone.rotary_emb(probe, torch.arange(max_seq_len, device=dev)[None])  # 2x [1, L, hd]
         self.depth_rope = self.depth.rotary_emb(probe, torch.arange(cfg.num_codebooks, device=dev)[None])
         self._causal2 = torch.ones(2, 2, dtype=torch.bool, device=dev).tril()[None, None]  # depth's first step
+        self._depth_pos = torch.arange(cfg.num_codebooks, device=dev)
 
     # ---- one step -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -115,11 +128,60 @@ class ModelRunner:
             rows = sched.decodes + rows
         if not rows:
             return [], []
-        slots = torch.tensor([r.slot for r in rows], device=self.device)
-        frame_idx = torch.tensor([r.num_frames for r in rows], device=self.device)
-        codes = self._sample_frame(torch.cat(hidden), slots, frame_idx, max(self.top_k_host[r.slot] for r in rows))
-        self.last_codes[slots] = codes
+        slot_list, frame_list = [r.slot for r in rows], [r.num_frames for r in rows]
+        hidden = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
+        graph = self._sample_graphs.get(bucket_for(len(rows), self.batch_buckets))
+        if graph is not None:
+            codes = self._replay(graph, hidden, slot_list, frame_list)
+        else:
+            slots = torch.tensor(slot_list, device=self.device)
+            frame_idx = torch.tensor(frame_list, device=self.device)
+            codes = self._sample_frame(hidden, slots, frame_idx, max(self.top_k_host[s] for s in slot_list))
+        self.last_codes[slot_list] = codes
         return rows, codes.tolist()
+
+    # ---- captured steps -----------------------------------------------------------------
+    def capture(self, mode: CaptureMode, batch_sizes: list[int]) -> None:
+        """Capture the decode step for every batch bucket in `batch_sizes` and every KV length
+        bucket (powers of two from 256 up to max_seq_len), and the frame sampler per batch
+        bucket. Largest first, so smaller graphs reuse the largest one's memory."""
+        self.capture_mode = mode
+        self.batch_buckets = sorted(set(batch_sizes))
+        kv, self.kv_buckets = 256, []
+        while kv < self.max_seq_len:
+            self.kv_buckets.append(kv)
+            kv *= 2
+        self.kv_buckets.append(self.max_seq_len)
+        capturer = Capturer(mode, self.device)
+        decode_rows, depth_step = self._decode_rows, None
+        if mode == "compile":  # the backbone step whole, and the depth step shared by codebooks 2..31
+            allow_recompiles(2 * len(self.batch_buckets) * (len(self.kv_buckets) + 1))
+            decode_rows, depth_step = capturer.compile(self._decode_rows), capturer.compile(self._depth_step)
+        dev, H = self.device, self.backbone.config.hidden_size
+        with torch.inference_mode():
+            for B in reversed(self.batch_buckets):
+                slots = torch.full((B,), self.scratch_slot, dtype=torch.long, device=dev)
+                for L in reversed(self.kv_buckets):
+                    pos = torch.zeros(B, dtype=torch.long, device=dev)
+                    replay = capturer.capture(decode_rows, slots, pos, L)
+                    self._decode_graphs[B, L] = (replay, slots, pos)
+                hidden = torch.zeros(B, H, dtype=self.dtype, device=dev)
+                frame_idx = torch.zeros(B, dtype=torch.long, device=dev)
+                replay = capturer.capture(self._sample_frame, hidden, slots, frame_idx, self.vocab_size, depth_step)
+                self._sample_graphs[B] = (replay, hidden, slots, frame_idx)
+
+    def _replay(self, graph: tuple, first: torch.Tensor | None, slot_list: list[int], ints: list[int]) -> torch.Tensor:
+        """Fill a captured step's inputs (padding rows: the scratch slot, position/frame 0),
+        replay it, and return the real rows of its output."""
+        replay, *inputs = graph
+        n, B = len(slot_list), inputs[-1].shape[0]
+        pad = B - n
+        host = torch.tensor([slot_list + [self.scratch_slot] * pad, ints + [0] * pad])
+        inputs[-2].copy_(host[0], non_blocking=True)
+        inputs[-1].copy_(host[1], non_blocking=True)
+        if first is not None:
+            inputs[0][:n].copy_(first)
+        return replay()[:n]
 
     @torch.inference_mode()
     def compute_prefix(self, prompt: PromptTokens, chunk: int) -> PrefixKV:
@@ -169,13 +231,22 @@ class ModelRunner:
     def _decode(self, reqs: list[Request]) -> torch.Tensor:
         """One backbone step for every decoding row, each at its own position. Returns [B, H]."""
         slot_list = [r.slot for r in reqs]
-        slots = torch.tensor(slot_list, device=self.device)
         pos_list = [r.num_prompt + r.num_frames - 1 for r in reqs]  # where the last frame goes
-        pos = torch.tensor(pos_list, device=self.device)
         kv_len = max(pos_list) + 1
+        B, L = bucket_for(len(reqs), self.batch_buckets), bucket_for(kv_len, self.kv_buckets)
+        graph = self._decode_graphs.get((B, L))
+        if graph is not None:
+            return self._replay(graph, None, slot_list, pos_list)
+        slots = torch.tensor(slot_list, device=self.device)
+        pos = torch.tensor(pos_list, device=self.device)
+        return self._decode_rows(slots, pos, kv_len, _rows(slot_list))
+
+    def _decode_rows(self, slots: torch.Tensor, pos: torch.Tensor, kv_len: int, read=None) -> torch.Tensor:
+        """Backbone step for rows in `slots` at positions `pos`, attending to the first
+        `kv_len` cache positions (read: those slots as a slice, or gathered). Returns [B, H]."""
         mask = torch.arange(kv_len, device=self.device) <= pos[:, None]  # [B, kv_len]
         x = self.backbone.embed_tokens(self.last_codes[slots][:, None, :])  # [B, 1, H]
-        kv = _KV(slots, pos, None, _rows(slot_list), kv_len, mask[:, None, None])
+        kv = _KV(slots, pos, None, slots if read is None else read, kv_len, mask[:, None, None])
         return self._backbone(x, pos[:, None], kv)[:, 0]
 
     def _backbone(self, x: torch.Tensor, pos: torch.Tensor, kv: _KV) -> torch.Tensor:
@@ -213,33 +284,45 @@ class ModelRunner:
         return emb
 
     # ---- frame sampling: codebook 0 from the backbone, 1..31 from the depth decoder -------
-    def _sample_frame(self, hidden, slots, frame_idx, max_top_k: int) -> torch.Tensor:
-        """hidden [N, H] backbone last states -> codes [N, 32], all rows in one depth loop."""
-        N, V = hidden.shape[0], self.vocab_size
+    def _sample_frame(self, hidden, slots, frame_idx, max_top_k: int, depth_step=None) -> torch.Tensor:
+        """hidden [N, H] backbone last states -> codes [N, 32], all rows in one depth loop
+        (depth_step: a compiled `_depth_step` for this N, else the eager one)."""
+        depth_step = depth_step or self._depth_step
+        N = hidden.shape[0]
         temp, top_k, keys = self.temperature[slots], self.top_k[slots], self.keys[slots]
         counter = frame_idx * self.num_codebooks
-
-        def pick(logits: torch.Tensor, codebook: int) -> torch.Tensor:
-            return sample(logits, temp, top_k, keys, counter + codebook, max_top_k)
-
-        codes = [pick(self.model.lm_head(hidden), 0)]
-        x = torch.stack([hidden, self.depth.embed_tokens(codes[0])], dim=1)  # [N, 2, H]
-        dk, dv = self.dk_cache[:, :N], self.dv_cache[:, :N]
+        code = sample(self.model.lm_head(hidden), temp, top_k, keys, counter, max_top_k)
+        codes = [code]
+        # Depth positions 0 and 1 (the backbone state, codebook 0) in one forward...
+        x = self.depth.inputs_embeds_projector(torch.stack([hidden, self.depth.embed_tokens(code)], dim=1))
         rows = torch.arange(N, device=self.device)
-        for p in range(1, self.num_codebooks):
-            if p > 1:
-                x = self.depth.embed_tokens(codes[-1] + (p - 1) * V)[:, None]  # [N, 1, H]
-            start, T = (0, 2) if p == 1 else (p, 1)
-            x = self.depth.inputs_embeds_projector(x)  # [N, T, Hd]
-            pos = torch.arange(start, start + T, device=self.device)
-            kv = _KV(rows.repeat_interleave(T), pos.repeat(N), None if T == 1 else _all(N, T, self.device),
-                     slice(0, N), start + T, None if T == 1 else self._causal2)
-            cos, sin = self.depth_rope[0][:, start : start + T], self.depth_rope[1][:, start : start + T]
-            for i, layer in enumerate(self.depth.layers):
-                x = self._layer(layer, x, cos, sin, dk[i], dv[i], kv)
-            h = self.depth.norm(x[:, -1])  # [N, Hd]
-            codes.append(pick(h @ self.heads[p - 1], p))
+        kv = _KV(rows.repeat_interleave(2), self._depth_pos[:2].repeat(N), _all(N, 2, self.device), slice(0, N), 2,
+                 self._causal2)
+        cos, sin = self.depth_rope[0][:, :2], self.depth_rope[1][:, :2]
+        for i, layer in enumerate(self.depth.layers):
+            x = self._layer(layer, x, cos, sin, self.dk_cache[i, :N], self.dv_cache[i, :N], kv)
+        code = sample(self.depth.norm(x[:, -1]) @ self.heads[0], temp, top_k, keys, counter + 1, max_top_k)
+        codes.append(code)
+        # ...then one same-shaped step per codebook 2..31 (position p as a tensor).
+        for p in range(2, self.num_codebooks):
+            code = depth_step(code, self._depth_pos[p], temp, top_k, keys, counter, max_top_k)
+            codes.append(code)
         return torch.stack(codes, dim=1)
+
+    def _depth_step(self, prev, p, temp, top_k, keys, counter, max_top_k: int) -> torch.Tensor:
+        """Depth decoder at position p (0-d tensor) for codebook p, given codebook p-1's codes
+        [N]: attends to all num_codebooks cache positions, the ones after p masked, so every
+        p has the same shapes (one compiled graph serves them all). Returns codes [N]."""
+        N, V = prev.shape[0], self.vocab_size
+        x = self.depth.inputs_embeds_projector(self.depth.embed_tokens(prev + (p - 1) * V)[:, None])  # [N, 1, Hd]
+        mask = (self._depth_pos <= p)[None, None, None]  # [1, 1, 1, num_codebooks]
+        kv = _KV(torch.arange(N, device=self.device), p.expand(N), None, slice(0, N), self.num_codebooks, mask)
+        at = p.view(1)  # index_select, not x[p]: indexing with a 0-d tensor reads it on the host
+        cos, sin = self.depth_rope[0].index_select(1, at), self.depth_rope[1].index_select(1, at)
+        for i, layer in enumerate(self.depth.layers):
+            x = self._layer(layer, x, cos, sin, self.dk_cache[i, :N], self.dv_cache[i, :N], kv)
+        logits = self.depth.norm(x[:, -1]) @ self.heads.index_select(0, at - 1)[0]
+        return sample(logits, temp, top_k, keys, counter + p, max_top_k)
 
 
 def attention(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:

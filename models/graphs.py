@@ -1,0 +1,113 @@
+"""Capturing a step function for fixed shapes and replaying it: device graphs or torch.compile.
+
+The runner hands over functions of static input tensors (filled in place before each replay)
+that return one output tensor. Three ways to make them cheap to launch:
+
+- `graphs` on cuda: `torch.cuda.CUDAGraph`, captured once per shape on a side stream, all
+  graphs sharing one memory pool (captured largest first, so smaller ones reuse its blocks).
+- `graphs` on npu: the same with torch_npu's `torch.npu.NPUGraph` (aclgraph), where the
+  installed torch_npu provides it.
+- `compile`: the runner compiles its building blocks with `torch.compile(dynamic=False)`
+  (inductor on cpu and cuda with `reduce-overhead`, which adds CUDA graphs; torchair's npu
+  backend on npu when it is installed), and "capturing" calls the function once so every
+  shape is compiled at warm-up, not on a user's request. The blocks are the backbone step and
+  one depth step: compiling the unrolled 31-step loop whole takes minutes of C++ compilation
+  on a CPU for no gain.
+
+The model code knows none of this; `enforce_eager` in the engine config turns it all off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+CaptureMode = Literal["graphs", "compile"]
+
+
+def resolve_capture(mode: str, device: torch.device, enforce_eager: bool) -> CaptureMode | None:
+    """The capture mode for a device, or None for eager. `auto` is device graphs on cuda and
+    npu (when torch_npu offers NPUGraph) and eager on cpu, where launches are cheap and the
+    step is bound by memory bandwidth."""
+    if enforce_eager:
+        return None
+    if mode == "auto":
+        if device.type == "cuda" or (device.type == "npu" and hasattr(torch.npu, "NPUGraph")):
+            return "graphs"
+        if device.type == "npu":
+            log.warning("this torch_npu has no NPUGraph: the npu engine runs eager")
+        return None
+    if mode == "graphs" and device.type not in ("cuda", "npu"):
+        raise ValueError(f"capture: device graphs need cuda or npu, not {device.type} (use compile or auto)")
+    return mode  # type: ignore[return-value]
+
+
+def bucket_for(n: int, buckets: list[int]) -> int | None:
+    """The smallest bucket holding n, or None when n is larger than all of them."""
+    return next((b for b in buckets if b >= n), None)
+
+
+class Capturer:
+    """Turns `fn(*inputs) -> Tensor` into a replayable callable for the inputs' shapes."""
+
+    def __init__(self, mode: CaptureMode, device: torch.device) -> None:
+        self.mode, self.device = mode, device
+        if mode == "graphs":
+            self._dev = torch.cuda if device.type == "cuda" else torch.npu
+            self._graph_cls = torch.cuda.CUDAGraph if device.type == "cuda" else torch.npu.NPUGraph
+            self._pool = self._dev.graph_pool_handle()
+
+    def capture(self, fn: Callable[..., torch.Tensor], *inputs) -> Callable[[], torch.Tensor]:
+        """Returns `replay()`: runs fn on the current contents of `inputs` and returns its
+        output tensor, which the next replay overwrites (copy what must be kept)."""
+        if self.mode == "compile":
+            fn(*inputs)  # compiles the compiled blocks inside for these shapes
+            return lambda: fn(*inputs)
+        return self._graph(fn, inputs)
+
+    def compile(self, fn: Callable) -> Callable:
+        """fn compiled for static shapes (one specialisation per shape it is called with)."""
+        return torch.compile(fn, dynamic=False, **self._compile_options())
+
+    def _graph(self, fn, inputs) -> Callable[[], torch.Tensor]:
+        dev = self._dev
+        side = dev.Stream()
+        side.wait_stream(dev.current_stream())
+        with dev.stream(side):  # warm-up outside the capture (lazy inits, workspace allocations)
+            for _ in range(2):
+                fn(*inputs)
+        dev.current_stream().wait_stream(side)
+        graph = self._graph_cls()
+        with dev.graph(graph, pool=self._pool):
+            out = fn(*inputs)
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return out
+
+        return replay
+
+    def _compile_options(self) -> dict:
+        if self.device.type == "cuda":
+            return {"mode": "reduce-overhead"}
+        if self.device.type == "npu":
+            try:
+                import torchair
+            except ImportError:
+                log.warning("torchair is not installed: torch.compile on npu uses the default backend")
+                return {}
+            config = torchair.CompilerConfig()
+            config.mode = "reduce-overhead"  # torchair's aclgraph mode
+            return {"backend": torchair.get_npu_backend(compiler_config=config)}
+        return {}
+
+
+def allow_recompiles(n: int) -> None:
+    """torch.compile specialises per shape; let dynamo keep one entry per captured bucket."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), n))
