@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv serve serve-local test test-fast bench clean
+.PHONY: venv serve serve-local test test-fast bench bench-accel clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-fast: venv
 
 bench: venv
 	$(PY) -m benchmarks.engine_bench $(BENCH_ARGS)
+
+bench-accel: venv  # on a GPU/NPU machine: eager vs captured vs transformers static+compile
+	$(PY) -m benchmarks.accel_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
