@@ -62,6 +62,9 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
     else:
         model, tokenizer = _load_checkpoint(Path(name).expanduser(), dt)
     model.to(dev)
+    # Mimi stays float32: its output is continuous audio, and bf16 rounding in a batched decode
+    # depends on which other streams share the batch (same seed must give the same audio).
+    model.codec_model.float()
     special = _special_ids(model, tokenizer)
     load_s = time.perf_counter() - t0
     log.info("loaded %s on %s as %s in %.1f s", name, dev, dt, load_s)

@@ -2,6 +2,10 @@
 context (so the voice holds), all decoded by one streaming Mimi row per stream (so the
 segments join without gaps, clicks or repeated audio).
 
+Mimi runs off the engine's step loop: chunks due from many streams at once are decoded
+together in one batched call on a worker thread (and on accelerators on their own device
+stream), so the next engine step is not held up by audio decoding.
+
 The HTTP edge splits long input into segments (serve.text) and resolves the voice; this
 module only needs the voice's context segments, e.g. from `encode_clip`.
 """
@@ -9,7 +13,7 @@ module only needs the voice's context segments, e.g. from `encode_clip`.
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -44,7 +48,11 @@ class SpeechPipeline:
         self.chunk_frames = chunk_frames
         self.decoder = StreamingMimiDecoder(engine.engine.loaded.model.codec_model, max_streams)
         self._free_rows = list(range(max_streams))
-        self._decode_lock = threading.Lock()
+        device = self.decoder.device
+        self._side_stream = torch.get_device_module(device).Stream() if device.type != "cpu" else None
+        self._pending: list[tuple[int, bool, torch.Tensor, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+        self.num_decode_calls = 0  # batched decoder calls (<= chunks decoded)
         self.voices: dict[str, tuple[Segment, ...]] = {}  # voice id -> its context segments
 
     async def add_voice(self, voice_id: str, speaker: int, clips: list[tuple[np.ndarray, str]]) -> tuple[Segment, ...]:
@@ -82,8 +90,8 @@ class SpeechPipeline:
         if not self._free_rows:
             raise NoStreamCapacity("all audio streams are busy")
         row = self._free_rows.pop()
+        fresh = True  # the row's first decode resets it, in order with its last user's decodes
         try:
-            self.decoder.reset([row])
             previous: tuple[Segment, ...] = ()
             for i, text in enumerate(segments):
                 update = {"context": voice + previous}
@@ -95,10 +103,11 @@ class SpeechPipeline:
                     frames += out.frames
                     pending += out.frames
                     if len(pending) >= self.chunk_frames:
-                        yield await self._decode(row, pending)
-                        pending = []
+                        yield await self._decode(row, fresh, pending)
+                        pending, fresh = [], False
                 if pending:
-                    yield await self._decode(row, pending)
+                    yield await self._decode(row, fresh, pending)
+                    fresh = False
                 codes = tuple(tuple(min(c, CODEBOOK_SIZE - 1) for c in f) for f in frames)
                 previous = (Segment(speaker=params.speaker, text=text, codes=codes),) if codes else ()
                 if on_segment_done is not None:
@@ -106,12 +115,47 @@ class SpeechPipeline:
         finally:
             self._free_rows.append(row)
 
-    async def _decode(self, row: int, frames: list[list[int]]) -> np.ndarray:
-        codes = torch.tensor(frames).T[None]  # [1, 32, T]
+    async def _decode(self, row: int, reset: bool, frames: list[list[int]]) -> np.ndarray:
+        """PCM for `frames` on decoder row `row`, decoded in a batch with whatever other
+        streams have due at the same time."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((row, reset, torch.tensor(frames).T, future))  # codes [32, T]
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await future
 
-        def run() -> np.ndarray:
-            with self._decode_lock:
-                return self.decoder.decode([row], codes)[0].cpu().numpy()
+    async def _drain(self) -> None:
+        """Decode everything pending, one batched call per chunk length (at most one chunk
+        per row per call), until nothing is left. The only place the decoder is touched."""
+        while self._pending:
+            batch, later = [], []
+            length = self._pending[0][2].shape[1]
+            for item in self._pending:
+                fits = item[2].shape[1] == length and all(item[0] != other[0] for other in batch)
+                (batch if fits else later).append(item)
+            self._pending = later
+            try:
+                pcm = await asyncio.to_thread(self._run_decoder, batch)
+            except Exception as e:  # the waiting streams raise it
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (*_, future), out in zip(batch, pcm):
+                if not future.done():  # a stream that went away does not wait any more
+                    future.set_result(out)
 
-        return await asyncio.to_thread(run)
+    def _run_decoder(self, batch: list) -> list[np.ndarray]:
+        rows = [row for row, *_ in batch]
+        with torch.inference_mode(), self._stream_context():
+            resets = [row for row, reset, *_ in batch if reset]
+            if resets:
+                self.decoder.reset(resets)
+            pcm = self.decoder.decode(rows, torch.stack([codes for _, _, codes, _ in batch]))
+            self.num_decode_calls += 1
+            return list(pcm.float().cpu().numpy())  # .cpu() waits for this stream only
 
+    def _stream_context(self):
+        if self._side_stream is None:
+            return contextlib.nullcontext()
+        return torch.get_device_module(self.decoder.device).stream(self._side_stream)

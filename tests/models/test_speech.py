@@ -117,3 +117,42 @@ def test_remove_voice_drops_its_cached_prefix(pipeline):
 
     asyncio.run(run())
     assert "v1" not in pipeline.voices and pipeline.engine.stats().num_prefixes == 0
+
+
+def test_concurrent_streams_share_batched_mimi_decodes(make_engine, monkeypatch):
+    """Six streams on four decoder rows (rows are reused): chunks due at the same time are
+    decoded in one batched call, and every stream's PCM still equals a whole Mimi decode of
+    its own frames."""
+    engine = AsyncEngine(make_engine(max_num_seqs=4), idle_wait_s=0.05)
+    pipeline = SpeechPipeline(engine, max_streams=4, chunk_frames=2)
+    frames_of: dict[str, list] = {}
+    real_generate = engine.generate
+
+    async def recording_generate(rid, text, params):
+        async for out in real_generate(rid, text, params):
+            frames_of.setdefault(rid.split("/")[0], []).extend(out.frames)
+            yield out
+
+    monkeypatch.setattr(engine, "generate", recording_generate)
+
+    async def one(i, after=None):
+        if after is not None:
+            await after  # takes the decoder row that stream frees
+        return [c async for c in pipeline.stream(f"s{i}", ["First part.", "Second part."],
+                                                 params=GenerationParams(seed=i, max_frames=5))]
+
+    async def run():
+        first = [asyncio.create_task(one(i)) for i in range(4)]
+        return await asyncio.gather(*first, one(4, first[0]), one(5, first[1]))
+
+    try:
+        outputs = asyncio.run(run())
+    finally:
+        engine.shutdown()
+    codec = engine.engine.loaded.model.codec_model
+    num_chunks = sum(len(chunks) for chunks in outputs)
+    assert num_chunks == 6 * 2 * 3 and pipeline.num_decode_calls < num_chunks  # 5 frames: chunks of 2, 2, 1
+    for i, chunks in enumerate(outputs):
+        with torch.no_grad():
+            whole = codec.decode(torch.tensor(frames_of[f"s{i}"]).clamp(max=2047).T[None]).audio_values[0, 0].numpy()
+        np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4)
