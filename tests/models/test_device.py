@@ -75,6 +75,10 @@ import sys, torch
 import models.device as dev
 device = dev.resolve_device("auto")
 print(device, dev.resolve_dtype("auto", device), dev.memory_bytes(device), dev.device_label(device))
+from models.graphs import resolve_capture
+without = resolve_capture("auto", device, False)
+torch.npu.NPUGraph = object  # torch_npu versions with aclgraph capture
+print(without, resolve_capture("auto", device, False), resolve_capture("auto", device, True))
 print(dev.resolve_device("npu"))
 """
 
@@ -89,11 +93,13 @@ def _run_with_fake_npu(tmp_path, available: bool):
 
 def test_npu_branch_at_the_seam(tmp_path):
     """In a fresh interpreter, with a stand-in torch_npu package on the path: auto prefers
-    npu, bf16 is the default, memory comes from torch.npu.mem_get_info."""
+    npu, bf16 is the default, memory comes from torch.npu.mem_get_info, decode steps are
+    captured as NPU graphs only where torch_npu offers them."""
     result = _run_with_fake_npu(tmp_path, available=True)
     assert result.returncode == 0, result.stderr
-    first, second = result.stdout.splitlines()
+    first, capture, second = result.stdout.splitlines()
     assert first == f"npu:0 torch.bfloat16 ({44 * 2**30}, {64 * 2**30}) npu:0"
+    assert capture == "None graphs None"  # NPU graphs where torch_npu has NPUGraph; enforce_eager wins
     assert second == "npu:0"
 
 
