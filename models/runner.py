@@ -101,8 +101,8 @@ class ModelRunner:
         self.capture_mode: CaptureMode | None = None
         self.batch_buckets: list[int] = []
         self.kv_buckets: list[int] = []
-        self._decode_graphs: dict[tuple[int, int], tuple] = {}  # (batch, kv_len) -> (replay, slots, pos)
-        self._sample_graphs: dict[int, tuple] = {}  # batch -> (replay, hidden, slots, frame_idx)
+        self._decode_graphs: dict[tuple[int, int], tuple] = {}  # (batch, kv_len) -> (replay, host, slots, pos)
+        self._sample_graphs: dict[int, tuple] = {}  # batch -> (replay, host, hidden, slots, frame_idx)
         # RoPE tables for every position, computed once by the modules' own rotary embeddings.
         probe = torch.zeros(1, dtype=dt, device=dev)
         self.rope = self.backbone.rotary_emb(probe, torch.arange(max_seq_len, device=dev)[None])  # 2x [1, L, hd]
@@ -164,33 +164,33 @@ class ModelRunner:
                 for L in reversed(self.kv_buckets):
                     pos = torch.zeros(B, dtype=torch.long, device=dev)
                     replay = capturer.capture(decode_rows, slots, pos, L)
-                    self._decode_graphs[B, L] = (replay, slots, pos)
+                    self._decode_graphs[B, L] = (replay, self._host_buffer(B), slots, pos)
                 hidden = torch.zeros(B, H, dtype=self.dtype, device=dev)
                 frame_idx = torch.zeros(B, dtype=torch.long, device=dev)
                 replay = capturer.capture(self._sample_frame, hidden, slots, frame_idx, self.vocab_size, depth_step)
-                self._sample_graphs[B] = (replay, hidden, slots, frame_idx)
+                self._sample_graphs[B] = (replay, self._host_buffer(B), hidden, slots, frame_idx)
+
+    def _host_buffer(self, batch: int) -> torch.Tensor:
+        """A [2, batch] host staging buffer for a graph's integer inputs: pinned on
+        accelerators, so the copy to the device is truly asynchronous (no sync). Reusing it
+        next step is safe: every step ends by reading its codes back, after all its copies."""
+        try:
+            return torch.zeros(2, batch, dtype=torch.long, pin_memory=self.device.type != "cpu")
+        except RuntimeError:  # no pinned memory on this backend
+            return torch.zeros(2, batch, dtype=torch.long)
 
     def _replay(self, graph: tuple, first: torch.Tensor | None, slot_list: list[int], ints: list[int]) -> torch.Tensor:
         """Fill a captured step's inputs (padding rows: the scratch slot, position/frame 0),
         replay it, and return the real rows of its output."""
-        replay, *inputs = graph
-        n, B = len(slot_list), inputs[-1].shape[0]
+        replay, host, *inputs = graph
+        n, B = len(slot_list), host.shape[1]
         pad = B - n
-        host = torch.tensor([slot_list + [self.scratch_slot] * pad, ints + [0] * pad])
+        host.copy_(torch.tensor([slot_list + [self.scratch_slot] * pad, ints + [0] * pad]))
         inputs[-2].copy_(host[0], non_blocking=True)
         inputs[-1].copy_(host[1], non_blocking=True)
         if first is not None:
             inputs[0][:n].copy_(first)
         return replay()[:n]
-
-    @torch.inference_mode()
-    def compute_prefix(self, prompt: PromptTokens, chunk: int) -> PrefixKV:
-        """Prefill `prompt` in the scratch slot, `chunk` positions per forward; keep its KV."""
-        req = Request("prefix", prompt, GenerationParams(), 0, 1, slot=self.scratch_slot)
-        for start in range(0, len(prompt), chunk):
-            self._prefill([PrefillChunk(req, start, min(chunk, len(prompt) - start))])
-        n, s = len(prompt), self.scratch_slot
-        return PrefixKV(n, self.k_cache[:, s, :, :n].clone(), self.v_cache[:, s, :, :n].clone())
 
     def _start(self, req: Request) -> None:
         """A request's first prefill chunk: load its cached prefix, set its sampling state."""
