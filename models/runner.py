@@ -192,6 +192,15 @@ class ModelRunner:
             inputs[0][:n].copy_(first)
         return replay()[:n]
 
+    @torch.inference_mode()
+    def compute_prefix(self, prompt: PromptTokens, chunk: int) -> PrefixKV:
+        """Prefill `prompt` in the scratch slot, `chunk` positions per forward; keep its KV."""
+        req = Request("prefix", prompt, GenerationParams(), 0, 1, slot=self.scratch_slot)
+        for start in range(0, len(prompt), chunk):
+            self._prefill([PrefillChunk(req, start, min(chunk, len(prompt) - start))])
+        n, s = len(prompt), self.scratch_slot
+        return PrefixKV(n, self.k_cache[:, s, :, :n].clone(), self.v_cache[:, s, :, :n].clone())
+
     def _start(self, req: Request) -> None:
         """A request's first prefill chunk: load its cached prefix, set its sampling state."""
         if req.prefix is not None:
