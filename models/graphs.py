@@ -12,7 +12,8 @@ that return one output tensor. Three ways to make them cheap to launch:
   backend on npu when it is installed), and "capturing" calls the function once so every
   shape is compiled at warm-up, not on a user's request. The blocks are the backbone step and
   one depth step: compiling the unrolled 31-step loop whole takes minutes of C++ compilation
-  on a CPU for no gain.
+  on a CPU for no gain. On cuda `graphs` (the default) captures more per replay: the whole
+  31-step depth loop is one graph there, where `compile` replays one graph per depth step.
 
 The model code knows none of this; `enforce_eager` in the engine config turns it all off.
 """

@@ -296,7 +296,7 @@ class ModelRunner:
     def _sample_frame(self, hidden, slots, frame_idx, max_top_k: int, depth_step=None) -> torch.Tensor:
         """hidden [N, H] backbone last states -> codes [N, 32], all rows in one depth loop
         (depth_step: a compiled `_depth_step` for this N, else the eager one)."""
-        depth_step = depth_step or self._depth_step
+        compiled, depth_step = depth_step is not None, depth_step or self._depth_step
         N = hidden.shape[0]
         temp, top_k, keys = self.temperature[slots], self.top_k[slots], self.keys[slots]
         counter = frame_idx * self.num_codebooks
@@ -315,6 +315,7 @@ class ModelRunner:
         # ...then one same-shaped step per codebook 2..31 (position p as a tensor).
         for p in range(2, self.num_codebooks):
             code = depth_step(code, self._depth_pos[p], temp, top_k, keys, counter, max_top_k)
+            code = code.clone() if compiled else code  # reduce-overhead reuses a graph's output memory
             codes.append(code)
         return torch.stack(codes, dim=1)
 
