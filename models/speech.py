@@ -3,8 +3,8 @@ context (so the voice holds), all decoded by one streaming Mimi row per stream (
 segments join without gaps, clicks or repeated audio).
 
 Mimi runs off the engine's step loop: chunks due from many streams at once are decoded
-together in one batched call on a worker thread (and on accelerators on their own device
-stream), so the next engine step is not held up by audio decoding.
+together in one batched call on the pipeline's decode thread (and on accelerators on their
+own device stream), so the next engine step is not held up by audio decoding.
 
 The HTTP edge splits long input into segments (serve.text) and resolves the voice; this
 module only needs the voice's context segments, e.g. from `encode_clip`.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ class SpeechPipeline:
         self._side_stream = torch.get_device_module(device).Stream() if device.type != "cpu" else None
         self._pending: list[tuple[int, bool, torch.Tensor, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
+        # One thread of its own: decodes are serialised anyway, and one thread keeps one
+        # malloc arena (varying batch shapes on many pool threads fragment several).
+        self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="mimi-decode")
         self.num_decode_calls = 0  # batched decoder calls (<= chunks decoded)
         self.voices: dict[str, tuple[Segment, ...]] = {}  # voice id -> its context segments
 
@@ -135,7 +139,7 @@ class SpeechPipeline:
                 (batch if fits else later).append(item)
             self._pending = later
             try:
-                pcm = await asyncio.to_thread(self._run_decoder, batch)
+                pcm = await asyncio.get_running_loop().run_in_executor(self._decode_thread, self._run_decoder, batch)
             except Exception as e:  # the waiting streams raise it
                 for *_, future in batch:
                     if not future.done():
