@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path

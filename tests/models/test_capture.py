@@ -11,12 +11,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from models import EngineConfig, GenerationParams
+from models import Engine, EngineConfig, GenerationParams
 from models.graphs import Capturer, bucket_for, resolve_capture
-from tests.conftest import run_to_end
 
-# Staggered joins: steps mix prefill and decode rows, batches of 1..4 run in buckets 2 and 4,
-# sampled and greedy rows with different top-k share each step.
+# Staggered joins: steps mix prefill and decode rows and batches of 1 to 3 rows; sampled and
+# greedy rows with different top-k share steps.
 REQUESTS = [
     ("a", "Captured steps speak the same.", dict(seed=1, temperature=0.9, top_k=50, max_frames=14), 0),
     ("b", "Greedy row.", dict(seed=2, temperature=0.0, max_frames=9), 2),
@@ -49,13 +48,11 @@ def _count_replays(engine) -> dict:
 
 
 def _engine(tiny, **cfg):
-    from models import Engine
-
     return Engine(tiny, EngineConfig(max_num_seqs=4, max_seq_len=256, max_frames_cap=200, **cfg))
 
 
 def test_compiled_steps_give_the_same_codes_as_eager(tiny):
-    """Batches of 1-2 rows run the compiled blocks in bucket 2 (padded), 3-4 rows the eager
+    """Batches of 1-2 rows run the compiled blocks in bucket 2 (padded), 3 rows the eager
     step: the codes equal an eager engine's, row for row."""
     eager = _engine(tiny, enforce_eager=True, capture="compile")
     eager.warm_up()

@@ -6,19 +6,14 @@ import base64
 import io
 import json
 import threading
-import time
 
 import httpx
 import numpy as np
 import openai
 import pytest
 import soundfile
-import uvicorn
 
-from deployments.local import LocalBackend
-from models import EngineConfig
 from serve.app import create_app
-from serve.metrics import Metrics
 from tests.local_server import local_server
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
