@@ -312,27 +312,32 @@ class ModelRunner:
             x = self._layer(layer, x, cos, sin, self.dk_cache[i, :N], self.dv_cache[i, :N], kv)
         code = sample(self.depth.norm(x[:, -1]) @ self.heads[0], temp, top_k, keys, counter + 1, max_top_k)
         codes.append(code)
-        # ...then one same-shaped step per codebook 2..31 (position p as a tensor).
+        # ...then one step per codebook 2..31 (compiled: one shape for all, p as a tensor).
         for p in range(2, self.num_codebooks):
-            code = depth_step(code, self._depth_pos[p], temp, top_k, keys, counter, max_top_k)
+            code = depth_step(code, self._depth_pos[p] if compiled else p, temp, top_k, keys, counter, max_top_k)
             code = code.clone() if compiled else code  # reduce-overhead reuses a graph's output memory
             codes.append(code)
         return torch.stack(codes, dim=1)
 
     def _depth_step(self, prev, p, temp, top_k, keys, counter, max_top_k: int) -> torch.Tensor:
-        """Depth decoder at position p (0-d tensor) for codebook p, given codebook p-1's codes
-        [N]: attends to all num_codebooks cache positions, the ones after p masked, so every
-        p has the same shapes (one compiled graph serves them all). Returns codes [N]."""
+        """Depth decoder at position p for codebook p, given codebook p-1's codes [N].
+        Returns codes [N]. p is an int (eager and device graphs: views, attention over the
+        p + 1 positions written so far) or a 0-d tensor (torch.compile: attention over all
+        positions with the later ones masked, so one compiled graph serves every p)."""
         N, V = prev.shape[0], self.vocab_size
-        x = self.depth.inputs_embeds_projector(self.depth.embed_tokens(prev + (p - 1) * V)[:, None])  # [N, 1, Hd]
-        mask = (self._depth_pos <= p)[None, None, None]  # [1, 1, 1, num_codebooks]
-        kv = _KV(torch.arange(N, device=self.device), p.expand(N), None, slice(0, N), self.num_codebooks, mask)
-        at = p.view(1)  # index_select, not x[p]: indexing with a 0-d tensor reads it on the host
-        cos, sin = self.depth_rope[0].index_select(1, at), self.depth_rope[1].index_select(1, at)
+        if isinstance(p, int):
+            pos, kv_len, mask = self._depth_pos[p], p + 1, None
+            cos, sin, head = self.depth_rope[0][:, p : p + 1], self.depth_rope[1][:, p : p + 1], self.heads[p - 1]
+        else:  # index_select, not x[p]: indexing with a 0-d tensor reads it on the host
+            pos, kv_len, mask = p, self.num_codebooks, (self._depth_pos <= p)[None, None, None]
+            at = p.view(1)
+            cos, sin = self.depth_rope[0].index_select(1, at), self.depth_rope[1].index_select(1, at)
+            head = self.heads.index_select(0, at - 1)[0]
+        x = self.depth.inputs_embeds_projector(self.depth.embed_tokens(prev + (pos - 1) * V)[:, None])  # [N, 1, Hd]
+        kv = _KV(torch.arange(N, device=self.device), pos.expand(N), None, slice(0, N), kv_len, mask)
         for i, layer in enumerate(self.depth.layers):
             x = self._layer(layer, x, cos, sin, self.dk_cache[i, :N], self.dv_cache[i, :N], kv)
-        logits = self.depth.norm(x[:, -1]) @ self.heads.index_select(0, at - 1)[0]
-        return sample(logits, temp, top_k, keys, counter + p, max_top_k)
+        return sample(self.depth.norm(x[:, -1]) @ head, temp, top_k, keys, counter + pos, max_top_k)
 
 
 def attention(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:

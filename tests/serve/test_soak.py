@@ -1,5 +1,6 @@
 """Soak: a bounded run of steady load leaves memory, file descriptors and threads flat."""
 
+import gc
 import os
 import threading
 import time
@@ -14,6 +15,9 @@ SOAK_S = float(os.environ.get("CSM_SOAK_S", "120"))
 
 
 def _rss_bytes() -> int:
+    """RSS after a full garbage collection: cyclic garbage (asyncio, exceptions) waiting for
+    Python's oldest generation is not a leak, and would make the curve a sawtooth."""
+    gc.collect()
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
