@@ -67,5 +67,7 @@ def test_steady_load_keeps_rss_fds_and_threads_flat(tmp_path):
     print(f"soak {SOAK_S:.0f} s: {len(outcomes)} requests, RSS {rss / 2**20:.0f} MiB -> +{grown[0]:.1f} MiB "
           f"(+{half:.1f} at half time; every tenth: {samples}), fds +{grown[1]}, threads +{grown[2]}")
     assert len(outcomes) > SOAK_S and all(o == (200, 6 * 1920 * 2) for o in outcomes)
-    assert grown[0] < 64 and grown[0] - half < 16 and grown[1] <= 4 and grown[2] <= 2
+    # asyncio's default executor (text splitting) starts threads lazily up to its cap: bounded, not a leak
+    executor_cap = min(32, (os.cpu_count() or 1) + 4)
+    assert grown[0] < 64 and grown[0] - half < 16 and grown[1] <= 4 and grown[2] <= executor_cap
     assert stats.num_kv_slots_used == 0 and stats.num_waiting == 0
