@@ -55,7 +55,8 @@ def _summary(c: int, frames: int, wall: float, ttff: list[float]) -> dict:
     return {
         "requests": c, "frames_per_request": frames, "wall_s": round(wall, 4),
         "frames_per_s": round(c * frames / wall, 2), "x_real_time": round(c * audio_s / wall, 2),
-        "rtf": round(wall / audio_s, 4), "ttff_p50_s": round(_pct(ttff, 0.5), 4), "ttff_p95_s": round(_pct(ttff, 0.95), 4),
+        "rtf": round(wall / audio_s, 4),
+        "ttff_p50_s": round(_pct(ttff, 0.5), 4), "ttff_p95_s": round(_pct(ttff, 0.95), 4),
     }
 
 
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "batch": median_run(run_transformers, loaded, c, frames)}
         else:
             config = EngineConfig(model=args.model, max_num_seqs=c, max_seq_len=1024, max_frames_cap=frames,
-                                  enforce_eager=system == "eager", capture="auto" if loaded.device.type != "cpu" else "compile")
+                                  enforce_eager=system == "eager",
+                                  capture="auto" if loaded.device.type != "cpu" else "compile")
             engine = Engine(loaded, config)
             engine.warm_up()  # captures here
             warm_s = time.perf_counter() - t0

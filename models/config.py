@@ -42,7 +42,8 @@ class EngineConfig(BaseModel):
     def _check(self) -> EngineConfig:
         if self.max_frames_cap >= self.max_seq_len:
             raise ValueError("max_frames_cap must be smaller than max_seq_len")
-        if self.capture_batch_sizes is not None and not all(1 <= b <= self.max_num_seqs for b in self.capture_batch_sizes):
+        sizes = self.capture_batch_sizes
+        if sizes is not None and not all(1 <= b <= self.max_num_seqs for b in sizes):
             raise ValueError("capture_batch_sizes must lie in [1, max_num_seqs]")
         return self
 

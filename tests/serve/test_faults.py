@@ -21,7 +21,8 @@ def test_a_failing_engine_step_fails_its_requests_and_the_server_keeps_serving(t
             return real_execute(sched)
 
         runner.execute = flaky_execute
-        body = {"model": "tts-1", "voice": "alloy", "input": "Fault.", "response_format": "pcm", "max_audio_seconds": 0.24}
+        body = {"model": "tts-1", "voice": "alloy", "input": "Fault.", "response_format": "pcm",
+                "max_audio_seconds": 0.24}
         results = [None] * 3
 
         def one(i):
