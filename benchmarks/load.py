@@ -57,6 +57,7 @@ class Result:
     wall_s: float | None = None
     audio_s: float = 0.0
     retry_after: bool | None = None  # rejections only: was Retry-After present
+    retry_after_s: float = 0.0  # its value in seconds (0 when absent or not a number)
     body: bytes = b""  # non-pcm formats: the whole body, decoded after the level
 
 
@@ -71,6 +72,10 @@ async def _exchange(client: httpx.AsyncClient, body: dict[str, Any], res: Result
         if r.status_code != 200:
             await r.aread()
             res.retry_after = "retry-after" in r.headers
+            try:
+                res.retry_after_s = float(r.headers.get("retry-after", 0))
+            except ValueError:  # an HTTP date: not sent by this server
+                res.retry_after_s = 0.0
             res.outcome = "rejected" if r.status_code in REJECTED else "failed"
             return
         nbytes, chunks = 0, []
@@ -116,6 +121,8 @@ async def closed_loop(args: argparse.Namespace, concurrency: int) -> list[Result
             seed = args.seed + len(results)
             results.append(res)
             await send(client, args, seed, res)
+            if args.honor_retry_after and res.outcome == "rejected":
+                await asyncio.sleep(res.retry_after_s or 1.0)  # as the OpenAI SDK does before retrying
 
     async with make_client(args, concurrency) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
@@ -261,6 +268,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog.")
     ap.add_argument("--timeout-s", type=float, default=60.0, help="per request, start to last byte")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--honor-retry-after", action="store_true",
+                    help="closed loop: a rejected client waits Retry-After before its next request (like the "
+                         "OpenAI SDK); default: it sends again at once (the worst case for the server)")
     ap.add_argument("--warmup", type=int, default=1, help="requests sent (and not counted) before the levels")
     ap.add_argument("--out", type=Path, help="JSON report")
     ap.add_argument("--plot", type=Path, help="PNG (default: --out with .png)")

@@ -51,3 +51,14 @@ def test_sweep_and_open_loop_account_for_every_request(server, tmp_path, capsys)
     assert levels["8/s"]["sent"] >= 4  # Poisson(16) arrivals in 2 s, seeded
     png = tmp_path / "load.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_clients_can_honour_retry_after(server, tmp_path):
+    """With --honor-retry-after a rejected client waits Retry-After (2 s here) before its next
+    request, so 6 clients against 3 places need at least 2 s for their 12 requests (without it,
+    rejected clients retry at once and the level is over in under a second here)."""
+    report = main(["--url", server, "--concurrency", "6", "--requests-per-level", "12", "--max-audio-seconds", "0.25",
+                   "--honor-retry-after", "--out", str(tmp_path / "load.json"), "--warmup", "0"])
+    level = report["levels"][0]
+    assert level["lost"] == 0 and level["failed"] == 0 and level["rejected"] >= 1
+    assert level["wall_s"] >= 2.0 and report["config"]["honor_retry_after"] is True
