@@ -162,12 +162,15 @@ class Engine:
         user request does not pay one-time kernel setup, then capture the decode steps
         (unless enforce_eager; see graphs.py) and run it again through them. Call before serving."""
         mode = resolve_capture(self.config.capture, self.runner.device, self.config.enforce_eager)
-        for _ in range(2 if mode else 1):
-            self.add_request("__warm_up__", "Warm up.", GenerationParams(max_frames=2, seed=0))
-            while self.has_unfinished_requests():
-                self.step()
-            if mode and not self.runner.capture_mode:
-                self.runner.capture(mode, self.config.batch_buckets())
+        self._warm_up_request()
+        if mode and not self.runner.capture_mode:
+            self.runner.capture(mode, self.config.batch_buckets())
+            self._warm_up_request()
+
+    def _warm_up_request(self) -> None:
+        self.add_request("__warm_up__", "Warm up.", GenerationParams(max_frames=2, seed=0))
+        while self.has_unfinished_requests():
+            self.step()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)

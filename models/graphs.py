@@ -44,6 +44,8 @@ def resolve_capture(mode: str, device: torch.device, enforce_eager: bool) -> Cap
         return None
     if mode == "graphs" and device.type not in ("cuda", "npu"):
         raise ValueError(f"capture: device graphs need cuda or npu, not {device.type} (use compile or auto)")
+    if mode == "graphs" and device.type == "npu" and not hasattr(torch.npu, "NPUGraph"):
+        raise ValueError("capture: this torch_npu has no NPUGraph (use compile, auto or enforce_eager)")
     return mode  # type: ignore[return-value]
 
 

@@ -76,7 +76,11 @@ import models.device as dev
 device = dev.resolve_device("auto")
 print(device, dev.resolve_dtype("auto", device), dev.memory_bytes(device), dev.device_label(device))
 from models.graphs import resolve_capture
-without = resolve_capture("auto", device, False)
+without = str(resolve_capture("auto", device, False))
+try:
+    resolve_capture("graphs", device, False)
+except ValueError:
+    without += " refused"
 torch.npu.NPUGraph = object  # torch_npu versions with aclgraph capture
 print(without, resolve_capture("auto", device, False), resolve_capture("auto", device, True))
 print(dev.resolve_device("npu"))
@@ -99,7 +103,7 @@ def test_npu_branch_at_the_seam(tmp_path):
     assert result.returncode == 0, result.stderr
     first, capture, second = result.stdout.splitlines()
     assert first == f"npu:0 torch.bfloat16 ({44 * 2**30}, {64 * 2**30}) npu:0"
-    assert capture == "None graphs None"  # NPU graphs where torch_npu has NPUGraph; enforce_eager wins
+    assert capture == "None refused graphs None"  # NPU graphs only where torch_npu has NPUGraph; enforce_eager wins
     assert second == "npu:0"
 
 
