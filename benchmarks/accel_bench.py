@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from models import AsyncEngine, Engine, EngineConfig, GenerationParams, load_model
+from models import Engine, EngineConfig, GenerationParams, load_model
 from models.params import FRAME_RATE_HZ
-from models.prompt import build_prompt
-from models.speech import SpeechPipeline
+from models.core.prompt import build_prompt
+from models.frontend.speech import SpeechPipeline
 
 from .engine_bench import device_name
 
@@ -77,8 +77,7 @@ def time_to_first_audio(engine: Engine, c: int, frames: int) -> dict:
     each request's first PCM chunk."""
 
     async def main() -> list[float]:
-        async_engine = AsyncEngine(engine)
-        pipeline = SpeechPipeline(async_engine, max_streams=c)
+        pipeline = SpeechPipeline.start(engine, max_waiting=c)
         t0 = time.perf_counter()
 
         async def one(i: int) -> float:
@@ -91,7 +90,7 @@ def time_to_first_audio(engine: Engine, c: int, frames: int) -> dict:
         try:
             return list(await asyncio.gather(*(one(i) for i in range(c))))
         finally:
-            async_engine.shutdown()
+            pipeline.shutdown()
 
     ttfa = asyncio.run(main())
     return {"requests": c, "ttfa_p50_s": round(_pct(ttfa, 0.5), 4), "ttfa_p95_s": round(_pct(ttfa, 0.95), 4)}

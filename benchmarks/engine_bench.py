@@ -33,7 +33,7 @@ import transformers
 
 from models import Engine, EngineConfig, GenerationParams, load_model
 from models.params import FRAME_RATE_HZ
-from models.prompt import build_prompt
+from models.core.prompt import build_prompt
 
 WORDS = "the a voice assistant reads weather news music calendar message today tomorrow please".split()
 

@@ -29,9 +29,9 @@ def make_voice(seconds: float, seed: int = 0) -> tuple[Segment, ...]:
     return (Segment(speaker=0, text=transcript, codes=codes),)
 
 
-def time_to_first_frame(engine: Engine, text: str, params: GenerationParams) -> float:
+def time_to_first_frame(engine: Engine, text: str, params: GenerationParams, voice: tuple[Segment, ...]) -> float:
     t0 = time.perf_counter()
-    engine.add_request("r", text, params)
+    engine.add_request("r", text, params, voice)
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.frames:
@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     engine = Engine(loaded, EngineConfig(model=args.model, max_num_seqs=1))
     voice = make_voice(args.voice_s)
     text = "Thanks for calling, how can I help you today?"
-    params = GenerationParams(context=voice, seed=1, max_frames=1)
-    time_to_first_frame(engine, text, params)  # warm-up
-    cold = [time_to_first_frame(engine, text, params) for _ in range(args.repeats)]
+    params = GenerationParams(seed=1, max_frames=1)
+    time_to_first_frame(engine, text, params, voice)  # warm-up
+    cold = [time_to_first_frame(engine, text, params, voice) for _ in range(args.repeats)]
     t0 = time.perf_counter()
     prefix_len = engine.add_prefix(voice)
     prefix_s = time.perf_counter() - t0
-    warm = [time_to_first_frame(engine, text, params) for _ in range(args.repeats)]
+    warm = [time_to_first_frame(engine, text, params, voice) for _ in range(args.repeats)]
     report = {
         "model": args.model, "device": device_name(loaded), "dtype": str(loaded.dtype).removeprefix("torch."),
         "voice_s": args.voice_s, "prefix_positions": prefix_len, "prefix_compute_s": round(prefix_s, 3),

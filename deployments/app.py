@@ -20,14 +20,16 @@ import numpy as np
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from models import AsyncEngine, EngineConfig, GenerationParams, build_engine
-from models.speech import NoStreamCapacity, SpeechPipeline, chunk_frames
+from models import EngineConfig, build_engine
+from models.errors import EngineDeadError, Overloaded
+from models.frontend.speech import SpeechPipeline, chunk_frames
 from serve import metrics as m
 from serve.app import create_app
-from serve.backend import Overloaded, SynthesisParams
+from serve.backend import BackendError, ErrorInfo, SpeechJob, error_info
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
@@ -64,33 +66,59 @@ def engine_actor_options(engine: EngineConfig, cpus: float) -> dict:
 
 @serve.deployment(name=ENGINE_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
 class TTSEngineDeployment:
+    """One engine on one card. Serve's router is its queue (max_ongoing_requests =
+    max_num_seqs), so the pipeline admits no waiting streams of its own (admission.py)."""
+
     def __init__(self, engine: dict, voices_dir: str | None, max_sample_bytes: int, chunk_s: float = 0.24) -> None:
         config = EngineConfig(**engine)
-        engine = build_engine(config)
-        engine.warm_up()  # the replica reports ready only after this
-        self.engine = AsyncEngine(engine, on_step=EngineRecorder(RayMetrics(), engine.loaded).on_step)
-        self.pipeline = SpeechPipeline(self.engine, max_streams=config.max_num_seqs, chunk_frames=chunk_frames(chunk_s))
+        sync_engine = build_engine(config)
+        sync_engine.warm_up()  # the replica reports ready only after this
+        recorder = EngineRecorder(RayMetrics(), sync_engine.loaded)
+        self.pipeline = SpeechPipeline.start(sync_engine, max_waiting=0, chunk_frames=chunk_frames(chunk_s),
+                                             on_step=recorder.on_step)
         self.store = VoiceStore(voices_dir, max_sample_bytes)
 
-    async def synthesize(self, request_id: str, segments: list[str], voice: dict, params: dict) -> AsyncIterator[bytes]:
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[bytes]:
         """Stream float32 PCM bytes. Voices load lazily from the shared voices directory, so a
-        voice created through any ingress works on every engine replica."""
-        voice_obj = Voice.model_validate(voice)
-        if voice_obj.id not in self.pipeline.voices:
-            await load_voice(self.pipeline, self.store, voice_obj)
-        gen_params = GenerationParams(**{k: v for k, v in params.items() if v is not None})
-        context = self.pipeline.voices[voice_obj.id]
-        async for pcm in self.pipeline.stream(request_id, segments, context, gen_params):
-            yield pcm.astype(np.float32).tobytes()
+        voice created through any ingress works on every engine replica. Every failure leaves
+        as a BackendError (a typed record, never a traceback)."""
+        try:
+            if job.voice.id not in self.pipeline.voices:
+                await load_voice(self.pipeline, self.store, job.voice)
+            voice = self.pipeline.voices.get(job.voice.id)
+            async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
+                yield pcm.astype(np.float32).tobytes()
+        except Exception as e:
+            raise BackendError(error_info(e, job.request_id)) from None
+
+    async def add_voice(self, voice: Voice) -> None:
+        """Load a new voice here now, so one the model cannot take is refused at upload."""
+        try:
+            await load_voice(self.pipeline, self.store, voice)
+        except Exception as e:
+            raise BackendError(error_info(e, f"voice {voice.id}")) from None
 
     async def forget_voice(self, voice_id: str) -> None:
-        await self.pipeline.remove_voice(voice_id)
+        await self.pipeline.voices.remove(voice_id)
 
     def stats(self) -> dict:
-        return {**self.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count()}
+        return {**self.pipeline.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count()}
 
     def check_health(self) -> None:
-        self.engine.check_health()
+        self.pipeline.engine.check_health()
+
+
+def ray_error_info(exc: BaseException, request_id: str) -> ErrorInfo:
+    """What crossing the handle can raise, as an ErrorInfo: the replica's own BackendError
+    (inside Ray's task error, whose text is a remote traceback and is never used), Serve's
+    backpressure, a replica that died; anything else is internal."""
+    if isinstance(exc, BackPressureError):
+        return error_info(Overloaded("engine queue is full"), request_id)
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BackendError):
+        return exc.cause.info
+    if isinstance(exc, RayActorError):
+        return error_info(EngineDeadError(type(exc).__name__), request_id)
+    return error_info(exc, request_id)
 
 
 class RayBackend:
@@ -109,28 +137,32 @@ class RayBackend:
         except Exception:
             return False
 
-    async def synthesize(self, request_id, segments, voice: Voice, params: SynthesisParams) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
         stream = None
         try:
-            stream = self.engine.options(stream=True).synthesize.remote(
-                request_id, segments, voice.model_dump(), params.__dict__
-            )
+            stream = self.engine.options(stream=True).synthesize.remote(job)
             async for data in stream:
                 yield np.frombuffer(data, dtype=np.float32)
-        except BackPressureError as e:
-            raise Overloaded("engine queue is full") from e
-        except NoStreamCapacity as e:
-            raise Overloaded(str(e)) from e
+        except Exception as e:
+            raise BackendError(ray_error_info(e, job.request_id)) from None
         finally:
             if stream is not None:
                 with contextlib.suppress(Exception):  # cancel() re-raises a failed call's error
                     stream.cancel()
 
     async def add_voice(self, voice: Voice, clips) -> None:
-        pass  # engine replicas load it from the voices directory on first use
+        """One replica loads it now (and refuses what the model cannot take); the others load
+        it from the voices directory on first use."""
+        try:
+            await self.engine.add_voice.remote(voice)
+        except Exception as e:
+            raise BackendError(ray_error_info(e, f"voice {voice.id}")) from None
 
     async def remove_voice(self, voice: Voice) -> None:
-        await self.engine.forget_voice.remote(voice.id)
+        try:
+            await self.engine.forget_voice.remote(voice.id)
+        except Exception as e:
+            raise BackendError(ray_error_info(e, f"voice {voice.id}")) from None
 
 
 @serve.deployment(name="SpeechIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)  # I/O-bound

@@ -37,9 +37,9 @@ def _serve(args: argparse.Namespace) -> None:
 async def _say(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from models import AsyncEngine, EngineConfig, GenerationParams, build_engine
-    from models.params import SAMPLES_PER_FRAME
-    from models.speech import SpeechPipeline
+    from models import EngineConfig, GenerationParams, build_engine
+    from models.frontend.speech import SpeechPipeline
+    from models.params import FRAME_S, SAMPLES_PER_FRAME
     from serve.text import split_text
     from serve.voices import VoiceStore
 
@@ -51,24 +51,22 @@ async def _say(args: argparse.Namespace) -> int:
     encoder = make_encoder(fmt, args.speed)
     store = VoiceStore(args.voices_dir)
     voice = store.resolve(args.voice)
-    engine = AsyncEngine(build_engine(EngineConfig(model=args.model, device=args.device, max_num_seqs=1)))
+    params = GenerationParams(speaker=voice.speaker, seed=args.seed, max_frames=args.max_frames)
+    pipeline = SpeechPipeline.start(build_engine(EngineConfig(model=args.model, device=args.device, max_num_seqs=1)))
     try:
-        pipeline = SpeechPipeline(engine, max_streams=1)
         await load_voice(pipeline, store, voice)
         segments = split_text(args.text)
-        given = {"seed": args.seed, "max_frames": args.max_frames}
-        params = GenerationParams(speaker=voice.speaker, **{k: v for k, v in given.items() if v is not None})
         with open(args.output, "wb") as out, tqdm(total=len(segments), unit="segment", desc="speaking") as bar:
             frames = 0
-            stream = pipeline.stream("say", segments, pipeline.voices[voice.id], params, lambda i: bar.update(1))
+            stream = pipeline.stream("say", segments, pipeline.voices.get(voice.id), params, lambda i: bar.update(1))
             async for pcm in stream:
                 out.write(encoder.encode(pcm))
                 frames += len(pcm) // SAMPLES_PER_FRAME
-                bar.set_postfix(audio_s=f"{frames * 0.08:.1f}")
+                bar.set_postfix(audio_s=f"{frames * FRAME_S:.1f}")
             out.write(encoder.flush())
     finally:
-        engine.shutdown()
-    print(f"wrote {args.output}: {frames * 0.08:.2f} s of audio")
+        pipeline.shutdown()
+    print(f"wrote {args.output}: {frames * FRAME_S:.2f} s of audio")
     return 0
 
 

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from models import AsyncEngine, EngineConfig, GenerationParams, build_engine
-from models.speech import NoStreamCapacity, SpeechPipeline, chunk_frames
-from serve.backend import Overloaded, SynthesisParams
+from models import Engine, EngineConfig, build_engine
+from models.frontend.speech import SpeechPipeline, chunk_frames
+from serve.backend import BackendError, SpeechJob, error_info
+from serve.metrics import MetricsSink
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
@@ -20,48 +21,54 @@ from .voices import load_voices
 
 
 class LocalBackend:
-    """SpeechBackend over an in-process SpeechPipeline. At most `max_num_seqs + max_queued`
-    streams are admitted; beyond that requests get Overloaded (429)."""
+    """SpeechBackend over an in-process SpeechPipeline; `max_queued_requests` streams may wait
+    for one of the engine's `max_num_seqs` rows (see models/frontend/admission.py)."""
 
     def __init__(self, pipeline: SpeechPipeline) -> None:
         self.pipeline = pipeline
         self._ready = False
 
     @classmethod
-    async def start(cls, config: EngineConfig, store: VoiceStore, max_queued: int = 16, metrics=None,
-                    chunk_s: float = 0.24) -> LocalBackend:
-        """Load, warm up and start the engine; `metrics` (serve.metrics.Metrics) gets engine metrics."""
-        sync_engine = build_engine(config)
-        sync_engine.warm_up()
-        recorder = EngineRecorder(metrics, sync_engine.loaded) if metrics is not None else None
-        engine = AsyncEngine(sync_engine, on_step=recorder.on_step if recorder else None)
-        backend = cls(SpeechPipeline(engine, max_streams=config.max_num_seqs + max_queued, chunk_frames=chunk_frames(chunk_s)))
-        await load_voices(backend.pipeline, store)
+    async def start(cls, config: EngineConfig, store: VoiceStore, max_queued_requests: int = 16,
+                    metrics: MetricsSink | None = None, chunk_s: float = 0.24) -> LocalBackend:
+        """Load the configured model and serve it (see `serve_engine`)."""
+        return await cls.serve_engine(build_engine(config), store, max_queued_requests, metrics, chunk_s)
+
+    @classmethod
+    async def serve_engine(cls, engine: Engine, store: VoiceStore, max_queued_requests: int = 16,
+                           metrics: MetricsSink | None = None, chunk_s: float = 0.24) -> LocalBackend:
+        """Warm up and start an engine, load the stored voices; `metrics` gets the engine's metrics."""
+        engine.warm_up()
+        recorder = EngineRecorder(metrics, engine.loaded) if metrics is not None else None
+        pipeline = SpeechPipeline.start(engine, max_queued_requests, chunk_frames(chunk_s),
+                                        on_step=recorder.on_step if recorder else None)
+        backend = cls(pipeline)
+        await load_voices(pipeline, store)
         backend._ready = True
         return backend
 
     async def is_ready(self) -> bool:
         return self._ready and self.pipeline.engine.is_alive
 
-    async def synthesize(
-        self, request_id: str, segments: list[str], voice: Voice, params: SynthesisParams
-    ) -> AsyncIterator[np.ndarray]:
-        given = {"seed": params.seed, "temperature": params.temperature, "top_k": params.top_k}
-        gen_params = GenerationParams(speaker=params.speaker, **{k: v for k, v in given.items() if v is not None})
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
         try:
-            async for pcm in self.pipeline.stream(request_id, segments, self.pipeline.voices.get(voice.id, ()), gen_params):
+            voice = self.pipeline.voices.get(job.voice.id) if job.voice.id in self.pipeline.voices else ()
+            async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
                 yield pcm
-        except NoStreamCapacity as e:
-            raise Overloaded(str(e)) from e
+        except Exception as e:
+            raise BackendError(error_info(e, job.request_id)) from e
 
     async def add_voice(self, voice: Voice, clips: list[tuple[np.ndarray, str]]) -> None:
-        await self.pipeline.add_voice(voice.id, voice.speaker, clips)
+        try:
+            await self.pipeline.voices.add(voice.id, voice.speaker, clips)
+        except Exception as e:
+            raise BackendError(error_info(e, f"voice {voice.id}")) from e
 
     async def remove_voice(self, voice: Voice) -> None:
-        await self.pipeline.remove_voice(voice.id)
+        await self.pipeline.voices.remove(voice.id)
 
     def shutdown(self) -> None:
-        self.pipeline.engine.shutdown()
+        self.pipeline.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="csm-tiny")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-num-seqs", type=int, default=16)
+    ap.add_argument("--max-queued-requests", type=int, default=16)
     args = ap.parse_args(argv)
     settings = ServerSettings()
     store = VoiceStore(settings.voices_dir, settings.max_sample_bytes)
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         metrics = Metrics()
-        backend = await LocalBackend.start(config, store, metrics=metrics, chunk_s=settings.chunk_s)
+        backend = await LocalBackend.start(config, store, args.max_queued_requests, metrics, settings.chunk_s)
         app = create_app(backend, store, settings, metrics)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port))
         try:

@@ -6,42 +6,49 @@ from __future__ import annotations
 
 import time
 
-from models.device import device_label, memory_bytes
-from models.loader import LoadedModel
+from models.loading.device import device_label, memory_bytes
+from models.loading.loader import LoadedModel
 from models.params import EngineStats
 from serve import metrics as m
 
 
-class RayMetrics:
-    """Same interface as serve.metrics.Metrics, on ray.serve.metrics."""
+class _Tagged:
+    """A Ray metric with tags bound, called like a labelled prometheus-client child."""
 
-    def __init__(self, defs=m.ALL) -> None:
+    def __init__(self, metric, tags: dict[str, str] | None) -> None:
+        self.metric, self.tags = metric, tags
+
+    def inc(self, value: float) -> None:
+        self.metric.inc(value, tags=self.tags)
+
+    def set(self, value: float) -> None:
+        self.metric.set(value, tags=self.tags)
+
+    def observe(self, value: float) -> None:
+        self.metric.observe(value, tags=self.tags)
+
+
+class RayMetrics(m.InstrumentSink):
+    """The same definitions on ray.serve.metrics."""
+
+    def make(self, d: m.MetricDef):
         from ray.serve import metrics as rm
 
-        self._m = {}
-        for d in defs:
-            if d.kind == "counter":
-                self._m[d.name] = rm.Counter(d.name.removesuffix("_total"), d.help, d.labels)
-            elif d.kind == "gauge":
-                self._m[d.name] = rm.Gauge(d.name, d.help, d.labels)
-            else:
-                self._m[d.name] = rm.Histogram(d.name, d.help, list(d.buckets), d.labels)
+        if d.kind == "counter":
+            return rm.Counter(d.name.removesuffix("_total"), d.help, d.labels)
+        if d.kind == "gauge":
+            return rm.Gauge(d.name, d.help, d.labels)
+        return rm.Histogram(d.name, d.help, list(d.buckets), d.labels)
 
-    def inc(self, d, value: float = 1.0, labels: dict | None = None) -> None:
-        self._m[d.name].inc(value, tags=labels)
-
-    def set(self, d, value: float, labels: dict | None = None) -> None:
-        self._m[d.name].set(value, tags=labels)
-
-    def observe(self, d, value: float, labels: dict | None = None) -> None:
-        self._m[d.name].observe(value, tags=labels)
+    def bind(self, instrument, labels: dict[str, str] | None) -> _Tagged:
+        return _Tagged(instrument, labels)
 
 
 class EngineRecorder:
     """`on_step` for AsyncEngine: per-step batch size and duration, engine gauges, and device
     memory (read at most once a second: on accelerators it is a driver call)."""
 
-    def __init__(self, metrics, loaded: LoadedModel, memory_period_s: float = 1.0) -> None:
+    def __init__(self, metrics: m.MetricsSink, loaded: LoadedModel, memory_period_s: float = 1.0) -> None:
         self.metrics, self.loaded = metrics, loaded
         self.device = device_label(loaded.device)
         self.memory_period_s = memory_period_s

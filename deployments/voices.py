@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from models.speech import SpeechPipeline
+from models.frontend.speech import SpeechPipeline
 from serve.voices import Voice, VoiceStore
 
 log = logging.getLogger(__name__)
@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 async def load_voice(pipeline: SpeechPipeline, store: VoiceStore, voice: Voice) -> None:
     """Encode one voice's clips and cache its prefix (a voice with no clip is a speaker id)."""
     clips = [(store.load_clip(voice, clip), clip.transcript) for clip in voice.clips]
-    await pipeline.add_voice(voice.id, voice.speaker, clips)
+    await pipeline.voices.add(voice.id, voice.speaker, clips)
 
 
 async def load_voices(pipeline: SpeechPipeline, store: VoiceStore) -> int:

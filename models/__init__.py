@@ -1,29 +1,46 @@
-"""Framework-free CSM engine: loader, devices, iteration-level batching engine, asyncio front.
+"""Framework-free CSM engine: no ray, no fastapi (a guard test keeps it so).
 
-Imports neither ray nor fastapi (a guard test keeps it so)."""
+Sub-packages, in the order a request meets them:
+    frontend/  asyncio front: AsyncEngine (the step-loop thread), SpeechPipeline (segments ->
+               PCM), voice registry, batched Mimi decode, admission (the capacity policy)
+    core/      engine core, torch-free but for Engine itself: config, prompt, request
+               records, scheduler, Engine (schedule -> run -> update)
+    runner/    everything that touches tensors: ModelRunner (KV slots, batched backbone),
+               attention, frame sampler (depth loop), sampler, captured steps (graphs.py)
+    codec/     streaming Mimi decoder, clip encoding
+    loading/   devices, built-in models, checkpoint loader
 
-from .async_engine import AsyncEngine, EngineDeadError, EngineStepError
-from .config import EngineConfig
-from .engine import Engine
-from .loader import LoadedModel, load_model
-from .params import EngineStats, FinishReason, GenerationParams, Segment, StepOutput
+`models.params` and `models.errors` are torch-free, so the HTTP edge uses the same typed
+parameters and errors. This package's names load lazily: `import models` or
+`from models.params import GenerationParams` does not import torch.
+"""
 
-__all__ = [
-    "AsyncEngine",
-    "Engine",
-    "EngineConfig",
-    "EngineDeadError",
-    "EngineStats",
-    "EngineStepError",
-    "FinishReason",
-    "GenerationParams",
-    "LoadedModel",
-    "Segment",
-    "StepOutput",
-    "load_model",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "AsyncEngine": "models.frontend.async_engine",
+    "Engine": "models.core.engine",
+    "EngineConfig": "models.core.config",
+    "EngineDeadError": "models.errors",
+    "EngineStepError": "models.errors",
+    "Overloaded": "models.errors",
+    "RequestError": "models.errors",
+    "EngineStats": "models.params",
+    "FinishReason": "models.params",
+    "GenerationParams": "models.params",
+    "Segment": "models.params",
+    "StepOutput": "models.params",
+    "LoadedModel": "models.loading.loader",
+    "load_model": "models.loading.loader",
+    "build_engine": "models.core.engine",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def build_engine(config: EngineConfig) -> Engine:
-    """Load the configured model and build its engine."""
-    return Engine(load_model(config.model, config.device, config.dtype), config)
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,30 +1,56 @@
-"""Typed objects at the engine's boundaries: request params in, step outputs and stats out.
+"""Typed records at the engine's boundaries, and every per-request limit, written once.
 
-Pure data (no torch), so the scheduler, the HTTP edge and tests can share them.
+Pure data (pydantic, no torch), so the HTTP edge, the Ray handle, the scheduler and tests
+share them: a `GenerationParams` built at the edge is the same object the engine samples
+with. The limits are the `Annotated` types below; schemas elsewhere reuse them.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-NUM_CODEBOOKS = 32
-FRAME_RATE_HZ = 12.5
+# ---- the audio the model makes ------------------------------------------------------------
+NUM_CODEBOOKS = 32  # Mimi codebooks per frame
+CODEBOOK_SIZE = 2048  # Mimi ids per codebook; the model's codebook vocabulary adds 3 specials
+AUDIO_VOCAB_SIZE = 2051
 SAMPLE_RATE_HZ = 24_000
 SAMPLES_PER_FRAME = 1920
+FRAME_RATE_HZ = SAMPLE_RATE_HZ / SAMPLES_PER_FRAME  # 12.5
+FRAME_S = SAMPLES_PER_FRAME / SAMPLE_RATE_HZ  # 0.08
+# transformers' rule: a frame whose codebooks 0..30 are all codebook_eos (0) ends the speech.
+EOS_CODEBOOKS = 31
+EOS_FRAME = (0,) * NUM_CODEBOOKS  # the frame at a context segment's audio_eos position
+
+
+def is_eos_frame(frame: list[int] | tuple[int, ...]) -> bool:
+    """True for the frame that ends speech (codebooks 0..30 all 0)."""
+    return all(c == 0 for c in frame[:EOS_CODEBOOKS])
+
+
+# ---- per-request limits (each written here only) -------------------------------------------
+SEED_LIMIT = 2**63
+Speaker = Annotated[int, Field(ge=0, le=999, description="CSM speaker id")]
+Temperature = Annotated[float, Field(ge=0.0, le=5.0, description="0 is greedy")]
+TopK = Annotated[int, Field(ge=1, le=AUDIO_VOCAB_SIZE, description="sample among the k likeliest codes")]
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="same seed, same audio, busy or idle")]
+MaxFrames = Annotated[int, Field(ge=1, description="cap on frames (80 ms each); None: derived from the text")]
+MaxAudioSeconds = Annotated[float, Field(gt=0, le=600, description="cap on the audio length, in seconds")]
+DEFAULT_TEMPERATURE = 0.9
+DEFAULT_TOP_K = 50
 
 
 class Segment(BaseModel):
     """One earlier turn of the conversation: what was said, by whom, and its Mimi codes.
 
-    `codes` is a list of frames, each a list of 32 codebook ids in [0, 2048).
-    """
+    `codes` is a tuple of frames, each 32 codebook ids in [0, 2048)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    speaker: int = Field(0, ge=0, le=999)
+    speaker: Speaker = 0
     text: str
     codes: tuple[tuple[int, ...], ...] = ()
 
@@ -34,23 +60,30 @@ class Segment(BaseModel):
         for frame in codes:
             if len(frame) != NUM_CODEBOOKS:
                 raise ValueError(f"every frame must hold {NUM_CODEBOOKS} codes, got {len(frame)}")
-            if any(not 0 <= c < 2048 for c in frame):
-                raise ValueError("codes must lie in [0, 2048)")
+            if any(not 0 <= c < CODEBOOK_SIZE for c in frame):
+                raise ValueError(f"codes must lie in [0, {CODEBOOK_SIZE})")
         return codes
 
 
 class GenerationParams(BaseModel):
-    """Per-request generation settings. Invalid values raise a ValueError naming the field
-    (pydantic's ValidationError is a ValueError)."""
+    """Per-request generation settings: built once (at the HTTP edge, by a test, by the CLI),
+    validated once, pickled as is across the Ray handle, read by the engine. Invalid values
+    raise pydantic's ValidationError (a ValueError) naming the field."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    speaker: int = Field(0, ge=0, le=999)
-    context: tuple[Segment, ...] = ()
-    temperature: float = Field(0.9, ge=0.0, le=5.0, description="0 means greedy")
-    top_k: int = Field(50, ge=1, le=2051)
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    max_frames: int | None = Field(None, ge=1, description="None: derived from the text")
+    speaker: Speaker = 0
+    temperature: Temperature = DEFAULT_TEMPERATURE
+    top_k: TopK = DEFAULT_TOP_K
+    seed: Seed | None = None
+    max_frames: MaxFrames | None = None
+
+    def for_segment(self, index: int) -> GenerationParams:
+        """The params of segment `index` of a long text: seed + index (wrapping inside the seed
+        range), validated like any other params."""
+        if self.seed is None or index == 0:
+            return self
+        return GenerationParams.model_validate({**self.model_dump(), "seed": (self.seed + index) % SEED_LIMIT})
 
 
 class FinishReason(str, enum.Enum):
@@ -59,25 +92,16 @@ class FinishReason(str, enum.Enum):
     ABORT = "abort"
 
 
-class RequestStatus(enum.Enum):
-    WAITING = "waiting"
-    PREFILLING = "prefilling"
-    DECODING = "decoding"
-    FINISHED = "finished"
-
-
 @dataclass(frozen=True)
 class StepOutput:
     """What one step produced for one request: new frames of 32 codes, and whether it ended.
 
-    `frames` is empty for a step that only prefilled, and for an aborted request.
-    """
+    `frames` is empty for an aborted request and for the step whose frame was the EOS frame."""
 
     request_id: str
     frames: list[list[int]] = field(default_factory=list)
     is_finished: bool = False
     finish_reason: FinishReason | None = None
-    num_frames_total: int = 0
 
 
 @dataclass(frozen=True)

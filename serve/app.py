@@ -7,13 +7,15 @@ from fastapi import Depends, FastAPI
 from .backend import SpeechBackend
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
-from .metrics import Metrics, metrics_endpoint
+from .metrics import Metrics, MetricsSink, metrics_endpoint
 from .routes import health, models, speech, voices
 from .settings import ServerSettings
 from .voices import VoiceStore
 
 
-def create_app(backend: SpeechBackend, store: VoiceStore, settings: ServerSettings, metrics=None) -> FastAPI:
+def create_app(
+    backend: SpeechBackend, store: VoiceStore, settings: ServerSettings, metrics: MetricsSink | None = None
+) -> FastAPI:
     """`metrics`: a serve.metrics.Metrics (then served at /metrics) or the Ray binding of the
     same definitions (exported by Ray's metrics agent); default: a private registry."""
     app = FastAPI(title="csm-serve", version="0.1.0", description="OpenAI-compatible speech API for Sesame CSM")

@@ -16,14 +16,17 @@ import io
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Literal, get_args
 
 import av
 import av.error
 import av.filter
 import numpy as np
 
-SAMPLE_RATE = 24_000
-FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
+
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 CONTENT_TYPES: dict[str, str] = {
     "mp3": "audio/mpeg",
     "opus": "audio/ogg",
@@ -159,8 +162,6 @@ class AudioEncoder:
     """
 
     def __init__(self, fmt: str, speed: float) -> None:
-        self.format = fmt
-        self.speed = speed
         self.content_type = CONTENT_TYPES[fmt]
         self._tempo = _Tempo(speed) if speed != 1.0 else None
         self._done = False

@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: the backend, the voice store, the settings, API-key auth."""
+"""Typed FastAPI dependencies: the backend, the voice store, the settings, metrics, the\nrequest id, API-key auth."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from .backend import SpeechBackend
 from .errors import APIError
+from .metrics import MetricsSink
 from .settings import ServerSettings
 from .voices import VoiceStore
 
@@ -25,7 +26,17 @@ def get_settings(request: Request) -> ServerSettings:
     return request.app.state.settings
 
 
+def get_metrics(request: Request) -> MetricsSink:
+    return request.app.state.metrics
+
+
+def get_request_id(request: Request) -> str:
+    return request.state.request_id
+
+
 BackendDep = Annotated[SpeechBackend, Depends(get_backend)]
+MetricsDep = Annotated[MetricsSink, Depends(get_metrics)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
 StoreDep = Annotated[VoiceStore, Depends(get_store)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 

@@ -4,12 +4,15 @@ Bad input never becomes a 500, and no response carries a stack trace."""
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .backend import INTERNAL_MESSAGE, ErrorInfo
 from .metrics import ERRORS
 from .schemas import ErrorResponse
 
@@ -18,7 +21,7 @@ log = logging.getLogger(__name__)
 _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
     405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-    422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
+    422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
 }
 
 
@@ -34,6 +37,19 @@ class APIError(Exception):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+_STATUS = {"invalid_request": 400, "not_found": 404, "overloaded": 429, "unavailable": 503, "internal": 500}
+
+
+def api_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> APIError:
+    """The HTTP response for a backend's ErrorInfo: its status, the client message (internal
+    errors name the request id, so an operator can find the logged traceback), and
+    Retry-After where retrying helps."""
+    status = _STATUS[info.kind]
+    message = f"{info.message} (request id {request_id})" if info.kind == "internal" else info.message
+    headers = {"Retry-After": str(retry_after_s)} if status in (429, 503) else None
+    return APIError(status, message, info.param, info.code, headers)
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
@@ -74,11 +90,35 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _json(request, 500, "The server had an error while processing your request.", code="internal_error")
+    request_id = getattr(request.state, "request_id", "-")
+    log.error("request %s: unhandled error on %s %s", request_id, request.method, request.url.path, exc_info=exc)
+    return _json(request, 500, f"{INTERNAL_MESSAGE} (request id {request_id})", code="internal_error",
+                 headers={"x-request-id": request_id})
+
+
+class RequestIdMiddleware:
+    """Pure ASGI (streams pass through untouched): every request gets an id, kept in
+    `request.state.request_id` for logs and 500 messages and sent back as `x-request-id`."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("x-request-id", request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

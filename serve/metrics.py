@@ -9,7 +9,7 @@ Names follow Prometheus conventions: `tts_` prefix, base units, `_total` counter
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -53,33 +53,57 @@ ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, AUDIO_FRAMES, INPUT
        KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, PREFIX_HITS, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
 
 
-class Metrics:
-    """Records by definition: `inc`, `set`, `observe`. Backed by prometheus-client here; the
-    Ray deployments bind the same definitions to ray.serve.metrics (deployments/metrics.py)."""
+class MetricsSink(Protocol):
+    """Where metrics are recorded, by definition. Two implementations: `Metrics` here
+    (prometheus-client) and deployments.metrics.RayMetrics (ray.serve.metrics)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def inc(self, d: MetricDef, value: float = 1.0, labels: dict[str, str] | None = None) -> None: ...
+
+    def set(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None: ...
+
+    def observe(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None: ...
+
+
+class InstrumentSink:
+    """A MetricsSink over one library's instruments: subclasses say how to make an
+    instrument for a definition (`make`) and how to apply labels to it (`bind`)."""
+
+    def __init__(self, defs: tuple[MetricDef, ...] = ALL) -> None:
+        self._instruments = {d.name: self.make(d) for d in defs}
+
+    def make(self, d: MetricDef) -> Any:
+        raise NotImplementedError
+
+    def bind(self, instrument: Any, labels: dict[str, str] | None) -> Any:
+        """An object with inc/set/observe(value) for these labels."""
+        raise NotImplementedError
+
+    def inc(self, d: MetricDef, value: float = 1.0, labels: dict[str, str] | None = None) -> None:
+        self.bind(self._instruments[d.name], labels).inc(value)
+
+    def set(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
+        self.bind(self._instruments[d.name], labels).set(value)
+
+    def observe(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
+        self.bind(self._instruments[d.name], labels).observe(value)
+
+
+class Metrics(InstrumentSink):
+    """prometheus-client instruments in a registry of their own (served at /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, defs: tuple[MetricDef, ...] = ALL) -> None:
         self.registry = registry or CollectorRegistry()
-        self._m = {d.name: self._make(d) for d in ALL}
+        super().__init__(defs)
 
-    def _make(self, d: MetricDef):
+    def make(self, d: MetricDef):
         if d.kind == "counter":
             return Counter(d.name.removesuffix("_total"), d.help, d.labels, registry=self.registry)
         if d.kind == "gauge":
             return Gauge(d.name, d.help, d.labels, registry=self.registry)
         return Histogram(d.name, d.help, d.labels, buckets=d.buckets, registry=self.registry)
 
-    def _get(self, d: MetricDef, labels: dict[str, str] | None):
-        m = self._m[d.name]
-        return m.labels(**labels) if labels else m
-
-    def inc(self, d: MetricDef, value: float = 1.0, labels: dict[str, str] | None = None) -> None:
-        self._get(d, labels).inc(value)
-
-    def set(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
-        self._get(d, labels).set(value)
-
-    def observe(self, d: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
-        self._get(d, labels).observe(value)
+    def bind(self, instrument, labels: dict[str, str] | None):
+        return instrument.labels(**labels) if labels else instrument
 
 
 def metrics_endpoint(registry: CollectorRegistry):

@@ -7,10 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .audio import FORMATS, MAX_SPEED, MIN_SPEED
+from models.params import (
+    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, GenerationParams, MaxAudioSeconds, Seed, Speaker, Temperature, TopK,
+)
 
-ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-assert set(ResponseFormat.__args__) == set(FORMATS)
+from .audio import MAX_SPEED, MIN_SPEED, ResponseFormat
 
 
 class VoiceRef(BaseModel):
@@ -35,12 +36,12 @@ class SpeechRequest(BaseModel):
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream_format: Literal["audio", "sse"] = "audio"
-    # Extensions for CSM (not in OpenAI's API).
-    seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same audio, busy or idle")
-    temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 is greedy; default 0.9")
-    top_k: int | None = Field(None, ge=1, le=2051, description="default 50")
-    max_audio_seconds: float | None = Field(None, gt=0, le=600, description="cap on the audio length")
-    speaker: int | None = Field(None, ge=0, le=999, description="CSM speaker id; default: the voice's")
+    # Extensions for CSM (not in OpenAI's API); limits and meaning from models.params.
+    seed: Seed | None = None
+    temperature: Temperature = DEFAULT_TEMPERATURE
+    top_k: TopK = DEFAULT_TOP_K
+    max_audio_seconds: MaxAudioSeconds | None = None
+    speaker: Speaker | None = Field(None, description="CSM speaker id; default: the voice's")
 
     @field_validator("input")
     @classmethod
@@ -53,6 +54,11 @@ class SpeechRequest(BaseModel):
     @property
     def voice_key(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+    def generation_params(self, voice_speaker: int) -> GenerationParams:
+        """The one conversion from this schema to the engine's parameters."""
+        speaker = voice_speaker if self.speaker is None else self.speaker
+        return GenerationParams(speaker=speaker, temperature=self.temperature, top_k=self.top_k, seed=self.seed)
 
 
 class ModelCard(BaseModel):

@@ -19,6 +19,8 @@ import numpy as np
 import soundfile
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.params import Speaker
+
 from .audio import SAMPLE_RATE, decode_audio
 
 OPENAI_VOICES = (
@@ -31,7 +33,11 @@ MANIFEST = "voice.json"
 
 
 class VoiceError(ValueError):
-    """An unusable voice name, sample or transcript (a client error)."""
+    """An unusable voice name, sample or transcript (a client error); `param` names the field."""
+
+    def __init__(self, param: str | None, message: str) -> None:
+        super().__init__(f"{param}: {message}" if param else message)
+        self.param, self.message = param, message
 
 
 class VoiceNotFound(LookupError):
@@ -48,7 +54,7 @@ class Voice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     id: str
     name: str
-    speaker: int = Field(0, ge=0, le=999)
+    speaker: Speaker = 0
     created_at: int = 0
     clips: tuple[VoiceClip, ...] = ()
     is_builtin: bool = False
@@ -56,7 +62,7 @@ class Voice(BaseModel):
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise VoiceError("name: 1-64 characters of letters, digits, space, '_', '-' or '.', starting with a letter or digit")
+        raise VoiceError("name", "1-64 characters of letters, digits, space, '_', '-' or '.', starting with a letter or digit")
     return name
 
 
@@ -110,23 +116,23 @@ class VoiceStore:
         """A clip as float32 mono PCM at 24 kHz."""
         pcm, rate = soundfile.read(self.folder(voice) / Path(clip.audio).name, dtype="float32", always_2d=True)
         if rate != SAMPLE_RATE:
-            raise VoiceError(f"clip {clip.audio!r} is {rate} Hz, expected {SAMPLE_RATE}")
+            raise VoiceError(None, f"clip {clip.audio!r} is {rate} Hz, expected {SAMPLE_RATE}")
         return pcm.mean(axis=1)
 
     def create(self, name: str, audio: bytes, transcript: str, speaker: int = 0) -> Voice:
         """Validate an uploaded sample and persist it as a new custom voice."""
         if self.dir is None:
-            raise VoiceError("custom voices are disabled: no voices directory is configured")
+            raise VoiceError(None, "custom voices are disabled: no voices directory is configured")
         _check_name(name)
         transcript = (transcript or "").strip()
         if not transcript or len(transcript) > 2000:
-            raise VoiceError("transcript: the words spoken in the sample are required (1-2000 characters)")
+            raise VoiceError("transcript", "the words spoken in the sample are required (1-2000 characters)")
         if len(audio) > self.max_sample_bytes:
-            raise VoiceError(f"audio_sample: larger than {self.max_sample_bytes} bytes")
+            raise VoiceError("audio_sample", f"larger than {self.max_sample_bytes} bytes")
         pcm = decode_audio(audio, max_seconds=self.max_sample_s + 1)
         seconds = len(pcm) / SAMPLE_RATE
         if not self.min_sample_s <= seconds <= self.max_sample_s:
-            raise VoiceError(f"audio_sample: {seconds:.1f} s long, must be {self.min_sample_s:g}-{self.max_sample_s:g} s")
+            raise VoiceError("audio_sample", f"{seconds:.1f} s long, must be {self.min_sample_s:g}-{self.max_sample_s:g} s")
         voice = Voice(
             id=f"voice_{secrets.token_hex(8)}", name=name, speaker=speaker, created_at=int(time.time()),
             clips=(VoiceClip(audio="sample.flac", transcript=transcript),),

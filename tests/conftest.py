@@ -1,5 +1,7 @@
 import random
 import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -53,3 +55,10 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port in 20000-30000")
+
+
+def fan_out(fn: Callable, args: Sequence, timeout_s: float = 300) -> list:
+    """Call fn(arg) for every arg at once, each on its own thread (concurrent clients);
+    returns the results in order and re-raises the first error."""
+    with ThreadPoolExecutor(max_workers=len(args)) as pool:
+        return list(pool.map(fn, args, timeout=timeout_s))

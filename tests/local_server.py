@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 
 from deployments.local import LocalBackend
-from models import EngineConfig
+from models import Engine, EngineConfig, build_engine
 from serve.app import create_app
 from serve.metrics import Metrics
 from serve.settings import ServerSettings
@@ -19,9 +20,11 @@ from tests.conftest import free_port
 
 
 @contextlib.contextmanager
-def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued: int = 2, **settings):
-    """Yields (base_url, backend); stops the server and the engine on exit."""
-    engine = engine or EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4)
+def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued_requests: int = 2,
+                 on_engine: Callable[[Engine], None] | None = None, **settings):
+    """Yields (base_url, backend); stops the server and the engine on exit. `on_engine` sees
+    the engine before it starts serving (a seam for fault injection)."""
+    config = engine or EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4)
     server_settings = ServerSettings(voices_dir=voices_dir, **settings)
     store = VoiceStore(voices_dir)
     port = free_port()
@@ -29,8 +32,10 @@ def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued
 
     async def main():
         metrics = Metrics()
-        backend = await LocalBackend.start(engine, store, max_queued=max_queued, metrics=metrics,
-                                           chunk_s=server_settings.chunk_s)
+        engine = build_engine(config)
+        if on_engine is not None:
+            on_engine(engine)
+        backend = await LocalBackend.serve_engine(engine, store, max_queued_requests, metrics, server_settings.chunk_s)
         state["backend"] = backend
         state["server"] = uvicorn.Server(uvicorn.Config(create_app(backend, store, server_settings, metrics),
                                                         host="127.0.0.1", port=port, log_level="warning"))

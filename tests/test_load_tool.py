@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     engine = EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=2)
-    with local_server(str(tmp_path_factory.mktemp("voices")), engine, max_queued=1) as (url, _):
+    with local_server(str(tmp_path_factory.mktemp("voices")), engine, max_queued_requests=1) as (url, _):
         yield url
 
 

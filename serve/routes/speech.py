@@ -5,25 +5,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+
+from models.params import SAMPLES_PER_FRAME
 
 from .. import metrics as m
 from ..audio import CONTENT_TYPES, SAMPLE_RATE, AudioEncoder, make_encoder
-from ..backend import Overloaded, SynthesisParams
-from ..deps import BackendDep, SettingsDep, StoreDep
-from ..errors import APIError
+from ..backend import BackendError, SpeechJob
+from ..deps import BackendDep, MetricsDep, RequestIdDep, SettingsDep, StoreDep
+from ..errors import APIError, api_error
 from ..schemas import SpeechAudioDelta, SpeechAudioDone, SpeechRequest, Usage
 from ..text import split_text
 from ..voices import OPENAI_VOICES, VoiceNotFound
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["speech"])
-FRAME_SAMPLES = 1920
 
 _AUDIO_RESPONSES = {200: {"content": {**{t: {} for t in CONTENT_TYPES.values()}, "text/event-stream": {}},
                           "description": "audio in the requested response_format, or SSE speech.audio.* events"}}
@@ -32,7 +34,7 @@ _AUDIO_RESPONSES = {200: {"content": {**{t: {} for t in CONTENT_TYPES.values()},
 class _Tally:
     """Per-request metrics: time to first audio, duration, real-time factor, outcome."""
 
-    def __init__(self, metrics, fmt: str, voice: str) -> None:
+    def __init__(self, metrics: m.MetricsSink, fmt: str, voice: str) -> None:
         self.metrics, self.labels, self.t0 = metrics, {"format": fmt, "voice": voice}, time.monotonic()
 
     def first_audio(self) -> None:
@@ -49,19 +51,19 @@ class _Tally:
 
 
 @router.post("/v1/audio/speech", responses=_AUDIO_RESPONSES, response_class=StreamingResponse)
-async def create_speech(request: Request, body: SpeechRequest, backend: BackendDep, store: StoreDep,
-                        settings: SettingsDep):
+async def create_speech(body: SpeechRequest, backend: BackendDep, store: StoreDep, settings: SettingsDep,
+                        metrics: MetricsDep, request_id: RequestIdDep):
     voice_label = body.voice_key if body.voice_key in OPENAI_VOICES else "custom"
-    tally = _Tally(request.app.state.metrics, body.response_format, voice_label)
-    request.app.state.metrics.inc(m.INPUT_CHARS, len(body.input))
+    tally = _Tally(metrics, body.response_format, voice_label)
+    metrics.inc(m.INPUT_CHARS, len(body.input))
     try:
-        return await _speech(body, backend, store, settings, tally)
+        return await _speech(body, backend, store, settings, tally, request_id)
     except APIError as e:
-        tally.done("rejected" if e.status in (429, 503) else "client_error")
+        tally.done("rejected" if e.status in (429, 503) else "client_error" if e.status < 500 else "error")
         raise
 
 
-async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally):
+async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally, request_id: str):
     if body.model not in (settings.model_id, *settings.model_aliases):
         raise APIError(404, f"The model '{body.model}' does not exist.", "model", "model_not_found")
     try:
@@ -69,30 +71,26 @@ async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally):
     except VoiceNotFound as e:
         raise APIError(400, str(e), "voice", "voice_not_found") from e
     segments = await asyncio.to_thread(split_text, body.input, settings.segment_max_chars)
-    params = SynthesisParams(
-        speaker=voice.speaker if body.speaker is None else body.speaker,
-        seed=body.seed, temperature=body.temperature, top_k=body.top_k,
-    )
+    job = SpeechJob(request_id=request_id, segments=tuple(segments), voice=voice,
+                    params=body.generation_params(voice.speaker))
     encoder = make_encoder(body.response_format, body.speed)
-    pcm = backend.synthesize(f"speech-{uuid.uuid4().hex}", segments, voice, params)
+    pcm = backend.synthesize(job)
     try:  # the first chunk decides the status: overload and unusable input are 4xx, not a cut stream
         first = await anext(pcm, None)
-    except Overloaded as e:
+    except BackendError as e:
         await pcm.aclose()
-        raise APIError(429, f"The server is at capacity ({e}); retry shortly.", code="overloaded",
-                       headers={"Retry-After": str(settings.retry_after_s)}) from e
-    except ValueError as e:
-        await pcm.aclose()
-        raise APIError(400, str(e), "input", "invalid_input") from e
+        raise api_error(e.info, request_id, settings.retry_after_s) from None
     max_samples = round(body.max_audio_seconds * SAMPLE_RATE) if body.max_audio_seconds else None
-    chunks = _capped(first, pcm, max_samples, tally)
+    chunks = _capped(first, pcm, max_samples, tally, request_id)
     if body.stream_format == "sse":
         return StreamingResponse(_sse(chunks, encoder, len(body.input)), media_type="text/event-stream")
     return StreamingResponse(_encoded(chunks, encoder), media_type=encoder.content_type)
 
 
-async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None, tally: _Tally):
-    """The PCM stream, cut at max_samples; closing it (client gone) aborts the generation."""
+async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None, tally: _Tally, request_id: str):
+    """The PCM stream, cut at max_samples; closing it (client gone) aborts the generation.
+    A failure mid-stream (the status is sent already) is logged and cuts the response short,
+    so the client sees an incomplete body, not a silently shorter one."""
     total, chunk, outcome = 0, first, "error"
     if first is not None:
         tally.first_audio()
@@ -108,6 +106,9 @@ async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None
         outcome = "ok"
     except (GeneratorExit, asyncio.CancelledError):
         outcome = "cancelled"
+        raise
+    except BackendError as e:
+        log.error("request %s: stream cut after %d samples: %s (%s)", request_id, total, e.info.message, e.info.kind)
         raise
     finally:
         tally.done(outcome, total)
@@ -140,5 +141,5 @@ async def _sse(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder, num_cha
 
     async for data in _encoded(counted(), encoder):
         yield event(SpeechAudioDelta(audio=base64.b64encode(data).decode()))
-    frames = -(-samples // FRAME_SAMPLES)
+    frames = -(-samples // SAMPLES_PER_FRAME)
     yield event(SpeechAudioDone(usage=Usage(input_tokens=num_chars, output_tokens=frames, total_tokens=num_chars + frames)))

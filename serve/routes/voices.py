@@ -1,15 +1,21 @@
 """Custom voices as in OpenAI's voices API, plus `transcript` (CSM needs the sample's words)."""
 
 import asyncio
+import logging
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from models.params import Speaker
+
 from ..audio import AudioDecodeError
-from ..deps import BackendDep, StoreDep
-from ..errors import APIError
+from ..backend import BackendError
+from ..deps import BackendDep, RequestIdDep, SettingsDep, StoreDep
+from ..errors import APIError, api_error
 from ..schemas import VoiceList, VoiceObject
 from ..voices import VoiceError, VoiceNotFound
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["voices"])
 
 
@@ -21,11 +27,13 @@ def _object(voice) -> VoiceObject:
 async def create_voice(
     backend: BackendDep,
     store: StoreDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
     name: str = Form(...),
     audio_sample: UploadFile = File(...),
     transcript: str = Form(...),
     consent: str | None = Form(None),
-    speaker: int = Form(0, ge=0, le=999),
+    speaker: Annotated[Speaker, Form()] = 0,
 ) -> VoiceObject:
     data = await audio_sample.read(store.max_sample_bytes + 1)
     if len(data) > store.max_sample_bytes:
@@ -35,15 +43,16 @@ async def create_voice(
     except AudioDecodeError as e:
         raise APIError(400, f"audio_sample: {e}", "audio_sample", "invalid_audio") from e
     except VoiceError as e:
-        param = str(e).split(":", 1)[0] if ":" in str(e) else None
-        raise APIError(400, str(e), param, "invalid_voice") from e
+        raise APIError(400, str(e), e.param, "invalid_voice") from e
     clips = [(await asyncio.to_thread(store.load_clip, voice, c), c.transcript) for c in voice.clips]
     try:
         await backend.add_voice(voice, clips)
-    except ValueError as e:  # the engine refused it, e.g. sample and transcript longer than its context
+    except BackendError as e:  # e.g. the sample and its transcript are longer than the model's context
         await asyncio.to_thread(store.delete, voice.id)
-        raise APIError(400, f"transcript: the sample and its transcript do not fit the model ({e})", "transcript",
-                       "invalid_voice") from e
+        if e.info.kind == "invalid_request":
+            raise APIError(400, f"transcript: the sample and its transcript do not fit the model: {e.info.message}",
+                           "transcript", "invalid_voice") from None
+        raise api_error(e.info, request_id, settings.retry_after_s) from None
     return _object(voice)
 
 
@@ -58,5 +67,8 @@ async def delete_voice(voice_id: str, backend: BackendDep, store: StoreDep) -> d
         voice = await asyncio.to_thread(store.delete, voice_id)
     except VoiceNotFound as e:
         raise APIError(404, str(e), "voice_id", "voice_not_found") from e
-    await backend.remove_voice(voice)
+    try:
+        await backend.remove_voice(voice)
+    except BackendError as e:  # the files are gone; a replica that kept the prompt forgets it on restart
+        log.warning("voice %s deleted, but an engine did not forget it: %s", voice.id, e.info.message)
     return {"id": voice.id, "object": "audio.voice.deleted", "deleted": True}

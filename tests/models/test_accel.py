@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import Engine, EngineConfig, GenerationParams, load_model
-from models.device import is_npu_available
+from models.loading.device import is_npu_available
 from tests.conftest import run_to_end
 
 pytestmark = pytest.mark.accel
@@ -23,7 +23,7 @@ def accel_tiny():
 def test_greedy_codes_equal_transformers_on_device(accel_tiny):
     engine = Engine(accel_tiny, EngineConfig(max_num_seqs=4))
     req = engine.prepare("a", "Same codes on the card.", GenerationParams(temperature=0, max_frames=12))
-    engine.add_request("a", req)
+    engine.add_prepared(req)
     frames, _ = run_to_end(engine)["a"]
     ids = torch.tensor([req.prompt.token_ids], device=accel_tiny.device)
     ref = accel_tiny.model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, depth_decoder_do_sample=False)

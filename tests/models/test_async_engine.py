@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from models import AsyncEngine, EngineStepError, GenerationParams
+from models import AsyncEngine, EngineStepError, GenerationParams, RequestError
 
 TEXT = "Streaming frames as they come."
 
@@ -65,7 +65,7 @@ def test_cancelled_stream_frees_its_slot(async_engine):
         assert async_engine.stats().num_kv_slots_used == 1
         await agen.aclose()  # what a disconnecting client's cancelled task does
         await _wait_for(lambda: async_engine.stats().num_kv_slots_used == 0)
-        await _wait_for(lambda: not async_engine.engine.has_unfinished_requests())
+        await _wait_for(lambda: async_engine.stats().num_running == async_engine.stats().num_waiting == 0)
 
     asyncio.run(main())
 
@@ -84,12 +84,13 @@ def test_cancelled_task_frees_its_slot(async_engine):
 
 def test_bad_request_raises_before_queueing(async_engine):
     async def main():
-        with pytest.raises(ValueError, match="prompt"):
+        with pytest.raises(RequestError, match="non-empty"):
             async for _ in async_engine.generate("bad", "", None):
                 pass
 
     asyncio.run(main())
-    assert not async_engine.engine.has_unfinished_requests()
+    stats = async_engine.stats()
+    assert stats.num_running == stats.num_waiting == 0
 
 
 def test_failed_step_ends_requests_and_engine_keeps_serving(async_engine, monkeypatch):

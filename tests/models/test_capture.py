@@ -12,7 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from models import Engine, EngineConfig, GenerationParams
-from models.graphs import Capturer, bucket_for, resolve_capture
+from models.runner.graphs import Capturer, bucket_for, resolve_capture
 
 # Staggered joins: steps mix prefill and decode rows and batches of 1 to 3 rows; sampled and
 # greedy rows with different top-k share steps.
@@ -36,17 +36,6 @@ def _run(engine) -> dict:
     return frames
 
 
-def _count_replays(engine) -> dict:
-    counts = {"decode": 0, "sample": 0}
-    for kind, graphs in (("decode", engine.runner._decode_graphs), ("sample", engine.runner._sample_graphs)):
-        for key, (replay, *inputs) in list(graphs.items()):
-            def counted(replay=replay, kind=kind):
-                counts[kind] += 1
-                return replay()
-            graphs[key] = (counted, *inputs)
-    return counts
-
-
 def _engine(tiny, **cfg):
     return Engine(tiny, EngineConfig(max_num_seqs=4, max_seq_len=256, max_frames_cap=200, **cfg))
 
@@ -62,71 +51,70 @@ def test_compiled_steps_give_the_same_codes_as_eager(tiny):
     compiled.warm_up()
     assert not counters["graph_break"], dict(counters["graph_break"])  # whole blocks, no fallbacks
     assert compiled.runner.capture_mode == "compile"
-    assert set(compiled.runner._decode_graphs) == {(2, 256)} and set(compiled.runner._sample_graphs) == {2}
-    counts = _count_replays(compiled)
+    assert compiled.runner.captured_buckets() == ({(2, 256)}, {2})
+    steps_before, replays_before = compiled.stats().num_steps, compiled.runner.num_replays()
     want, got = _run(eager), _run(compiled)
-    assert counts["decode"] > 5 and counts["sample"] > 5  # the compiled path ran...
-    assert compiled.stats().num_steps - counts["sample"] > 5  # ...and so did the eager one
+    decodes, frames = (n - before for n, before in zip(compiled.runner.num_replays(), replays_before))
+    assert decodes > 5 and frames > 5  # the compiled path ran...
+    assert compiled.stats().num_steps - steps_before - frames > 5  # ...and so did the eager one
     assert got == want and all(len(got[r[0]]) == r[2]["max_frames"] for r in REQUESTS)
 
 
 class _FakeDevice:
-    """torch.cuda / torch.npu as graphs.py uses them, recording what happens where."""
+    """torch.cuda / torch.npu as graphs.py uses them: streams, a graph pool, graph capture."""
 
     def __init__(self):
-        self.events = []
+        self.current, self.captures = "main", []
         dev = self
 
         class Graph:
             def replay(self):
-                dev.events.append("replay")
+                dev.captures[-1]["replays"] += 1
 
         self.Graph = Graph
 
-    def _stream(self, name):
-        return types.SimpleNamespace(name=name, wait_stream=lambda s: self.events.append(f"{name} waits {s.name}"))
-
     def Stream(self):
-        return self._stream("side")
+        return types.SimpleNamespace(name="side", wait_stream=lambda s: None)
 
     def current_stream(self):
-        return self._stream("main")
+        return types.SimpleNamespace(name=self.current, wait_stream=lambda s: None)
 
     def graph_pool_handle(self):
         return "pool"
 
     @contextlib.contextmanager
     def stream(self, s):
-        self.events.append(f"on {s.name}")
+        before, self.current = self.current, s.name
         yield
-        self.events.append("off")
+        self.current = before
 
     @contextlib.contextmanager
     def graph(self, g, pool):
-        self.events.append(f"capture into {pool}")
+        self.captures.append({"pool": pool, "replays": 0})
+        before, self.current = self.current, "capturing"
         yield
-        self.events.append("captured")
+        self.current = before
 
 
 def test_device_graph_recipe_on_a_stand_in_device():
-    """The CUDA-graph recipe (needs a device, so not run here for real): two warm-up runs on a
-    side stream, then one capture into the shared pool; replay replays and returns the
-    output tensor captured once."""
+    """The CUDA-graph recipe (needs a device, so not run here for real): warm-up runs happen
+    on a side stream, not the main one; one capture into the shared pool; replay returns the
+    output tensor captured once (the static-output contract the runner relies on)."""
     fake = _FakeDevice()
     capturer = Capturer.__new__(Capturer)
     capturer.mode, capturer.device, capturer._dev, capturer._graph_cls, capturer._pool = (
         "graphs", torch.device("cpu"), fake, fake.Graph, fake.graph_pool_handle())
-    x = torch.ones(3)
+    x, streams = torch.ones(3), []
 
     def fn(t):
-        fake.events.append("run")
+        streams.append(fake.current)
         return t * 2
 
     replay = capturer.capture(fn, x)
-    assert fake.events == ["side waits main", "on side", "run", "run", "off", "main waits side",
-                           "capture into pool", "run", "captured"]
+    assert streams[:-1] and set(streams[:-1]) == {"side"} and streams[-1] == "capturing"
+    assert fake.captures == [{"pool": "pool", "replays": 0}]
     out = replay()
-    assert fake.events[-1] == "replay" and out is replay() and torch.equal(out, x * 2)
+    assert out is replay() and torch.equal(out, x * 2) and fake.captures[0]["replays"] == 2
 
 
 def test_resolve_capture_and_buckets():

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-import models.device as dev
+import models.loading.device as dev
 
 
 def test_cpu_and_auto_resolve_to_cpu_here():
@@ -72,10 +72,10 @@ def npu_fusion_attention(*args, **kwargs):  # transformers imports it when torch
 
 CHECK = """
 import sys, torch
-import models.device as dev
+import models.loading.device as dev
 device = dev.resolve_device("auto")
 print(device, dev.resolve_dtype("auto", device), dev.memory_bytes(device), dev.device_label(device))
-from models.graphs import resolve_capture
+from models.runner.graphs import resolve_capture
 without = str(resolve_capture("auto", device, False))
 try:
     resolve_capture("graphs", device, False)

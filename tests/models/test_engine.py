@@ -2,15 +2,15 @@
 
 import pytest
 
-from models import GenerationParams, Segment
+from models import GenerationParams, RequestError, Segment
 from tests.conftest import run_to_end
 
 TEXT = "Batching must not change what a request says."
 
 
-def _alone(make_engine, text, params, **cfg):
+def _alone(make_engine, text, params, context=(), **cfg):
     engine = make_engine(**cfg)
-    engine.add_request("x", text, params)
+    engine.add_request("x", text, params, context)
     return run_to_end(engine)["x"]
 
 
@@ -58,9 +58,9 @@ def test_seed_reproducible_and_seeds_differ(make_engine):
 def test_chunked_prefill_gives_same_codes(make_engine):
     """A long voice prompt prefilled 16 positions per step equals one-shot prefill."""
     ctx = Segment(speaker=2, text="A long earlier turn " * 6, codes=tuple((i % 2048,) * 32 for i in range(40)))
-    params = GenerationParams(context=(ctx,), seed=9, max_frames=8)
-    whole = _alone(make_engine, TEXT, params, max_prefill_tokens=4096)
-    chunked = _alone(make_engine, TEXT, params, max_prefill_tokens=16)
+    params = GenerationParams(seed=9, max_frames=8)
+    whole = _alone(make_engine, TEXT, params, (ctx,), max_prefill_tokens=4096)
+    chunked = _alone(make_engine, TEXT, params, (ctx,), max_prefill_tokens=16)
     assert whole == chunked
 
 
@@ -146,12 +146,15 @@ def test_bad_codes_in_context():
 
 def test_requests_that_cannot_fit_are_rejected(make_engine):
     engine = make_engine(max_seq_len=64, max_frames_cap=32)
-    with pytest.raises(ValueError, match="prompt"):
+    with pytest.raises(RequestError, match="positions, more than the model's max_seq_len 64") as e:
         engine.add_request("a", "x" * 100)
-    with pytest.raises(ValueError, match="max_frames"):
+    assert e.value.param == "input"
+    with pytest.raises(RequestError, match="max_frames") as e:
         engine.add_request("b", "hi", GenerationParams(max_frames=60))
-    with pytest.raises(ValueError, match="prompt"):
+    assert e.value.param == "max_frames"
+    with pytest.raises(RequestError, match="non-empty") as e:
         engine.add_request("c", "   ")
+    assert e.value.param == "input"
     engine.add_request("d", "hi", GenerationParams(max_frames=2))
     with pytest.raises(ValueError, match="request_id"):
         engine.add_request("d", "hi")
@@ -176,21 +179,22 @@ def _voice():
 
 def test_voice_prefix_reuse_gives_identical_codes(make_engine):
     """A request whose context is a cached prefix skips re-prefilling it, with the same codes."""
-    params = GenerationParams(context=_voice(), seed=21, max_frames=10)
-    full = _alone(make_engine, TEXT, params)
+    params = GenerationParams(seed=21, max_frames=10)
+    full = _alone(make_engine, TEXT, params, _voice())
     engine = make_engine(max_prefill_tokens=32)
     length = engine.add_prefix(_voice())
-    req = engine.prepare("x", TEXT, params)
+    req = engine.prepare("x", TEXT, params, _voice())
+    engine.add_prepared(req)  # the prefix is looked up when the engine's thread adds it
     assert req.num_prefilled == req.num_cached == length > 30
-    engine.add_request("x", req)
-    engine.add_request("y", TEXT, GenerationParams(context=_voice(), seed=22, max_frames=3))
+    engine.add_request("y", TEXT, GenerationParams(seed=22, max_frames=3), _voice())
     results = run_to_end(engine)
     assert results["x"] == full
     stats = engine.stats()
     assert stats.num_prefix_hits == 2 and stats.num_prefixes == 1
     assert stats.num_prompt_tokens_total < 2 * len(req.prompt) - length  # the prefix was not prefilled again
     engine.remove_prefix(_voice())
-    assert engine.prepare("z", TEXT, params).num_cached == 0
+    engine.add_request("z", TEXT, params, _voice())
+    assert engine.scheduler.requests["z"].num_cached == 0
 
 
 def test_async_add_prefix(make_engine):

@@ -3,8 +3,8 @@
 import torch
 
 from models import Engine, EngineConfig, GenerationParams, load_model
-from models.builtin import builtin_config, builtin_model
-from models.loader import save_model
+from models.loading.builtin import builtin_config, builtin_model
+from models.loading.loader import save_model
 from tests.conftest import run_to_end
 
 

@@ -4,7 +4,7 @@ that join and leave mid-stream; plain chunk-by-chunk decode does not (so the tes
 import pytest
 import torch
 
-from models.mimi_stream import StreamingMimiDecoder
+from models.codec.mimi_stream import StreamingMimiDecoder
 
 
 @pytest.fixture(scope="module")

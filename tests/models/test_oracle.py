@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-import models.runner as runner_mod
+import models.runner.frame as frame_mod
 from models import GenerationParams, Segment
 from tests.conftest import run_to_end
 
@@ -25,11 +25,11 @@ def test_first_frame_logits_match_transformers(tiny, make_engine, monkeypatch):
         seen.append(logits.clone())
         return real_sample(logits, *args)
 
-    real_sample = runner_mod.sample
-    monkeypatch.setattr(runner_mod, "sample", recording_sample)
+    real_sample = frame_mod.sample
+    monkeypatch.setattr(frame_mod, "sample", recording_sample)
     engine = make_engine()
     req = engine.prepare("a", TEXT, GenerationParams(temperature=0, max_frames=1))
-    engine.add_request("a", req)
+    engine.add_prepared(req)
     (frames, _), = run_to_end(engine).values()
     codes = torch.tensor(frames[0])
 
@@ -50,7 +50,7 @@ def test_first_frame_logits_match_transformers(tiny, make_engine, monkeypatch):
 def test_greedy_codes_equal_transformers_generate(tiny, make_engine):
     engine = make_engine()
     req = engine.prepare("a", TEXT, GenerationParams(temperature=0, max_frames=20))
-    engine.add_request("a", req)
+    engine.add_prepared(req)
     (frames, reason), = run_to_end(engine).values()
     ref = _reference_codes(tiny.model, torch.tensor([req.prompt.token_ids]), 20)
     assert reason.value == "length"
@@ -66,8 +66,8 @@ def test_greedy_with_audio_context_equals_transformers(tiny, make_engine):
         ctx_codes = model.codec_model.encode(wave[None, None]).audio_codes[0].T  # [frames, 32]
     segment = Segment(speaker=1, text="Earlier words.", codes=tuple(map(tuple, ctx_codes.tolist())))
     engine = make_engine()
-    req = engine.prepare("a", TEXT, GenerationParams(speaker=0, context=(segment,), temperature=0, max_frames=12))
-    engine.add_request("a", req)
+    req = engine.prepare("a", TEXT, GenerationParams(speaker=0, temperature=0, max_frames=12), context=(segment,))
+    engine.add_prepared(req)
     (frames, _), = run_to_end(engine).values()
     ref = _reference_codes(
         model,
@@ -95,7 +95,7 @@ def test_eos_frame_ends_request_like_transformers(tiny, make_engine):
 
     engine = Engine(loaded, EngineConfig(max_num_seqs=2))
     req = engine.prepare("a", TEXT, GenerationParams(temperature=0, max_frames=10))
-    engine.add_request("a", req)
+    engine.add_prepared(req)
     (frames, reason), = run_to_end(engine).values()
     ref = _reference_codes(model, torch.tensor([req.prompt.token_ids]), 10)
     assert ref.shape[0] == 1 and not ref.any()  # transformers stopped after the EOS frame

@@ -1,4 +1,5 @@
-"""SpeechPipeline: long text in segments, one voice, seamless streamed PCM."""
+"""SpeechPipeline: admission (rows = slots, a bounded wait line), voices, batched Mimi decodes.
+The long-text seams are tested end to end in tests/deployments/test_long_text.py."""
 
 import asyncio
 
@@ -6,102 +7,64 @@ import numpy as np
 import pytest
 import torch
 
-from models import AsyncEngine, GenerationParams, Segment
-from models.speech import NoStreamCapacity, SpeechPipeline, encode_clip
-
-SENTENCE = "The pipeline keeps one voice across a long text, segment after segment. "
-
+from models import GenerationParams, Overloaded
+from models.codec.encode import encode_clip
+from models.frontend.speech import SpeechPipeline
 
 @pytest.fixture
 def pipeline(make_engine):
-    engine = AsyncEngine(make_engine(max_num_seqs=4), idle_wait_s=0.05)
-    yield SpeechPipeline(engine, max_streams=2, chunk_frames=2)
-    engine.shutdown()
+    pipeline = SpeechPipeline.start(make_engine(max_num_seqs=2), chunk_frames=2)
+    yield pipeline
+    pipeline.shutdown()
 
 
-def _voice(codec):
-    t = np.arange(36_000) / 24_000
-    pcm = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    codes = encode_clip(codec, pcm)
-    assert len(codes) == 19 and all(len(f) == 32 for f in codes)  # 1.5 s -> ceil(18.75) frames
-    return (Segment(speaker=1, text="A reference sentence.", codes=codes),)
+@pytest.fixture
+def codec(tiny):
+    return tiny.model.codec_model
 
 
-def test_long_text_streams_seamlessly_in_one_voice(pipeline, monkeypatch):
-    """16 segments (~4 KB of text): the streamed PCM equals one whole Mimi decode of all the
-    frames, so the seams add no gap, click or repeated audio; each segment's context is the
-    voice plus the previous segment."""
-    codec = pipeline.engine.engine.loaded.model.codec_model
-    voice = _voice(codec)
-    segments = [SENTENCE * 3 + f"Part {i}." for i in range(16)]
-    assert sum(map(len, segments)) > 3500
-    seen = []
-    real_generate = pipeline.engine.generate
-
-    async def recording_generate(rid, text, params):
-        frames = []
-        async for out in real_generate(rid, text, params):
-            frames += out.frames
-            yield out
-        seen.append((text, params, frames))
-
-    monkeypatch.setattr(pipeline.engine, "generate", recording_generate)
-
-    async def run():
-        return [c async for c in pipeline.stream("long", segments, voice, GenerationParams(speaker=1, seed=4, max_frames=3))]
-
-    chunks = asyncio.run(run())
-    pcm = np.concatenate(chunks)
-    all_frames = [f for _, _, frames in seen for f in frames]
-    assert len(seen) == 16 and len(all_frames) == 48 and len(chunks) >= 16
-    with torch.no_grad():
-        whole = codec.decode(torch.tensor(all_frames).clamp(max=2047).T[None]).audio_values[0, 0].numpy()
-    assert pcm.shape == whole.shape == (48 * 1920,)
-    np.testing.assert_allclose(pcm, whole, atol=1e-4)
-    for i, (text, params, _) in enumerate(seen):
-        assert text == segments[i] and params.seed == 4 + i and params.context[0] == voice[0]
-        if i:
-            assert params.context[1].text == segments[i - 1] and len(params.context[1].codes) == 3
-
-
-def test_stream_capacity_is_bounded(make_engine):
-    engine = AsyncEngine(make_engine(), idle_wait_s=0.05)
-    pipeline = SpeechPipeline(engine, max_streams=1)
+def test_streams_beyond_the_rows_wait_then_are_refused(make_engine):
+    """One row (= one KV slot), one place in the wait line: the second stream waits for the
+    first to end, a third is refused with Overloaded before any audio."""
+    pipeline = SpeechPipeline.start(make_engine(max_num_seqs=1), max_waiting=1)
 
     async def run():
         first = pipeline.stream("a", ["Hello there."], params=GenerationParams(max_frames=50))
-        await first.__anext__()
-        with pytest.raises(NoStreamCapacity):
-            await pipeline.stream("b", ["Hi."]).__anext__()
-        await first.aclose()
-        # the row is free again
-        return [c async for c in pipeline.stream("c", ["Hi."], params=GenerationParams(max_frames=2))]
+        await anext(first)
+        second = asyncio.ensure_future(anext(pipeline.stream("b", ["Hi."], params=GenerationParams(max_frames=2))))
+        await asyncio.sleep(0.05)
+        assert not second.done() and pipeline.admission.num_waiting == 1
+        with pytest.raises(Overloaded):
+            await anext(pipeline.stream("c", ["Hi."]))
+        await first.aclose()  # frees the row: the waiting stream gets it
+        chunk = await second
+        return chunk
 
     try:
-        chunks = asyncio.run(run())
-        assert sum(len(c) for c in chunks) == 2 * 1920
+        assert len(asyncio.run(run())) == 2 * 1920
+        assert pipeline.admission.num_active == 0 and pipeline.admission.num_waiting == 0
     finally:
-        engine.shutdown()
+        pipeline.shutdown()
 
 
-def test_add_voice_encodes_once_and_caches_its_prefix(pipeline):
-    codec = pipeline.engine.engine.loaded.model.codec_model
+def test_add_voice_encodes_once_and_caches_its_prefix(pipeline, codec):
     pcm = (0.2 * np.sin(np.arange(30_000) / 7)).astype(np.float32)
 
     async def run():
-        context = await pipeline.add_voice("v1", 2, [(pcm, "Reference words.")])
+        context = await pipeline.voices.add("v1", 2, [(pcm, "Reference words.")])
         chunks = [c async for c in pipeline.stream("a", ["One.", "Two."], context, GenerationParams(speaker=2, max_frames=2))]
         return context, chunks
 
     context, chunks = asyncio.run(run())
-    assert pipeline.voices["v1"] == context and context[0].codes == encode_clip(codec, pcm)
+    assert pipeline.voices.get("v1") == context and context[0].codes == encode_clip(codec, pcm)
+    assert len(context[0].codes) == 16 and all(len(f) == 32 for f in context[0].codes)  # 1.25 s: ceil(15.6)
     stats = pipeline.engine.stats()
     assert stats.num_prefixes == 1 and stats.num_prefix_hits == 2  # both segments start from the voice's KV
     assert sum(map(len, chunks)) == 4 * 1920
 
 
 def test_chunk_duration_maps_to_frames():
-    from models.speech import chunk_frames
+    from models.frontend.speech import chunk_frames
 
     assert [chunk_frames(s) for s in (0.01, 0.1, 0.24, 0.4)] == [1, 1, 3, 5]
 
@@ -110,26 +73,26 @@ def test_remove_voice_drops_its_cached_prefix(pipeline):
     pcm = (0.2 * np.sin(np.arange(30_000) / 7)).astype(np.float32)
 
     async def run():
-        await pipeline.add_voice("v1", 2, [(pcm, "Reference words.")])
+        await pipeline.voices.add("v1", 2, [(pcm, "Reference words.")])
         assert pipeline.engine.stats().num_prefixes == 1
-        await pipeline.remove_voice("v1")
-        await pipeline.remove_voice("unknown")  # ignored
+        await pipeline.voices.remove("v1")
+        await pipeline.voices.remove("unknown")  # ignored
 
     asyncio.run(run())
     assert "v1" not in pipeline.voices and pipeline.engine.stats().num_prefixes == 0
 
 
-def test_concurrent_streams_share_batched_mimi_decodes(make_engine, monkeypatch):
+def test_concurrent_streams_share_batched_mimi_decodes(make_engine, codec, monkeypatch):
     """Six streams on four decoder rows (rows are reused): chunks due at the same time are
     decoded in one batched call, and every stream's PCM still equals a whole Mimi decode of
     its own frames."""
-    engine = AsyncEngine(make_engine(max_num_seqs=4), idle_wait_s=0.05)
-    pipeline = SpeechPipeline(engine, max_streams=4, chunk_frames=2)
+    pipeline = SpeechPipeline.start(make_engine(max_num_seqs=4), chunk_frames=2)
+    engine = pipeline.engine
     frames_of: dict[str, list] = {}
     real_generate = engine.generate
 
-    async def recording_generate(rid, text, params):
-        async for out in real_generate(rid, text, params):
+    async def recording_generate(rid, text, params, context):
+        async for out in real_generate(rid, text, params, context):
             frames_of.setdefault(rid.split("/")[0], []).extend(out.frames)
             yield out
 
@@ -148,10 +111,9 @@ def test_concurrent_streams_share_batched_mimi_decodes(make_engine, monkeypatch)
     try:
         outputs = asyncio.run(run())
     finally:
-        engine.shutdown()
-    codec = engine.engine.loaded.model.codec_model
+        pipeline.shutdown()
     num_chunks = sum(len(chunks) for chunks in outputs)
-    assert num_chunks == 6 * 2 * 3 and pipeline.num_decode_calls < num_chunks  # 5 frames: chunks of 2, 2, 1
+    assert num_chunks == 6 * 2 * 3 and pipeline.decoder.num_decode_calls < num_chunks  # 5 frames: chunks of 2, 2, 1
     for i, chunks in enumerate(outputs):
         with torch.no_grad():
             whole = codec.decode(torch.tensor(frames_of[f"s{i}"]).clamp(max=2047).T[None]).audio_values[0, 0].numpy()

@@ -5,7 +5,6 @@ import asyncio
 import base64
 import io
 import json
-import threading
 
 import httpx
 import numpy as np
@@ -14,10 +13,11 @@ import pytest
 import soundfile
 
 from serve.app import create_app
-from tests.local_server import local_server
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
 from serve.voices import VoiceStore
+from tests.conftest import fan_out
+from tests.local_server import local_server
 
 
 @pytest.fixture(scope="module")
@@ -168,17 +168,12 @@ def test_same_seed_same_audio_idle_or_busy(server):
     body = {"model": "tts-1", "voice": "sage", "input": "Deterministic under load.", "response_format": "pcm",
             "seed": 99, "max_audio_seconds": 0.8}
     alone = httpx.post(server[0] + "/v1/audio/speech", json=body, timeout=60).content
-    busy = {}
 
     def one(i):
         other = {**body, "seed": i, "input": f"Someone else {i}."}
-        busy[i] = httpx.post(server[0] + "/v1/audio/speech", json=body if i == 0 else other, timeout=120).content
+        return httpx.post(server[0] + "/v1/audio/speech", json=body if i == 0 else other, timeout=120).content
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    busy = fan_out(one, range(4))
     a, b, other = (np.frombuffer(x, "<i2").astype(int) for x in (alone, busy[0], busy[1]))
     assert len(a) == len(b) == 10 * 1920
     assert np.abs(a - b).max() <= 2  # same codes; PCM equal up to float rounding (1-2 LSB of int16)

@@ -1,43 +1,41 @@
 """A failing engine step, seen over HTTP: the requests in that step fail with an OpenAI-style
 5xx (no trace), the server keeps serving, and no slot is left behind."""
 
-import threading
 import time
 
 import httpx
 
+from tests.conftest import fan_out
 from tests.local_server import local_server
 
 
+def _fail_third_step(engine):
+    """Fault injection: the engine's third step after warm-up raises, as a device error would."""
+    real_execute, calls = engine.runner.execute, []
+
+    def flaky_execute(sched):
+        ids = [r.request_id for r in sched.decodes] + [c.request.request_id for c in sched.prefills]
+        if "__warm_up__" not in ids:
+            calls.append(ids)
+        if len(calls) == 3 and "__warm_up__" not in ids:
+            raise RuntimeError("simulated device error")
+        return real_execute(sched)
+
+    engine.runner.execute = flaky_execute
+
+
 def test_a_failing_engine_step_fails_its_requests_and_the_server_keeps_serving(tmp_path):
-    with local_server(str(tmp_path)) as (url, backend):
-        runner = backend.pipeline.engine.engine.runner
-        real_execute, calls = runner.execute, []
-
-        def flaky_execute(sched):
-            calls.append(len(sched.decodes) + len(sched.prefills))
-            if len(calls) == 3:
-                raise RuntimeError("simulated device error")
-            return real_execute(sched)
-
-        runner.execute = flaky_execute
+    with local_server(str(tmp_path), on_engine=_fail_third_step) as (url, backend):
         body = {"model": "tts-1", "voice": "alloy", "input": "Fault.", "response_format": "pcm",
                 "max_audio_seconds": 0.24}
-        results = [None] * 3
-
-        def one(i):
-            results[i] = httpx.post(url + "/v1/audio/speech", json={**body, "seed": i}, timeout=60)
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results = fan_out(lambda i: httpx.post(url + "/v1/audio/speech", json={**body, "seed": i}, timeout=60),
+                          range(3))
         failed = [r for r in results if r.status_code != 200]
         assert failed, [r.status_code for r in results]  # the failing step had requests in it
         for r in failed:
             assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
             assert "simulated" not in r.text and "Traceback" not in r.text
+            assert r.headers["x-request-id"] in r.json()["error"]["message"]  # for the operator's logs
         assert all(len(r.content) == 3 * 1920 * 2 for r in results if r.status_code == 200)
         after = httpx.post(url + "/v1/audio/speech", json={**body, "seed": 9}, timeout=60)
         assert after.status_code == 200 and len(after.content) == 3 * 1920 * 2

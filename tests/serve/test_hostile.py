@@ -40,7 +40,7 @@ def voices_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(voices_dir):
     engine = EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4, max_frames_cap=MAX_FRAMES)
-    with local_server(str(voices_dir), engine, max_queued=4) as (url, _):
+    with local_server(str(voices_dir), engine, max_queued_requests=4) as (url, _):
         yield url
 
 

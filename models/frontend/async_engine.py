@@ -1,7 +1,11 @@
 """An asyncio front for the Engine: one background thread owns the engine and runs its step
 loop; callers `async for` over a request's StepOutputs. Cancelling (or leaving) the iterator
 aborts the request, and its slot is free at the next step. Framework-free: the Ray
-deployment and any in-process server wrap this.
+deployment and the in-process server wrap this.
+
+Ownership: the loop thread owns the engine, the map of open streams and the stats snapshot;
+the event loop talks to it only through typed commands in the inbox, and the loop thread
+answers only through each stream's asyncio queue (call_soon_threadsafe) or a future.
 """
 
 from __future__ import annotations
@@ -14,27 +18,46 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .engine import Engine
-from .params import EngineStats, GenerationParams, Segment, StepOutput
+from ..core.engine import Engine
+from ..core.request import Request
+from ..errors import EngineDeadError, EngineStepError
+from ..params import EngineStats, GenerationParams, Segment, StepOutput
 
 log = logging.getLogger(__name__)
 
 
-class EngineDeadError(RuntimeError):
-    """The engine loop has stopped; no request can be served by this engine any more."""
-
-
-class EngineStepError(RuntimeError):
-    """A step failed (e.g. a device error); the requests in flight were ended."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Stream:
+    """Where a request's outputs go: an asyncio queue on the caller's event loop."""
+
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue
 
     def put(self, item: StepOutput | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    request: Request
+    stream: _Stream
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ChangePrefix:
+    """Cache (is_add) or forget a voice prompt's KV; the result goes to `future`."""
+
+    context: tuple[Segment, ...]
+    is_add: bool
+    future: concurrent.futures.Future
+
+
+Command = AddRequest | AbortRequest | ChangePrefix
 
 
 class AsyncEngine:
@@ -45,9 +68,10 @@ class AsyncEngine:
         self.engine = engine
         self._on_step = on_step
         self._idle_wait_s = idle_wait_s
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, _Stream] = {}  # loop thread only
+        self._stats = engine.stats()  # replaced (never mutated) by the loop thread
         self._stop = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="csm-engine-loop", daemon=True)
@@ -63,49 +87,44 @@ class AsyncEngine:
             raise EngineDeadError(f"engine loop is not running: {self._error!r}")
 
     async def generate(
-        self, request_id: str, prompt: str, params: GenerationParams | None = None
+        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = ()
     ) -> AsyncIterator[StepOutput]:
         """Stream a request's outputs, one StepOutput per step that produced frames, the last
-        with is_finished. Bad input raises ValueError before anything is queued."""
+        with is_finished. Bad input raises RequestError before anything is queued."""
         self.check_health()
-        req = self.engine.prepare(request_id, prompt, params)
-        if request_id in self._streams:
-            raise ValueError(f"request_id: {request_id!r} is already in flight")
+        request = self.engine.prepare(request_id, text, params, context)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._streams[request_id] = stream
-        self._send(("add", req))
+        self._send(AddRequest(request, stream))
         finished = False
         try:
-            while True:
+            while not finished:
                 item = await stream.outputs.get()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
                 finished = item.is_finished
                 yield item
-                if finished:
-                    return
         finally:
             if not finished:
-                self._send(("abort", request_id))
-            self._streams.pop(request_id, None)
+                self._send(AbortRequest(request_id))
 
     async def add_prefix(self, context: tuple[Segment, ...]) -> int:
         """Cache a voice prompt's KV on the engine thread (see Engine.add_prefix)."""
-        return await self._on_loop("prefix", context)
+        return await self._change_prefix(context, is_add=True)
 
     async def remove_prefix(self, context: tuple[Segment, ...]) -> None:
         """Forget a cached voice prompt on the engine thread (see Engine.remove_prefix)."""
-        await self._on_loop("unprefix", context)
+        await self._change_prefix(context, is_add=False)
 
-    async def _on_loop(self, kind: str, context: tuple[Segment, ...]):
+    async def _change_prefix(self, context: tuple[Segment, ...], is_add: bool):
         self.check_health()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._send((kind, (tuple(context), future)))
+        self._send(ChangePrefix(tuple(context), is_add, future))
         return await asyncio.wrap_future(future)
 
-    def stats(self):
-        return self.engine.stats()
+    def stats(self) -> EngineStats:
+        """The snapshot taken after the loop thread's latest step."""
+        return self._stats
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         self._stop = True
@@ -113,37 +132,42 @@ class AsyncEngine:
         self._thread.join(timeout_s)
 
     # ---- the loop thread --------------------------------------------------------------------
-    def _send(self, command: tuple) -> None:
+    def _send(self, command: Command) -> None:
         self._inbox.put(command)
         self._wake.set()
 
     def _drain_inbox(self) -> None:
         while True:
             try:
-                kind, arg = self._inbox.get_nowait()
+                command = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if kind == "add":
-                if arg.request_id not in self._streams:  # its caller already left
-                    continue
-                try:
-                    self.engine.add_request(arg.request_id, arg)
-                except ValueError as e:
-                    self._deliver_error(arg.request_id, e)
-            elif kind == "abort":
-                self.engine.abort_request(arg)
-            else:  # "prefix" / "unprefix": (context, future), here because the loop thread owns the engine
-                context, future = arg
-                try:
-                    change = self.engine.add_prefix if kind == "prefix" else self.engine.remove_prefix
-                    future.set_result(change(context))
-                except Exception as e:
-                    future.set_exception(e)
+            match command:
+                case AddRequest(request, stream):
+                    self._add(request, stream)
+                case AbortRequest(request_id):
+                    self._streams.pop(request_id, None)
+                    self.engine.abort_request(request_id)
+                case ChangePrefix(context, is_add, future):
+                    try:
+                        change = self.engine.add_prefix if is_add else self.engine.remove_prefix
+                        result = change(context)
+                    except Exception as e:
+                        future.set_exception(e)
+                    else:
+                        self._stats = self.engine.stats()
+                        future.set_result(result)
 
-    def _deliver_error(self, request_id: str, error: BaseException) -> None:
-        stream = self._streams.get(request_id)
-        if stream is not None:
-            stream.put(error)
+    def _add(self, request: Request, stream: _Stream) -> None:
+        if request.request_id in self._streams:
+            stream.put(ValueError(f"request_id: {request.request_id!r} is already in flight"))
+            return
+        try:
+            self.engine.add_prepared(request)
+        except ValueError as e:
+            stream.put(e)
+            return
+        self._streams[request.request_id] = stream
 
     def _run(self) -> None:
         try:
@@ -157,17 +181,9 @@ class AsyncEngine:
                     outputs = self.engine.step()
                 except Exception as e:  # a failed step ends its requests, not the replica
                     log.exception("engine step failed; ending the requests in flight")
-                    self._fail_all(EngineStepError(f"engine step failed: {e}"))
+                    self._fail_all(EngineStepError(f"engine step failed: {type(e).__name__}: {e}"))
                     continue
-                for out in outputs:
-                    stream = self._streams.get(out.request_id)
-                    if stream is not None:
-                        stream.put(out)
-                if self._on_step is not None:
-                    try:
-                        self._on_step(self.engine.stats())
-                    except Exception:
-                        log.exception("on_step callback failed")
+                self._deliver(outputs)
         except BaseException as e:  # pragma: no cover - reported through check_health
             self._error = e
             log.exception("engine loop died")
@@ -176,7 +192,21 @@ class AsyncEngine:
             self._stop = True
             self._fail_all(EngineDeadError("engine loop stopped"))
 
+    def _deliver(self, outputs: list[StepOutput]) -> None:
+        for out in outputs:
+            stream = self._streams.pop(out.request_id, None) if out.is_finished else self._streams.get(out.request_id)
+            if stream is not None:
+                stream.put(out)
+        self._stats = self.engine.stats()
+        if self._on_step is not None:
+            try:
+                self._on_step(self._stats)
+            except Exception:
+                log.exception("on_step callback failed")
+
     def _fail_all(self, error: BaseException) -> None:
         self.engine.abort_all()
-        for stream in list(self._streams.values()):
+        streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
             stream.put(error)
+        self._stats = self.engine.stats()

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .params import NUM_CODEBOOKS, Segment
-
-EOS_FRAME = (0,) * NUM_CODEBOOKS
+from ..params import EOS_FRAME, Segment
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -107,6 +108,47 @@ class Capturer:
             config.mode = "reduce-overhead"  # torchair's aclgraph mode
             return {"backend": torchair.get_npu_backend(compiler_config=config)}
         return {}
+
+
+@dataclass
+class CapturedStep:
+    """A captured step and the static inputs it reads: before each replay, `slots` and `ints`
+    (decode positions, or frame indices) are filled from the pinned host buffer `host`
+    ([2, B]; an asynchronous copy, no sync) and `hidden` (the frame sampler's input) from
+    the caller. Rows past the real ones are padding: the scratch slot at position/frame 0,
+    whose KV and sampling state nothing else reads then."""
+
+    replay: Callable[[], torch.Tensor]
+    host: torch.Tensor
+    slots: torch.Tensor  # [B]
+    ints: torch.Tensor  # [B]
+    hidden: torch.Tensor | None = None  # [B, H]
+    num_replays: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.host.shape[1]
+
+    def run(self, slots: list[int], ints: list[int], pad_slot: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Replay for these rows; returns the real rows of the output (overwritten by the next replay)."""
+        n, pad = len(slots), self.batch_size - len(slots)
+        self.host.copy_(torch.tensor([slots + [pad_slot] * pad, ints + [0] * pad]))
+        self.slots.copy_(self.host[0], non_blocking=True)
+        self.ints.copy_(self.host[1], non_blocking=True)
+        if hidden is not None:
+            self.hidden[:n].copy_(hidden)
+        self.num_replays += 1
+        return self.replay()[:n]
+
+
+def host_buffer(batch: int, device: torch.device) -> torch.Tensor:
+    """A [2, batch] host staging buffer for a captured step's integer inputs: pinned on
+    accelerators, so the copy to the device is truly asynchronous. Reusing it next step is
+    safe: every step ends by reading its codes back, after all its copies."""
+    try:
+        return torch.zeros(2, batch, dtype=torch.long, pin_memory=device.type != "cpu")
+    except RuntimeError:  # no pinned memory on this backend
+        return torch.zeros(2, batch, dtype=torch.long)
 
 
 def allow_recompiles(n: int) -> None:

@@ -20,9 +20,8 @@ from transformers.models.mimi.modeling_mimi import (
     apply_rotary_pos_emb,
 )
 
-from .runner import attention
-
-CODEBOOK_SIZE = 2048
+from ..params import CODEBOOK_SIZE
+from ..runner.attention import attention
 
 
 class StreamingMimiDecoder:

@@ -107,9 +107,3 @@ def memory_bytes(device: torch.device) -> tuple[int, int]:
     """(used, total) bytes of the device's memory; on CPU the process RSS and physical RAM."""
     return _MEMORY_READERS[device.type](device)
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "npu":
-        torch.npu.synchronize(device)

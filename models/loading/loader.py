@@ -13,7 +13,7 @@ import torch
 
 from .builtin import BUILTIN_MODELS, builtin_model
 from .device import resolve_device, resolve_dtype
-from .prompt import SpecialIds
+from ..core.prompt import SpecialIds
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Mimi: stateful batched streaming decode and whole-clip encoding."""

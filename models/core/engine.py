@@ -1,0 +1,164 @@
+"""The synchronous engine: one thread owns it; `step()` is schedule -> run -> update.
+
+Threading contract: `prepare` reads only immutable state (tokenizer, config) and may run on
+any thread; every other method runs on the owning thread (the AsyncEngine's loop thread).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+
+from ..errors import RequestError
+from ..loading.loader import LoadedModel, load_model
+from ..params import FRAME_RATE_HZ, EngineStats, GenerationParams, Segment, StepOutput
+from ..runner.graphs import resolve_capture
+from ..runner.runner import ModelRunner
+from .config import EngineConfig
+from .prompt import build_prompt, encode_segments
+from .request import Request
+from .scheduler import RunnerOutput, Scheduler
+
+
+class Engine:
+    """Iteration-level batching CSM engine. Requests join and leave at frame boundaries."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        self.config = config
+        self.loaded = loaded
+        self.scheduler = Scheduler(config.max_num_seqs, config.max_prefill_tokens)
+        self.runner = ModelRunner(loaded.model, loaded.special_ids, config.max_num_seqs, config.max_seq_len)
+        self._prefixes: dict[tuple[Segment, ...], object] = {}
+        self._last_step_s = 0.0
+        self._last_batch_size = 0
+        self._num_steps = 0
+        self._num_prefix_hits = 0
+
+    # ---- requests in ------------------------------------------------------------------------
+    def prepare(
+        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = ()
+    ) -> Request:
+        """Validate and tokenize a request without touching engine state (any thread may call).
+
+        Raises RequestError naming the field when the text or lengths are unusable."""
+        params = params or GenerationParams()
+        if not isinstance(text, str) or not text.strip():
+            raise RequestError("input", "the text to speak must be a non-empty string")
+        context = tuple(context)
+        tokens = build_prompt(self.loaded.tokenizer, self.loaded.special_ids, text, params.speaker, context)
+        room = self.config.max_seq_len - len(tokens) + 1  # frames that still fit in a KV slot
+        if room < 1:
+            raise RequestError(
+                "input", f"the text and its voice prompt take {len(tokens)} positions, more than the model's "
+                f"max_seq_len {self.config.max_seq_len}; use a shorter text or voice sample", "context_length_exceeded")
+        limit = min(room, self.config.max_frames_cap)
+        if params.max_frames is not None and params.max_frames > limit:
+            raise RequestError(
+                "max_frames", f"{params.max_frames} exceeds the limit {limit} for this prompt (max_frames_cap "
+                f"{self.config.max_frames_cap}, max_seq_len {self.config.max_seq_len})")
+        max_frames = params.max_frames or min(self.default_max_frames(text), limit)
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        return Request(request_id, tokens, params, seed, max_frames, context=context)
+
+    def add_request(
+        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = ()
+    ) -> None:
+        """Validate and queue a request (FIFO). Raises RequestError for unusable input and
+        ValueError for an id already in the engine."""
+        self.add_prepared(self.prepare(request_id, text, params, context))
+
+    def add_prepared(self, request: Request) -> None:
+        """Queue a request from `prepare()`, starting from the longest cached prefix of its
+        context. Raises ValueError for an id already in the engine."""
+        for k in range(len(request.context), 0, -1):
+            prefix = self._prefixes.get(request.context[:k])
+            if prefix is not None:
+                request.use_prefix(prefix, prefix.length)
+                break
+        self.scheduler.add(request)
+        self._num_prefix_hits += request.prefix is not None
+
+    def abort_request(self, request_id: str) -> None:
+        """End a request now; its slot is free for the next step, which reports it as 'abort'.
+        Unknown or finished ids are ignored."""
+        self.scheduler.abort(request_id)
+
+    def abort_all(self) -> list[str]:
+        """End every request at once (after a failed step); returns their ids. No outputs follow."""
+        return self.scheduler.abort_all()
+
+    # ---- voice prompts ----------------------------------------------------------------------
+    def add_prefix(self, context: tuple[Segment, ...]) -> int:
+        """Prefill a voice prompt (context segments) once. Requests whose context starts with
+        it skip those positions, with identical results. Returns its length in positions."""
+        context = tuple(context)
+        tokens = encode_segments(self.loaded.tokenizer, self.loaded.special_ids, context)
+        if not context or len(tokens) >= self.config.max_seq_len:
+            raise RequestError("context", f"the voice prompt takes {len(tokens)} positions, more than the model's "
+                               f"max_seq_len {self.config.max_seq_len}", "context_length_exceeded")
+        self._prefixes[context] = self.runner.compute_prefix(tokens, self.config.max_prefill_tokens)
+        return len(tokens)
+
+    def remove_prefix(self, context: tuple[Segment, ...]) -> None:
+        """Forget a cached prefix (requests already holding it keep their copy)."""
+        self._prefixes.pop(tuple(context), None)
+
+    def default_max_frames(self, text: str) -> int:
+        """A generous frame cap from the text: slow speech plus a margin (CSM may never emit EOS)."""
+        words = max(len(text.split()), len(text) / 6)
+        return math.ceil(words / self.config.words_per_s * FRAME_RATE_HZ) + self.config.frames_margin
+
+    # ---- the step ---------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        """Run one frame for every running request (prefilling new ones first) and return
+        what each produced. Finished requests appear once, with is_finished and the reason."""
+        scheduled = self.scheduler.schedule()
+        output = RunnerOutput()
+        if not scheduled.is_empty:
+            t0 = time.perf_counter()
+            output = self.runner.execute(scheduled)
+            self._last_step_s = time.perf_counter() - t0
+            self._num_steps += 1
+        self._last_batch_size = len(output.requests)
+        return self.scheduler.update_from_output(scheduled, output)
+
+    def warm_up(self) -> None:
+        """Run one short request through every path (prefill, decode, depth loop) so the first
+        user request does not pay one-time kernel setup, then capture the decode steps
+        (unless enforce_eager; see runner/graphs.py) and run it again through them. Call
+        before serving."""
+        mode = resolve_capture(self.config.capture, self.runner.device, self.config.enforce_eager)
+        self._warm_up_request()
+        if mode and not self.runner.capture_mode:
+            self.runner.capture(mode, self.config.batch_buckets())
+            self._warm_up_request()
+
+    def _warm_up_request(self) -> None:
+        self.add_request("__warm_up__", "Warm up.", GenerationParams(max_frames=2, seed=0))
+        while self.has_unfinished_requests():
+            self.step()
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        sched = self.scheduler
+        return EngineStats(
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting),
+            num_kv_slots_used=sched.num_slots - sched.num_free_slots,
+            num_kv_slots_total=sched.num_slots,
+            last_step_s=self._last_step_s,
+            last_batch_size=self._last_batch_size,
+            num_steps=self._num_steps,
+            num_frames_total=sched.num_frames_total,
+            num_prompt_tokens_total=sched.num_prompt_tokens_total,
+            num_prefix_hits=self._num_prefix_hits,
+            num_prefixes=len(self._prefixes),
+        )
+
+
+def build_engine(config: EngineConfig) -> Engine:
+    """Load the configured model and build its engine."""
+    return Engine(load_model(config.model, config.device, config.dtype), config)

@@ -1,0 +1,147 @@
+"""Which requests run this step, and what their results mean. Owns the requests, the waiting
+queue and the KV slots; never touches torch.
+
+Policy: requests are admitted in FIFO order while a KV slot is free. An admitted request
+first prefills its prompt, in chunks that share a per-step token budget (so a long voice
+prompt does not stall running streams; earlier requests take the budget first), then
+decodes one frame per step. After the runner ran a step, `update_from_output` advances every
+request it touched and ends those whose frame was the EOS frame or whose frame cap is
+reached; aborted requests are ended at once (slot freed) and reported by the next update.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..params import FinishReason, StepOutput, is_eos_frame
+from .request import Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    request: Request
+    start: int
+    length: int
+
+    @property
+    def is_last(self) -> bool:
+        return self.start + self.length == self.request.num_prompt
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    decodes: list[Request] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefills and not self.decodes
+
+
+@dataclass(frozen=True)
+class RunnerOutput:
+    """The frames one step sampled: `codes[i]` (32 ids) belongs to `requests[i]`. Order:
+    the decoding rows first (as scheduled), then the requests whose prefill completed."""
+
+    requests: list[Request] = field(default_factory=list)
+    codes: list[list[int]] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(self, num_slots: int, max_prefill_tokens: int) -> None:
+        self.max_prefill_tokens = max_prefill_tokens
+        self.num_slots = num_slots
+        self.requests: dict[str, Request] = {}  # every unfinished request, and aborted ones until reported
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # admitted, holding a slot, in admission order
+        self._free_slots = list(range(num_slots))
+        self._aborted: list[Request] = []
+        self.num_frames_total = 0
+        self.num_prompt_tokens_total = 0
+
+    @property
+    def num_free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def add(self, request: Request) -> None:
+        """Queue a request (FIFO). Raises ValueError for an id already in the engine."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request_id: {request.request_id!r} is already in the engine")
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort(self, request_id: str) -> None:
+        """End a request now (slot freed); the next update reports it. Unknown ids are ignored."""
+        req = self.requests.get(request_id)
+        if req is not None and req.status is not RequestStatus.FINISHED:
+            self._finish(req, FinishReason.ABORT)
+            self._aborted.append(req)
+
+    def abort_all(self) -> list[str]:
+        """End every request at once, reporting none of them (after a failed step)."""
+        ids = list(self.requests)
+        for req in self.requests.values():
+            if req.status is not RequestStatus.FINISHED:
+                self._finish(req, FinishReason.ABORT)
+        self.requests.clear()
+        self._aborted.clear()
+        return ids
+
+    def schedule(self) -> SchedulerOutput:
+        """Admit waiting requests into free slots, then split the prefill budget FIFO."""
+        while self.waiting and self._free_slots:
+            req = self.waiting.popleft()
+            req.slot = heapq.heappop(self._free_slots)
+            req.status = RequestStatus.PREFILLING
+            self.running.append(req)
+        prefills, decodes = [], []
+        budget = self.max_prefill_tokens
+        for req in self.running:
+            if req.status is RequestStatus.DECODING:
+                decodes.append(req)
+            elif budget > 0:
+                length = min(req.num_prompt - req.num_prefilled, budget)
+                prefills.append(PrefillChunk(req, req.num_prefilled, length))
+                budget -= length
+        return SchedulerOutput(prefills, decodes)
+
+    def update_from_output(self, scheduled: SchedulerOutput, output: RunnerOutput) -> list[StepOutput]:
+        """Advance what ran, end what finished. Returns one StepOutput per request that got a
+        frame or ended (aborted ones first); finished requests appear once, with the reason."""
+        outputs = [self._report(r, []) for r in self._aborted]
+        self._aborted.clear()
+        for chunk in scheduled.prefills:
+            chunk.request.num_prefilled += chunk.length
+            self.num_prompt_tokens_total += chunk.length
+        self.num_frames_total += len(output.requests)
+        for req, frame in zip(output.requests, output.codes, strict=True):
+            req.status = RequestStatus.DECODING
+            req.num_frames += 1
+            if is_eos_frame(frame):  # the EOS frame itself is not audio
+                self._finish(req, FinishReason.EOS)
+                outputs.append(self._report(req, []))
+            elif req.num_frames >= req.max_frames:
+                self._finish(req, FinishReason.LENGTH)
+                outputs.append(self._report(req, [frame]))
+            else:
+                outputs.append(StepOutput(req.request_id, [frame]))
+        return outputs
+
+    def _finish(self, request: Request, reason: FinishReason) -> None:
+        """End a request wherever it is; its slot (if any) is free for the next step."""
+        if request.status is RequestStatus.WAITING:
+            self.waiting.remove(request)
+        elif request.status is not RequestStatus.FINISHED:
+            self.running.remove(request)
+            heapq.heappush(self._free_slots, request.slot)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+
+    def _report(self, request: Request, frames: list[list[int]]) -> StepOutput:
+        del self.requests[request.request_id]
+        return StepOutput(request.request_id, frames, True, request.finish_reason)

@@ -1,0 +1,1 @@
+"""Devices and dtypes, built-in seeded models, and the local checkpoint loader."""
