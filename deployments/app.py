@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
+from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from models import EngineConfig, build_engine
+from models import Engine, EngineConfig, build_engine
 from models.errors import EngineDeadError, Overloaded
 from models.frontend.speech import SpeechPipeline, chunk_frames
 from serve import metrics as m
@@ -71,12 +72,16 @@ class TTSEngineDeployment:
 
     def __init__(self, engine: dict, voices_dir: str | None, max_sample_bytes: int, chunk_s: float = 0.24) -> None:
         config = EngineConfig(**engine)
-        sync_engine = build_engine(config)
+        sync_engine = self.build_engine(config)
         sync_engine.warm_up()  # the replica reports ready only after this
         recorder = EngineRecorder(RayMetrics(), sync_engine.loaded)
         self.pipeline = SpeechPipeline.start(sync_engine, max_waiting=0, chunk_frames=chunk_frames(chunk_s),
                                              on_step=recorder.on_step)
         self.store = VoiceStore(voices_dir, max_sample_bytes)
+
+    def build_engine(self, config: EngineConfig) -> Engine:
+        """Load the model (a seam: fault-injection tests subclass this deployment)."""
+        return build_engine(config)
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[bytes]:
         """Stream float32 PCM bytes. Voices load lazily from the shared voices directory, so a
@@ -179,13 +184,14 @@ class SpeechIngress:
         return create_app(self.backend, self.store, self.settings, RayMetrics(INGRESS_METRICS))
 
 
-def build_app(args: dict):
-    """Application builder for `serve run` / `serve deploy` (args from serve_config.yaml)."""
+def build_app(args: dict, engine_deployment: Deployment = TTSEngineDeployment):
+    """Application builder for `serve run` / `serve deploy` (args from serve_config.yaml);
+    tests may pass another engine deployment (a subclass of TTSEngineDeployment's class)."""
     cfg = AppArgs.model_validate(args or {})
     if cfg.server.get("voices_dir"):  # replicas do not share the driver's working directory
         cfg.server["voices_dir"] = os.path.abspath(cfg.server["voices_dir"])
     settings = ServerSettings(**cfg.server)
-    engine = TTSEngineDeployment.options(
+    engine = engine_deployment.options(
         ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine),
         max_ongoing_requests=cfg.engine.max_num_seqs,
         max_queued_requests=cfg.max_queued_requests,

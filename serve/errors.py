@@ -4,12 +4,13 @@ Bad input never becomes a 500, and no response carries a stack trace."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .backend import INTERNAL_MESSAGE, ErrorInfo
@@ -92,13 +93,17 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     log.error("request %s: unhandled error on %s %s", request_id, request.method, request.url.path, exc_info=exc)
-    return _json(request, 500, f"{INTERNAL_MESSAGE} (request id {request_id})", code="internal_error",
-                 headers={"x-request-id": request_id})
+    return _json(request, 500, f"{INTERNAL_MESSAGE} (request id {request_id})", code="internal_error")
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestIdMiddleware:
-    """Pure ASGI (streams pass through untouched): every request gets an id, kept in
-    `request.state.request_id` for logs and 500 messages and sent back as `x-request-id`."""
+    """Pure ASGI (streams pass through untouched): every request has an id, kept in
+    `request.state.request_id` for logs and 500 messages. A well-formed `x-request-id` from
+    upstream is used as is (Ray Serve's proxy always sends one, and returns it to the client
+    itself); otherwise one is made and sent back as `x-request-id`."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -106,8 +111,11 @@ class RequestIdMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        request_id = f"req_{uuid.uuid4().hex}"
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
+        if given == request_id:
+            return await self.app(scope, receive, send)
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":

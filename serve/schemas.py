@@ -110,3 +110,10 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class SpeechError(BaseModel):
+    """The last SSE event of a stream that failed after it started (its status was 200)."""
+
+    type: Literal["error"] = "error"
+    error: ErrorBody

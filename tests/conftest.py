@@ -1,4 +1,5 @@
 import random
+import re
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,3 +63,21 @@ def fan_out(fn: Callable, args: Sequence, timeout_s: float = 300) -> list:
     returns the results in order and re-raises the first error."""
     with ThreadPoolExecutor(max_workers=len(args)) as pool:
         return list(pool.map(fn, args, timeout=timeout_s))
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """Ray + Serve on loopback for the whole session (started by the first test that needs it)."""
+    pytest.importorskip("ray")
+    from tests.ray_serve import ray_runtime
+
+    with ray_runtime(free_port) as runtime:
+        yield runtime
+
+
+LEAKS = re.compile(r'Traceback|File "|pid=|ip=|actor_id|\x1b\[|/opt/|/tmp/|/work/|/root/|site-packages|\.py\b')
+
+
+def assert_no_leak(text: str) -> None:
+    """No traceback, process or node detail, colour code or filesystem path in a client's body."""
+    assert not LEAKS.search(text), text

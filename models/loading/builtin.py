@@ -13,6 +13,9 @@ tokenizer (about 4x) but every code path is the same.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import CsmConfig, CsmDepthDecoderConfig, MimiConfig, PreTrainedTokenizerFast
@@ -73,12 +76,29 @@ def tiny_config() -> CsmConfig:
 
 
 def csm_1b_config() -> CsmConfig:
-    """CSM-1B sizes (transformers' defaults are csm-1b's) with the checkpoint's RoPE scaling."""
-    return CsmConfig(
-        rope_parameters=_rope(1024),
-        depth_decoder_config=CsmDepthDecoderConfig(rope_parameters=_rope(16)),
-        codec_config=MimiConfig(),
-    )
+    """CSM-1B sizes (transformers' defaults are csm-1b's: text vocabulary 128256, special ids
+    128000-128003) with the checkpoint's RoPE scaling."""
+    with quiet_token_id_check():
+        return CsmConfig(
+            rope_parameters=_rope(1024),
+            depth_decoder_config=CsmDepthDecoderConfig(rope_parameters=_rope(16)),
+            codec_config=MimiConfig(),
+        )
+
+
+@contextlib.contextmanager
+def quiet_token_id_check():
+    """transformers' CsmConfig checks the TEXT special ids (bos 128000, audio 128002, ...)
+    against the AUDIO vocabulary (32 x 2051 = 65632), so CSM-1B's own config warns that
+    they are "outside the vocabulary". They are inside the text vocabulary (128256), which is
+    what they index: a false positive, silenced here (and for checkpoints, see loader.py)."""
+    log = logging.getLogger("transformers.models.csm.configuration_csm")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def builtin_config(name: str) -> CsmConfig:
@@ -121,7 +141,7 @@ def builtin_model(name: str, dtype: torch.dtype = torch.float32):
     from transformers import CsmForConditionalGeneration
 
     config = builtin_config(name)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), quiet_token_id_check():
         torch.manual_seed(SEEDS[name])
         model = CsmForConditionalGeneration(config)
         _randomize_codebooks(model.codec_model)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .builtin import BUILTIN_MODELS, builtin_model
+from .builtin import BUILTIN_MODELS, builtin_model, quiet_token_id_check
 from .device import resolve_device, resolve_dtype
 from ..core.prompt import SpecialIds
 
@@ -47,7 +47,8 @@ def _load_checkpoint(path: Path, dtype: torch.dtype):
             f"model: {str(path)!r} is neither a built-in name {BUILTIN_MODELS} nor a checkpoint "
             "directory with a config.json"
         )
-    model = CsmForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
+    with quiet_token_id_check():  # CSM-1B's own config trips transformers' check (see builtin.py)
+        model = CsmForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer
 

@@ -19,8 +19,8 @@ from .. import metrics as m
 from ..audio import CONTENT_TYPES, SAMPLE_RATE, AudioEncoder, make_encoder
 from ..backend import BackendError, SpeechJob
 from ..deps import BackendDep, MetricsDep, RequestIdDep, SettingsDep, StoreDep
-from ..errors import APIError, api_error
-from ..schemas import SpeechAudioDelta, SpeechAudioDone, SpeechRequest, Usage
+from ..errors import APIError, api_error, error_body
+from ..schemas import ErrorBody, SpeechAudioDelta, SpeechAudioDone, SpeechError, SpeechRequest, Usage
 from ..text import split_text
 from ..voices import OPENAI_VOICES, VoiceNotFound
 
@@ -83,7 +83,8 @@ async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally, 
     max_samples = round(body.max_audio_seconds * SAMPLE_RATE) if body.max_audio_seconds else None
     chunks = _capped(first, pcm, max_samples, tally, request_id)
     if body.stream_format == "sse":
-        return StreamingResponse(_sse(chunks, encoder, len(body.input)), media_type="text/event-stream")
+        return StreamingResponse(_sse(chunks, encoder, len(body.input), request_id, settings.retry_after_s),
+                                 media_type="text/event-stream")
     return StreamingResponse(_encoded(chunks, encoder), media_type=encoder.content_type)
 
 
@@ -125,9 +126,11 @@ async def _encoded(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder) -> 
         yield tail
 
 
-async def _sse(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder, num_chars: int) -> AsyncIterator[bytes]:
+async def _sse(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder, num_chars: int, request_id: str,
+               retry_after_s: int) -> AsyncIterator[bytes]:
     """`speech.audio.delta` events with base64 audio, then `speech.audio.done` with usage:
-    input_tokens counts input characters, output_tokens audio frames (80 ms each)."""
+    input_tokens counts input characters, output_tokens audio frames (80 ms each). A failure
+    mid-stream ends it with an `error` event (OpenAI's error object) instead of `done`."""
     samples = 0
 
     def event(payload) -> bytes:
@@ -139,7 +142,13 @@ async def _sse(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder, num_cha
             samples += len(chunk)
             yield chunk
 
-    async for data in _encoded(counted(), encoder):
-        yield event(SpeechAudioDelta(audio=base64.b64encode(data).decode()))
+    try:
+        async for data in _encoded(counted(), encoder):
+            yield event(SpeechAudioDelta(audio=base64.b64encode(data).decode()))
+    except BackendError as e:  # the status went out already: the stream ends with an error event
+        error = api_error(e.info, request_id, retry_after_s)
+        body = error_body(error.status, error.message, error.param, error.code)["error"]
+        yield event(SpeechError(error=ErrorBody(**body)))
+        return
     frames = -(-samples // SAMPLES_PER_FRAME)
     yield event(SpeechAudioDone(usage=Usage(input_tokens=num_chars, output_tokens=frames, total_tokens=num_chars + frames)))

@@ -45,3 +45,16 @@ def test_a_failing_engine_step_fails_its_requests_and_the_server_keeps_serving(t
             time.sleep(0.05)
         stats = backend.pipeline.engine.stats()
         assert stats.num_kv_slots_used == 0 and stats.num_waiting == 0
+
+
+def test_a_dead_engine_answers_503_with_retry_after(tmp_path):
+    """An engine whose loop has stopped cannot serve: 503 (retry elsewhere or later), not 500,
+    and readiness drops so the balancer stops sending traffic."""
+    with local_server(str(tmp_path)) as (url, backend):
+        backend.pipeline.engine.shutdown()
+        r = httpx.post(url + "/v1/audio/speech", timeout=30, json={
+            "model": "tts-1", "voice": "alloy", "input": "Anyone there?", "response_format": "pcm"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        error = r.json()["error"]
+        assert error["type"] == "service_unavailable" and error["code"] == "engine_unavailable"
+        assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 503

@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from tests.conftest import fan_out
 from tests.local_server import local_server
 
 pytestmark = pytest.mark.slow
@@ -39,11 +40,7 @@ def _load(url: str, seconds: float, clients: int, outcomes: list) -> None:
                 outcomes.append((r.status_code, len(r.content)))
                 n += 1
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 120)
+    fan_out(client, range(clients), timeout_s=seconds + 120)
 
 
 def test_steady_load_keeps_rss_fds_and_threads_flat(tmp_path):

@@ -1,0 +1,45 @@
+"""One Ray runtime + Serve HTTP proxy per test session (on loopback), and each test module's
+application deployed on it as `csm` at `/` for the module's lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RayServe:
+    url: str
+    metrics_port: int
+
+
+@contextlib.contextmanager
+def ray_runtime(free_port):
+    import ray
+    from ray import serve
+
+    metrics_port, port = free_port(), free_port()
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield RayServe(f"http://127.0.0.1:{port}", metrics_port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def deployed(runtime: RayServe, app_args: dict, engine_deployment=None):
+    """The csm application with these args (and optionally another engine deployment),
+    deleted again on exit. Yields the base URL."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    app = build_app(app_args) if engine_deployment is None else build_app(app_args, engine_deployment)
+    serve.run(app, name="csm", route_prefix="/")
+    try:
+        yield runtime.url
+    finally:
+        serve.delete("csm")
