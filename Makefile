@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv serve serve-local test test-fast bench bench-accel clean
+.PHONY: venv serve serve-local test test-fast bench bench-accel device-wheels device-check device-check-dry clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,22 @@ bench: venv
 
 bench-accel: venv  # on a GPU/NPU machine: eager vs captured vs transformers static+compile
 	$(PY) -m benchmarks.accel_bench $(BENCH_ARGS)
+
+# The accelerator check (benchmarks/device_check.py). Here, with network: fetch the wheels the
+# GPU host lacks (Python 3.12, manylinux; about 15 MB, not committed). On the GPU host (no
+# network, its own Python + CUDA torch): `make device-check OUT=dir`, at most ~8 minutes.
+DEVICE_PY ?= python3
+OUT ?= out/device-check
+device-wheels: venv
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --implementation cp --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		-d .device-wheels -r benchmarks/device-requirements.txt
+
+device-check:
+	$(DEVICE_PY) -m benchmarks.device_check --out $(OUT) $(CHECK_ARGS)
+
+device-check-dry: venv  ## the same steps on this CPU with csm-tiny (CI runs it as a test)
+	$(PY) -m benchmarks.device_check --dry-run --out $(OUT)-dry $(CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

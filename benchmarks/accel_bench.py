@@ -9,12 +9,13 @@ frame count on all systems):
                 (`cache_implementation="static"` for backbone and depth decoder); generate
                 then compiles the forward itself on cuda (not on cpu/npu: reported as
                 `compiled`). Batches are left-padded; c requests run as one batch.
-Measured per system: one request alone (real-time factor, time to first frame) and c
-requests at once (aggregate frames/s and times real time, time to first frame p50/p95).
-For the engine also time to first audio: the first PCM chunk out of the streaming Mimi
-decoder through SpeechPipeline, alone and at c.
+Measured per system: one request alone (real-time factor, time to first frame) and, for
+each `--concurrency` level c, c requests at once (aggregate frames/s and times real time,
+time to first frame p50/p95). For the engine also time to first audio: the first PCM chunk
+out of the streaming Mimi decoder through SpeechPipeline, alone and at the first level.
 
-Run: `python -m benchmarks.accel_bench --device cuda` (writes benchmarks/results/accel-<device>.json).
+Run: `python -m benchmarks.accel_bench --device cuda --concurrency 64 256` (writes
+benchmarks/results/accel-<device>.json); benchmarks/device_check.py runs it on a GPU host.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="csm-1b-random")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[64], help="requests at once (one batch each)")
     ap.add_argument("--frames", type=int, default=125, help="frames per request (125 = 10 s of audio)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median kept)")
     ap.add_argument("--systems", nargs="+", default=["eager", "captured", "transformers"])
@@ -147,61 +148,75 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     loaded = load_model(args.model, args.device, args.dtype)
-    c, frames = args.concurrency, args.frames
+    levels, frames = sorted(set(args.concurrency)), args.frames
     report = {
         "model": args.model, "device": device_name(loaded), "dtype": str(loaded.dtype).removeprefix("torch."),
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "concurrency": c, "frames_per_request": frames, "sampling": "temperature 0.9, top_k 50", "results": {},
+        "concurrency": levels, "frames_per_request": frames, "sampling": "temperature 0.9, top_k 50", "results": {},
     }
+    out = Path(args.out or f"benchmarks/results/accel-{report['device']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def median_run(fn, *a) -> dict:
         runs = [fn(*a, 1000 * (r + 1)) for r in range(args.repeats)]
         return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
 
-    for system in args.systems:
+    for system in args.systems:  # the report is rewritten after each system: a timeout keeps what ran
         t0 = time.perf_counter()
-        if system == "transformers":
-            compiled = use_static_cache(loaded)
-            for n in (1, c):  # compile and size the caches outside the timed runs (same shapes)
-                run_transformers(loaded, n, frames, 0)
-            row = {"compiled": compiled, "single": median_run(run_transformers, loaded, 1, frames),
-                   "batch": median_run(run_transformers, loaded, c, frames)}
-        else:
-            config = EngineConfig(model=args.model, max_num_seqs=c, max_seq_len=1024, max_frames_cap=frames,
-                                  enforce_eager=system == "eager",
-                                  capture="auto" if loaded.device.type != "cpu" else "compile")
-            engine = Engine(loaded, config)
-            engine.warm_up()  # captures here
-            warm_s = time.perf_counter() - t0
-            run_engine(engine, c, min(frames, 8), 0)
-            row = {"capture": engine.runner.capture_mode or "eager", "warm_up_s": round(warm_s, 2),
-                   "single": median_run(run_engine, engine, 1, frames),
-                   "batch": median_run(run_engine, engine, c, frames),
-                   "ttfa_single": time_to_first_audio(engine, 1, frames),
-                   "ttfa_batch": time_to_first_audio(engine, c, frames)}
-            del engine
+        row = run_system(system, loaded, args.model, levels, frames, median_run)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
         report["results"][system] = row
-        print(f"{system:>12}: {json.dumps(row)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        report["speedups"] = speedups(report["results"], levels)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"{system:>12}: {json.dumps(row)}", flush=True)
+    print(f"wrote {out}")
+    for system, row in report["results"].items():
+        batches = ", ".join(f"c={c}: {b['frames_per_s']:.0f} frames/s ({b['x_real_time']:.1f}x real time)"
+                            for c, b in row["batches"].items())
+        print(f"{system:>12}: single RTF {row['single']['rtf']:.3f}, TTFF {row['single']['ttff_p50_s'] * 1e3:.0f} ms; "
+              f"{batches}" + (f"; TTFA {row['ttfa_single']['ttfa_p50_s'] * 1e3:.0f} ms alone" if "ttfa_single" in row
+                              else ""))
+    print("speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in report["speedups"].items()))
+    return report
 
-    res = report["results"]
+
+def run_system(system: str, loaded, model: str, levels: list[int], frames: int, median_run) -> dict:
+    """One system's row: one request alone, then each concurrency level as one batch."""
+    if system == "transformers":
+        compiled = use_static_cache(loaded)
+        row = {"compiled": compiled}
+        run_transformers(loaded, 1, frames, 0)  # compile and size the caches outside the timed runs
+        row["single"] = median_run(run_transformers, loaded, 1, frames)
+        row["batches"] = {}
+        for c in levels:
+            run_transformers(loaded, c, frames, 0)
+            row["batches"][str(c)] = median_run(run_transformers, loaded, c, frames)
+        return row
+    t0 = time.perf_counter()
+    config = EngineConfig(model=model, max_num_seqs=max(levels), max_seq_len=1024, max_frames_cap=frames,
+                          enforce_eager=system == "eager", capture_batch_sizes=sorted({1, *levels}),
+                          capture="auto" if loaded.device.type != "cpu" else "compile")
+    engine = Engine(loaded, config)
+    engine.warm_up()  # captures here
+    row = {"capture": engine.runner.capture_mode or "eager", "warm_up_s": round(time.perf_counter() - t0, 2)}
+    for c in levels:
+        run_engine(engine, c, min(frames, 8), 0)  # first use of this batch size outside the timed runs
+    row["single"] = median_run(run_engine, engine, 1, frames)
+    row["ttfa_single"] = time_to_first_audio(engine, 1, frames)
+    row["batches"] = {str(c): median_run(run_engine, engine, c, frames) for c in levels}
+    row["ttfa_batch"] = time_to_first_audio(engine, levels[0], frames)
+    return row
+
+
+def speedups(res: dict, levels: list[int]) -> dict:
     ratios = {}
     for a, b in (("captured", "eager"), ("captured", "transformers"), ("eager", "transformers")):
         if a in res and b in res:
             ratios[f"{a}_over_{b}_single"] = round(res[b]["single"]["wall_s"] / res[a]["single"]["wall_s"], 2)
-            ratios[f"{a}_over_{b}_batch"] = round(res[a]["batch"]["frames_per_s"] / res[b]["batch"]["frames_per_s"], 2)
-    report["speedups"] = ratios
-    out = Path(args.out or f"benchmarks/results/accel-{report['device']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
-    for system, row in res.items():
-        print(f"{system:>12}: single RTF {row['single']['rtf']:.3f}, TTFF {row['single']['ttff_p50_s'] * 1e3:.0f} ms; "
-              f"c={c}: {row['batch']['frames_per_s']:.0f} frames/s ({row['batch']['x_real_time']:.1f}x real time), "
-              f"TTFF p50 {row['batch']['ttff_p50_s'] * 1e3:.0f} ms"
-              + (f"; TTFA {row['ttfa_single']['ttfa_p50_s'] * 1e3:.0f} ms alone, "
-                 f"{row['ttfa_batch']['ttfa_p50_s'] * 1e3:.0f} ms p50 at c={c}" if "ttfa_single" in row else ""))
-    print("speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    return report
+            for c in levels:
+                ratios[f"{a}_over_{b}_c{c}"] = round(
+                    res[a]["batches"][str(c)]["frames_per_s"] / res[b]["batches"][str(c)]["frames_per_s"], 2)
+    return ratios
 
 
 if __name__ == "__main__":

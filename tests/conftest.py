@@ -65,6 +65,17 @@ def fan_out(fn: Callable, args: Sequence, timeout_s: float = 300) -> list:
         return list(pool.map(fn, args, timeout=timeout_s))
 
 
+def _uses_ray(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "ray_serve" in getattr(item, "fixturenames", ()) or "ray" in params.values()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on Ray run last (stable order otherwise): Ray starts once, late, and its idle
+    processes do not slow every other test down."""
+    items.sort(key=_uses_ray)
+
+
 @pytest.fixture(scope="session")
 def ray_serve():
     """Ray + Serve on loopback for the whole session (started by the first test that needs it)."""

@@ -11,12 +11,25 @@ from scipy import stats
 from models.runner.sampler import sample, uniform
 
 VOCAB = 2051
-NUM_DRAWS = 120_000
+NUM_DRAWS = 100_000
 CHUNK = 10_000  # rows per call: [CHUNK, VOCAB] float32 scores stay small
+PAIRS = [(0.9, 50), (1.0, 5), (0.5, 200), (2.0, 2051)]  # (temperature, top-k)
+_cache: dict = {}
 
 
-def _draws(logits: torch.Tensor, temperature: float, top_k: int, key: int) -> torch.Tensor:
-    """NUM_DRAWS ids sampled from `logits` [V], each with its own counter (as frames/codebooks are)."""
+def _logits(top_k: int) -> torch.Tensor:
+    return torch.randn(VOCAB, generator=torch.Generator().manual_seed(top_k)) * 2.0
+
+
+def _draws(temperature: float, top_k: int) -> torch.Tensor:
+    """NUM_DRAWS ids sampled from `_logits(top_k)`, each with its own counter (as frames and
+    codebooks are), computed once per pair."""
+    if (temperature, top_k) not in _cache:
+        _cache[temperature, top_k] = _sample_many(_logits(top_k), temperature, top_k, key=0x1234_5678 + top_k)
+    return _cache[temperature, top_k]
+
+
+def _sample_many(logits: torch.Tensor, temperature: float, top_k: int, key: int) -> torch.Tensor:
     out = []
     for start in range(0, NUM_DRAWS, CHUNK):
         counters = torch.arange(start, start + CHUNK, dtype=torch.int64)
@@ -32,11 +45,10 @@ def _draws(logits: torch.Tensor, temperature: float, top_k: int, key: int) -> to
     return torch.cat(out)
 
 
-@pytest.mark.parametrize(("temperature", "top_k"), [(0.9, 50), (1.0, 5), (0.5, 200), (2.0, 2051)])
+@pytest.mark.slow  # ~15-25 s per pair on 2 cores
+@pytest.mark.parametrize(("temperature", "top_k"), PAIRS)
 def test_draws_stay_in_top_k_and_follow_the_softmax(temperature, top_k):
-    gen = torch.Generator().manual_seed(top_k)
-    logits = torch.randn(VOCAB, generator=gen) * 2.0
-    draws = _draws(logits, temperature, top_k, key=0x1234_5678 + top_k)
+    logits, draws = _logits(top_k), _draws(temperature, top_k)
 
     allowed = torch.topk(logits, top_k).indices
     is_allowed = torch.zeros(VOCAB, dtype=torch.bool)
@@ -75,11 +87,10 @@ def test_uniforms_stay_strictly_inside_0_1_at_the_extremes():
     assert torch.isfinite(noise).all()
 
 
+@pytest.mark.slow
 def test_control_the_chi_square_can_fail():
-    """The statistical check rejects a sampler that ignores the temperature."""
-    gen = torch.Generator().manual_seed(7)
-    logits = torch.randn(VOCAB, generator=gen) * 2.0
-    draws = _draws(logits, 1.0, 50, key=99)  # drawn at T=1 ...
+    """The statistical check rejects draws judged at the wrong temperature."""
+    logits, draws = _logits(50), _draws(0.9, 50)  # drawn at T=0.9 ...
     allowed = torch.topk(logits, 50).indices
     probs = torch.softmax(logits[allowed].double() / 0.5, dim=0)  # ... judged as T=0.5
     counts = torch.bincount(draws, minlength=VOCAB)[allowed].double()

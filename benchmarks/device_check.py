@@ -1,0 +1,163 @@
+"""The accelerator check: one prepared command that proves and measures csm-serve on a GPU.
+
+    make device-wheels                     # here, with network: the wheels the GPU host lacks
+    make device-check OUT=/some/dir        # on the GPU host (no network), at most ~8 minutes
+    make device-check-dry                  # the same steps on this CPU with csm-tiny (CI runs it)
+
+Steps, each in its own process with a time limit, output in OUT/logs/<step>.log:
+  setup     import what the check needs; if something is missing or too old, install the
+            wheels in ./.device-wheels (benchmarks/device-requirements.txt) into OUT/site, on
+            PYTHONPATH before the host's own packages (its CUDA torch stays)
+  env       torch / CUDA / card, and the SDPA kernel chosen for the real decode shapes
+  tests     pytest -m accel tests/models/test_accel.py (greedy codes equal transformers' on
+            the card; captured steps equal eager steps)
+  accuracy  first-frame logits, bf16 on the card vs float32 on the CPU, cosine > 0.9999
+  bench     benchmarks.accel_bench: engine captured vs eager vs transformers' static-cache
+            recipe; one 10 s request alone (RTF, time to first frame / audio) and 64 and 256
+            at once (aggregate frames/s); partial results survive a timeout
+Writes OUT/device-check.json and OUT/accel-<device>.json; prints a short table last. This
+file imports only the standard library: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WHEELS = ROOT / ".device-wheels"
+REQUIREMENTS = ROOT / "benchmarks" / "device-requirements.txt"
+CHECK_IMPORTS = ("import torch, transformers, pydantic, numpy, pytest, tokenizers, safetensors; "
+                 "assert transformers.__version__ == '5.23.0', transformers.__version__; "
+                 "from transformers import CsmForConditionalGeneration")
+
+
+class Check:
+    def __init__(self, out: Path, budget_s: float) -> None:
+        self.out, self.logs = out, out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.deadline = time.monotonic() + budget_s
+        self.python = sys.executable
+        self.pythonpath = [str(ROOT)]
+        self.steps: dict[str, dict] = {}
+
+    def left_s(self, reserve_s: float = 15) -> float:
+        return max(0.0, self.deadline - time.monotonic() - reserve_s)
+
+    def run(self, name: str, args: list[str], limit_s: float) -> bool:
+        """Run one step as `python <args>` from the repo root; record status, time, log."""
+        limit_s = min(limit_s, self.left_s())
+        t0, log = time.monotonic(), self.logs / f"{name}.log"
+        if limit_s < 5:
+            self.steps[name] = {"status": "skipped (no time left)", "seconds": 0}
+            return False
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(self.pythonpath), "PYTHONUNBUFFERED": "1"}
+        with open(log, "w") as f:
+            try:
+                rc = subprocess.run([self.python, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                    timeout=limit_s).returncode
+                status = "ok" if rc == 0 else f"failed (exit {rc})"
+            except subprocess.TimeoutExpired:
+                status = f"timed out after {limit_s:.0f} s"
+        self.steps[name] = {"status": status, "seconds": round(time.monotonic() - t0, 1), "log": str(log)}
+        print(f"[{name}] {status} in {self.steps[name]['seconds']} s ({log})", flush=True)
+        return status == "ok"
+
+    def setup(self) -> bool:
+        """Use this Python as it is if it has everything; else add the shipped wheels."""
+        if self._imports_ok():
+            self.steps["setup"] = {"status": "ok (nothing to install)", "seconds": 0}
+            return True
+        if not WHEELS.is_dir():
+            self.steps["setup"] = {"status": f"failed: packages missing and no {WHEELS.name}/ (make device-wheels)"}
+            return False
+        site = self.out / "site"
+        ok = self.run("setup", ["-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target",
+                                str(site), "--find-links", str(WHEELS), "-r", str(REQUIREMENTS)], 120)
+        self.pythonpath = [str(site), str(ROOT)]
+        if ok and not self._imports_ok():
+            self.steps["setup"]["status"] = "failed: installed, but the imports still fail (see the log)"
+        return self.steps["setup"]["status"] == "ok"
+
+    def _imports_ok(self) -> bool:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(self.pythonpath)}
+        with open(self.logs / "imports.log", "a") as f:
+            return subprocess.run([self.python, "-c", CHECK_IMPORTS], env=env, stdout=f, stderr=subprocess.STDOUT,
+                                  cwd=ROOT).returncode == 0
+
+    def read(self, name: str) -> dict:
+        path = self.out / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="directory for results and logs")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model", default="csm-1b-random")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--frames", type=int, default=125, help="frames per request (125 = 10 s)")
+    ap.add_argument("--budget-s", type=float, default=480, help="the whole check, setup to table")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, csm-tiny, small batches: the same steps")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.device, args.model, args.concurrency, args.frames = "cpu", "csm-tiny", [2, 4], 12
+    out = Path(args.out).resolve()
+    check = Check(out, args.budget_s)
+    common = ["--device", args.device, "--model", args.model]
+    if check.setup():
+        check.run("env", ["-m", "benchmarks.device_steps", "env", *common, "--out", str(out / "env.json")], 60)
+        check.run("tests", ["-m", "pytest", "-m", "accel", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+                            "tests/models/test_accel.py"], 150)
+        check.run("accuracy", ["-m", "benchmarks.device_steps", "accuracy", *common,
+                               "--out", str(out / "accuracy.json")], 120)
+        bench_out = out / "accel.json"
+        check.run("bench", ["-m", "benchmarks.accel_bench", *common, "--dtype", "bfloat16" if not args.dry_run
+                            else "float32", "--concurrency", *map(str, args.concurrency), "--frames", str(args.frames),
+                            "--repeats", "1", "--systems", "captured", "eager", "transformers",
+                            "--out", str(bench_out)], check.left_s())
+    report = {"steps": check.steps, "env": check.read("env.json"), "accuracy": check.read("accuracy.json"),
+              "bench": check.read("accel.json")}
+    name = report["env"].get("gpu", args.device).replace(" ", "-")
+    if report["bench"]:
+        (out / f"accel-{name}.json").write_text(json.dumps({**report["bench"], "env": report["env"],
+                                                             "accuracy": report["accuracy"]}, indent=2) + "\n")
+    (out / "device-check.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report, name))
+    return 0 if all(s["status"].startswith("ok") for s in check.steps.values()) else 1
+
+
+def table(report: dict, name: str) -> str:
+    """The short summary printed last."""
+    lines = [f"== device check: {name} ==", "step       status"]
+    lines += [f"{step:<10} {s['status']} ({s.get('seconds', 0)} s)" for step, s in report["steps"].items()]
+    acc = report["accuracy"]
+    if acc:
+        lines.append(f"accuracy   cosine min {acc['cosine_min']:.6f} (mean {acc['cosine_mean']:.6f}) over "
+                     f"{acc['codebooks']} codebooks, {'PASS' if acc['passed'] else 'FAIL'} (> {acc['threshold']})")
+    sdpa = report["env"].get("sdpa_backend")
+    if sdpa:
+        lines.append("sdpa       " + ", ".join(f"{k}={v}" for k, v in sdpa.items()))
+    results = report["bench"].get("results", {})
+    if results:
+        lines.append("system        single RTF   TTFF ms   TTFA ms   " + "   ".join(
+            f"c={c} frames/s" for c in report["bench"].get("concurrency", [])))
+    for system, row in results.items():
+        single = row.get("single", {})
+        ttfa = row.get("ttfa_single", {}).get("ttfa_p50_s")
+        cells = [f"{row['batches'][str(c)]['frames_per_s']:>13.0f}" if str(c) in row.get("batches", {}) else
+                 f"{'-':>13}" for c in report["bench"].get("concurrency", [])]
+        lines.append(f"{system:<13} {single.get('rtf', float('nan')):>10.4f} {single.get('ttff_p50_s', 0) * 1e3:>9.1f} "
+                     f"{(ttfa or 0) * 1e3 if ttfa else float('nan'):>9.1f}   " + "   ".join(cells))
+    for k, v in report["bench"].get("speedups", {}).items():
+        lines.append(f"speedup    {k}: {v:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
