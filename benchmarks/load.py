@@ -40,7 +40,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-SAMPLE_RATE = 24_000
+from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
+
 BYTES_PER_SAMPLE = 2  # s16le mono
 REJECTED = (429, 503)
 

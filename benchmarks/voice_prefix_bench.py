@@ -18,13 +18,13 @@ from pathlib import Path
 
 from benchmarks.engine_bench import WORDS, device_name
 from models import Engine, EngineConfig, GenerationParams, Segment, load_model
-from models.params import FRAME_RATE_HZ, NUM_CODEBOOKS
+from models.params import CODEBOOK_SIZE, FRAME_RATE_HZ, NUM_CODEBOOKS
 
 
 def make_voice(seconds: float, seed: int = 0) -> tuple[Segment, ...]:
     rng = random.Random(seed)
     frames = round(seconds * FRAME_RATE_HZ)
-    codes = tuple(tuple(rng.randrange(2048) for _ in range(NUM_CODEBOOKS)) for _ in range(frames))
+    codes = tuple(tuple(rng.randrange(CODEBOOK_SIZE) for _ in range(NUM_CODEBOOKS)) for _ in range(frames))
     transcript = " ".join(rng.choice(WORDS) for _ in range(round(seconds * 2.5))).capitalize() + "."
     return (Segment(speaker=0, text=transcript, codes=codes),)
 

@@ -17,15 +17,15 @@ from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
 from .metrics import EngineRecorder
-from .voices import load_voices
+from .voices import load_voice, load_voices
 
 
 class LocalBackend:
     """SpeechBackend over an in-process SpeechPipeline; `max_queued_requests` streams may wait
     for one of the engine's `max_num_seqs` rows (see models/frontend/admission.py)."""
 
-    def __init__(self, pipeline: SpeechPipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(self, pipeline: SpeechPipeline, store: VoiceStore) -> None:
+        self.pipeline, self.store = pipeline, store
         self._ready = False
 
     @classmethod
@@ -42,7 +42,7 @@ class LocalBackend:
         recorder = EngineRecorder(metrics, engine.loaded) if metrics is not None else None
         pipeline = SpeechPipeline.start(engine, max_queued_requests, chunk_frames(chunk_s),
                                         on_step=recorder.on_step if recorder else None)
-        backend = cls(pipeline)
+        backend = cls(pipeline, store)
         await load_voices(pipeline, store)
         backend._ready = True
         return backend
@@ -52,7 +52,9 @@ class LocalBackend:
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
         try:
-            voice = self.pipeline.voices.get(job.voice.id) if job.voice.id in self.pipeline.voices else ()
+            if job.voice.id not in self.pipeline.voices:  # skipped at startup, or placed since: as under Ray
+                await load_voice(self.pipeline, self.store, job.voice)
+            voice = self.pipeline.voices.get(job.voice.id)
             async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
                 yield pcm
         except Exception as e:

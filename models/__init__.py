@@ -3,10 +3,10 @@
 Sub-packages, in the order a request meets them:
     frontend/  asyncio front: AsyncEngine (the step-loop thread), SpeechPipeline (segments ->
                PCM), voice registry, batched Mimi decode, admission (the capacity policy)
-    core/      engine core, torch-free but for Engine itself: config, prompt, request
-               records, scheduler, Engine (schedule -> run -> update)
+    engine.py  Engine: schedule -> run -> update, one thread owns it
     runner/    everything that touches tensors: ModelRunner (KV slots, batched backbone),
                attention, frame sampler (depth loop), sampler, captured steps (graphs.py)
+    core/      torch-free: config, prompt, request records, scheduler
     codec/     streaming Mimi decoder, clip encoding
     loading/   devices, built-in models, checkpoint loader
 
@@ -21,7 +21,7 @@ import importlib
 
 _EXPORTS = {
     "AsyncEngine": "models.frontend.async_engine",
-    "Engine": "models.core.engine",
+    "Engine": "models.engine",
     "EngineConfig": "models.core.config",
     "EngineDeadError": "models.errors",
     "EngineStepError": "models.errors",
@@ -34,7 +34,7 @@ _EXPORTS = {
     "StepOutput": "models.params",
     "LoadedModel": "models.loading.loader",
     "load_model": "models.loading.loader",
-    "build_engine": "models.core.engine",
+    "build_engine": "models.engine",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,7 +10,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_models_imports_no_ray_or_fastapi():
-    code = ("import sys, models, models.core.engine, models.frontend.speech; "
+    code = ("import sys, models, models.engine, models.frontend.speech; "
             "bad = [m for m in ('ray', 'fastapi') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = _run(code)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -27,10 +27,10 @@ from ..runner.attention import attention
 class StreamingMimiDecoder:
     """Decode [N, 32, T] codes for N rows (slots) to [N, T * 1920] float PCM, chunk by chunk."""
 
-    def __init__(self, codec, max_rows: int) -> None:
+    def __init__(self, codec, num_rows: int) -> None:
         self.codec = codec
         self.decoder = codec.decoder
-        self.max_rows = max_rows
+        self.num_rows = num_rows
         param = next(codec.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._state: dict[nn.Module, torch.Tensor] = {}
@@ -50,14 +50,14 @@ class StreamingMimiDecoder:
         n_layers = len(self.decoder.decoder_transformer.layers)
         self._keys = [self._kv(tcfg) for _ in range(n_layers)]
         self._values = [self._kv(tcfg) for _ in range(n_layers)]
-        self._kv_pos = torch.full((max_rows, self.window - 1), -1, dtype=torch.long, device=self.device)
-        self._pos = torch.zeros(max_rows, dtype=torch.long, device=self.device)
+        self._kv_pos = torch.full((num_rows, self.window - 1), -1, dtype=torch.long, device=self.device)
+        self._pos = torch.zeros(num_rows, dtype=torch.long, device=self.device)
 
     def _zeros(self, channels: int, length: int) -> torch.Tensor:
-        return torch.zeros(self.max_rows, channels, length, dtype=self.dtype, device=self.device)
+        return torch.zeros(self.num_rows, channels, length, dtype=self.dtype, device=self.device)
 
     def _kv(self, cfg) -> torch.Tensor:
-        shape = (self.max_rows, cfg.num_key_value_heads, self.window - 1, cfg.head_dim)
+        shape = (self.num_rows, cfg.num_key_value_heads, self.window - 1, cfg.head_dim)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     def reset(self, rows: list[int]) -> None:

@@ -1,2 +1,3 @@
-"""Engine core: static config, prompt building, request records, the torch-free scheduler,
-and the Engine that ties them to the runner (schedule -> run -> update)."""
+"""The engine's torch-free core: static config, prompt building, request records and the
+scheduler (which requests run this step, and what their results mean). The runner below
+computes on these records; models/engine.py ties the two (schedule -> run -> update)."""

@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ..core.engine import Engine
+from ..engine import Engine
 from ..core.request import Request
 from ..errors import EngineDeadError, EngineStepError
 from ..params import EngineStats, GenerationParams, Segment, StepOutput

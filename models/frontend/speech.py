@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 
 from ..codec.mimi_stream import StreamingMimiDecoder
-from ..core.engine import Engine
+from ..engine import Engine
 from ..params import CODEBOOK_SIZE, FRAME_RATE_HZ, EngineStats, GenerationParams, Segment
 from .admission import Admission
 from .async_engine import AsyncEngine

@@ -15,28 +15,10 @@ import yaml
 
 from serve.audio import FORMATS, decode_audio
 from tests.conftest import fan_out, free_port
-from tests.ray_serve import deployed
+from tests.deployments.conftest import engine_stats
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
-from ray import serve  # noqa: E402
-
-
-
-@pytest.fixture(scope="module")
-def app_args(tmp_path_factory):
-    return {
-        "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": 4},
-        "server": {"voices_dir": str(tmp_path_factory.mktemp("voices"))},
-        "cpus_per_engine": 1,
-        "max_queued_requests": 2,
-    }
-
-
-@pytest.fixture(scope="module")
-def app_url(ray_serve, app_args):
-    with deployed(ray_serve, app_args) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +48,6 @@ def test_sse_through_ray_equals_plain_pcm(app_url):
     assert len(a) == len(b) == 6 * 1920 and np.abs(a - b).max() <= 2  # same codes; PCM up to float rounding
 
 
-def _engine_stats() -> dict:
-    return serve.get_deployment_handle("TTSEngine", app_name="csm").stats.remote().result()
-
-
 def test_speech_through_ray(app_url):
     client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=0)
     audio = client.audio.speech.create(model="tts-1", voice="alloy", input="Through Ray Serve.",
@@ -86,7 +64,7 @@ def test_speech_through_ray(app_url):
 def test_16_concurrent_requests_all_complete_batched(app_url):
     """More clients than slots + queue: the SDK retries 429s (honouring Retry-After), every
     request completes with the right audio, and requests shared forward passes."""
-    before = _engine_stats()
+    before = engine_stats()
 
     def one(i):
         client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=8)
@@ -95,7 +73,7 @@ def test_16_concurrent_requests_all_complete_batched(app_url):
 
     results = fan_out(one, range(16))
     assert all(r is not None and len(r) == 10 * 1920 * 2 for r in results)
-    after = _engine_stats()
+    after = engine_stats()
     frames = after["num_frames_total"] - before["num_frames_total"]
     steps = after["num_steps"] - before["num_steps"]
     assert frames / steps > 1.5  # average batch size

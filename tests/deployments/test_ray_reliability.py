@@ -10,33 +10,13 @@ import httpx
 import openai
 import pytest
 
-from tests.ray_serve import deployed
+from tests.deployments.conftest import engine_stats
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from deployments.app import build_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def app_args(tmp_path_factory):
-    return {
-        "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": 4},
-        "server": {"voices_dir": str(tmp_path_factory.mktemp("voices"))},
-        "cpus_per_engine": 1,
-        "max_queued_requests": 2,
-    }
-
-
-@pytest.fixture(scope="module")
-def app_url(ray_serve, app_args):
-    with deployed(ray_serve, app_args) as url:
-        yield url
-
-
-def _engine_stats() -> dict:
-    return serve.get_deployment_handle("TTSEngine", app_name="csm").stats.remote().result()
 
 
 def _rss_mib(pid: int) -> float:
@@ -105,9 +85,9 @@ def test_overload_gets_429_quickly_and_admitted_requests_finish(app_url):
           f"{probe_s[len(probe_s) // 2] * 1e3:.0f} ms max {probe_s[-1] * 1e3:.0f} ms")
     assert probe_s[len(probe_s) // 2] < 0.1 and burst_s[len(burst_s) // 2] < 0.25 and burst_s[-1] < 1.0
     deadline = time.time() + 15
-    while _engine_stats()["num_kv_slots_used"] and time.time() < deadline:
+    while engine_stats()["num_kv_slots_used"] and time.time() < deadline:
         time.sleep(0.2)
-    stats = _engine_stats()
+    stats = engine_stats()
     assert stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0 and stats["num_running"] == 0
     rss_after = {name: _rss_mib(pid) for name, pid in pids.items()}
     print("RSS MiB before/after the second burst:", {n: f"{rss_before[n]:.0f}/{rss_after[n]:.0f}" for n in pids})
@@ -121,16 +101,16 @@ def test_disconnect_frees_the_slot(app_url):
     }) as r:
         next(r.iter_bytes())
     deadline = time.time() + 15
-    while _engine_stats()["num_kv_slots_used"] and time.time() < deadline:
+    while engine_stats()["num_kv_slots_used"] and time.time() < deadline:
         time.sleep(0.2)
-    assert _engine_stats()["num_kv_slots_used"] == 0
+    assert engine_stats()["num_kv_slots_used"] == 0
 
 
 def test_clients_vanishing_before_during_and_after_generation_leak_nothing(app_url):
     """Clients that give up before the first byte, mid-stream, or right after the end leave
     no slot, queued request or thread behind."""
     body = {"model": "tts-1", "voice": "alloy", "input": "Going away.", "response_format": "pcm", "max_audio_seconds": 3}
-    threads_before = _engine_stats()["num_threads"]
+    threads_before = engine_stats()["num_threads"]
     for _ in range(3):
         with pytest.raises(httpx.TimeoutException):  # before: gone before any audio
             httpx.post(app_url + "/v1/audio/speech", json=body, timeout=httpx.Timeout(0.05, connect=5))
@@ -141,11 +121,11 @@ def test_clients_vanishing_before_during_and_after_generation_leak_nothing(app_u
             r.read()
     deadline = time.time() + 20
     while time.time() < deadline:
-        stats = _engine_stats()
+        stats = engine_stats()
         if stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0:
             break
         time.sleep(0.2)
-    stats = _engine_stats()
+    stats = engine_stats()
     assert stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0 and stats["num_running"] == 0
     assert stats["num_threads"] <= threads_before + 2  # no thread per request left behind
 
@@ -153,7 +133,7 @@ def test_clients_vanishing_before_during_and_after_generation_leak_nothing(app_u
 def test_redeploy_drains_in_flight_requests(app_url, app_args):
     """`serve.run` of a changed config replaces the engine replica; a request streaming at
     that moment still completes in full (graceful shutdown), and new requests succeed."""
-    old_pid = _engine_stats()["pid"]
+    old_pid = engine_stats()["pid"]
 
     def long_request():
         r = httpx.post(app_url + "/v1/audio/speech", timeout=120, json={
@@ -167,7 +147,7 @@ def test_redeploy_drains_in_flight_requests(app_url, app_args):
         changed = {**app_args, "engine": {**app_args["engine"], "max_prefill_tokens": 256}}
         serve.run(build_app(changed), name="csm", route_prefix="/")
         assert result.result(timeout=120) == {"status": 200, "bytes": 150 * 1920 * 2}
-    assert _engine_stats()["pid"] != old_pid
+    assert engine_stats()["pid"] != old_pid
     client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=2)
     assert len(client.audio.speech.create(model="tts-1", voice="alloy", input="New config.", response_format="pcm",
                                           extra_body={"max_audio_seconds": 0.48}).read()) == 6 * 1920 * 2
@@ -176,7 +156,7 @@ def test_redeploy_drains_in_flight_requests(app_url, app_args):
 def test_killed_engine_replica_fails_streams_fast_and_is_replaced(app_url):
     """Kill the engine replica's process mid-stream: the stream ends with an error promptly,
     readiness drops while Serve replaces the replica, and the next requests succeed."""
-    old_pid = _engine_stats()["pid"]
+    old_pid = engine_stats()["pid"]
     with httpx.stream("POST", app_url + "/v1/audio/speech", timeout=60, json={
         "model": "tts-1", "voice": "alloy", "input": "A long answer " * 20, "response_format": "pcm",
         "max_audio_seconds": 60,

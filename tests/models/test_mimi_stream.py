@@ -30,7 +30,7 @@ def _stream(dec, row, codes, chunk):
 @pytest.mark.parametrize("chunk", [1, 3, 7, 40])
 def test_any_chunking_equals_whole_decode(codec, chunk):
     codes = _codes(40, seed=chunk)
-    dec = StreamingMimiDecoder(codec, max_rows=2)
+    dec = StreamingMimiDecoder(codec, num_rows=2)
     out = _stream(dec, 1, codes, chunk)
     assert out.shape == (1, 40 * 1920)
     torch.testing.assert_close(out, _whole(codec, codes), atol=1e-4, rtol=0)
@@ -39,7 +39,7 @@ def test_any_chunking_equals_whole_decode(codec, chunk):
 def test_past_the_sliding_window(codec):
     """140 frames = 280 transformer steps: the 250-step window must slide like the whole decode."""
     codes = _codes(140, seed=11)
-    dec = StreamingMimiDecoder(codec, max_rows=1)
+    dec = StreamingMimiDecoder(codec, num_rows=1)
     torch.testing.assert_close(_stream(dec, 0, codes, 5), _whole(codec, codes), atol=1e-4, rtol=0)
 
 
@@ -54,7 +54,7 @@ def test_rows_join_and_leave_independently(codec):
     """Three rows share each batched call; they start at different steps, one resets and
     starts a new stream, one leaves early. Each equals its own whole decode."""
     a, b, c, d = (_codes(n, seed=s) for n, s in ((12, 1), (8, 2), (5, 3), (6, 4)))
-    dec = StreamingMimiDecoder(codec, max_rows=4)
+    dec = StreamingMimiDecoder(codec, num_rows=4)
     out = {k: [] for k in "abcd"}
     plan = {"a": (0, a, 0), "b": (1, b, 3), "c": (2, c, 2), "d": (2, d, 7)}  # row, codes, first step
     for step in range(13):
@@ -74,7 +74,7 @@ def test_rows_join_and_leave_independently(codec):
 def test_codes_above_codebook_are_clamped(codec):
     codes = _codes(2, seed=5)
     codes[0, 3, 1] = 2050  # the model's pad id: must never index Mimi's codebooks
-    dec = StreamingMimiDecoder(codec, max_rows=1)
+    dec = StreamingMimiDecoder(codec, num_rows=1)
     assert torch.isfinite(dec.decode([0], codes)).all()
 
 

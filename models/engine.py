@@ -10,15 +10,15 @@ import math
 import secrets
 import time
 
-from ..errors import RequestError
-from ..loading.loader import LoadedModel, load_model
-from ..params import FRAME_RATE_HZ, EngineStats, GenerationParams, Segment, StepOutput
-from ..runner.graphs import resolve_capture
-from ..runner.runner import ModelRunner
-from .config import EngineConfig
-from .prompt import build_prompt, encode_segments
-from .request import Request
-from .scheduler import RunnerOutput, Scheduler
+from .core.config import EngineConfig
+from .core.prompt import build_prompt, encode_segments
+from .core.request import Request
+from .core.scheduler import RunnerOutput, Scheduler
+from .errors import RequestError
+from .loading.loader import LoadedModel, load_model
+from .params import FRAME_RATE_HZ, EngineStats, GenerationParams, Segment, StepOutput
+from .runner.graphs import resolve_capture
+from .runner.runner import ModelRunner
 
 
 class Engine:
