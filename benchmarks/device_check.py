@@ -4,10 +4,10 @@
     make device-check OUT=/some/dir        # on the GPU host (no network), at most ~8 minutes
     make device-check-dry                  # the same steps on this CPU with csm-tiny (CI runs it)
 
-Steps, each in its own process with a time limit, output in OUT/logs/<step>.log:
+Steps, each in its own process with a time limit (logs and intermediate files in --work):
   setup     import what the check needs; if something is missing or too old, install the
-            wheels in ./.device-wheels (benchmarks/device-requirements.txt) into OUT/site, on
-            PYTHONPATH before the host's own packages (its CUDA torch stays)
+            wheels in ./.device-wheels (benchmarks/device-requirements.txt) into WORK/site,
+            on PYTHONPATH before the host's own packages (its CUDA torch stays)
   env       torch / CUDA / card, and the SDPA kernel chosen for the real decode shapes
   tests     pytest -m accel tests/models/test_accel.py (greedy codes equal transformers' on
             the card; captured steps equal eager steps)
@@ -15,8 +15,10 @@ Steps, each in its own process with a time limit, output in OUT/logs/<step>.log:
   bench     benchmarks.accel_bench: engine captured vs eager vs transformers' static-cache
             recipe; one 10 s request alone (RTF, time to first frame / audio) and 64 and 256
             at once (aggregate frames/s); partial results survive a timeout
-Writes OUT/device-check.json and OUT/accel-<device>.json; prints a short table last. This
-file imports only the standard library: it runs before anything is installed.
+Writes three files to OUT (few, so they all come back from a lent machine): device-check.json
+(every step's status, env, accuracy, benchmark), accel-<device>.json (the benchmark, to
+commit under benchmarks/results/) and device-check.log (all step logs); prints a short table
+last. This file imports only the standard library: it runs before anything is installed.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ CHECK_IMPORTS = ("import torch, transformers, pydantic, numpy, pytest, tokenizer
 
 
 class Check:
-    def __init__(self, out: Path, budget_s: float) -> None:
-        self.out, self.logs = out, out / "logs"
+    def __init__(self, out: Path, work: Path, budget_s: float) -> None:
+        self.out, self.work, self.logs = out, work, work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         self.deadline = time.monotonic() + budget_s
         self.python = sys.executable
         self.pythonpath = [str(ROOT)]
@@ -64,7 +67,7 @@ class Check:
                 status = "ok" if rc == 0 else f"failed (exit {rc})"
             except subprocess.TimeoutExpired:
                 status = f"timed out after {limit_s:.0f} s"
-        self.steps[name] = {"status": status, "seconds": round(time.monotonic() - t0, 1), "log": str(log)}
+        self.steps[name] = {"status": status, "seconds": round(time.monotonic() - t0, 1)}
         print(f"[{name}] {status} in {self.steps[name]['seconds']} s ({log})", flush=True)
         return status == "ok"
 
@@ -76,7 +79,7 @@ class Check:
         if not WHEELS.is_dir():
             self.steps["setup"] = {"status": f"failed: packages missing and no {WHEELS.name}/ (make device-wheels)"}
             return False
-        site = self.out / "site"
+        site = self.work / "site"
         ok = self.run("setup", ["-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target",
                                 str(site), "--find-links", str(WHEELS), "-r", str(REQUIREMENTS)], 120)
         self.pythonpath = [str(site), str(ROOT)]
@@ -91,13 +94,20 @@ class Check:
                                   cwd=ROOT).returncode == 0
 
     def read(self, name: str) -> dict:
-        path = self.out / name
+        path = self.work / name
         return json.loads(path.read_text()) if path.is_file() else {}
+
+    def collect_logs(self) -> None:
+        """All step logs, in step order, as one file in OUT."""
+        with open(self.out / "device-check.log", "w") as f:
+            for log in sorted(self.logs.glob("*.log"), key=lambda p: p.stat().st_mtime):
+                f.write(f"===== {log.stem} =====\n{log.read_text(errors='replace')}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="directory for results and logs")
+    ap.add_argument("--out", required=True, help="directory for the three result files")
+    ap.add_argument("--work", default=None, help="logs, installed wheels, intermediates (default: OUT/../<name>-work)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default="csm-1b-random")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
@@ -108,15 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.device, args.model, args.concurrency, args.frames = "cpu", "csm-tiny", [2, 4], 12
     out = Path(args.out).resolve()
-    check = Check(out, args.budget_s)
+    work = Path(args.work).resolve() if args.work else out.parent / f"{out.name}-work"
+    check = Check(out, work, args.budget_s)
     common = ["--device", args.device, "--model", args.model]
     if check.setup():
-        check.run("env", ["-m", "benchmarks.device_steps", "env", *common, "--out", str(out / "env.json")], 60)
+        check.run("env", ["-m", "benchmarks.device_steps", "env", *common, "--out", str(work / "env.json")], 60)
         check.run("tests", ["-m", "pytest", "-m", "accel", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
                             "tests/models/test_accel.py"], 150)
         check.run("accuracy", ["-m", "benchmarks.device_steps", "accuracy", *common,
-                               "--out", str(out / "accuracy.json")], 120)
-        bench_out = out / "accel.json"
+                               "--out", str(work / "accuracy.json")], 120)
+        bench_out = work / "accel.json"
         check.run("bench", ["-m", "benchmarks.accel_bench", *common, "--dtype", "bfloat16" if not args.dry_run
                             else "float32", "--concurrency", *map(str, args.concurrency), "--frames", str(args.frames),
                             "--repeats", "1", "--systems", "captured", "eager", "transformers",
@@ -128,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"accel-{name}.json").write_text(json.dumps({**report["bench"], "env": report["env"],
                                                              "accuracy": report["accuracy"]}, indent=2) + "\n")
     (out / "device-check.json").write_text(json.dumps(report, indent=2) + "\n")
+    check.collect_logs()
     print(table(report, name))
     return 0 if all(s["status"].startswith("ok") for s in check.steps.values()) else 1
 

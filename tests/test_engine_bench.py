@@ -27,10 +27,13 @@ def test_device_check_dry_run(tmp_path):
     """`make device-check-dry`: the GPU check's every step on this CPU (csm-tiny), so the
     command cannot rot before a GPU host is available. The bench step is the accelerator
     benchmark's three systems (captured = torch.compile on CPU)."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.device_check", "--dry-run", "--out", str(tmp_path),
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.device_check", "--dry-run", "--out", str(out),
                            "--budget-s", "600"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "device-check.json").read_text())
+    # few files, so all of them come back from a lent machine
+    assert sorted(p.name for p in out.iterdir()) == ["accel-cpu.json", "device-check.json", "device-check.log"]
+    report = json.loads((out / "device-check.json").read_text())
     assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "bench"]
     assert all(s["status"].startswith("ok") for s in report["steps"].values()), report["steps"]
     assert report["accuracy"]["codebooks"] == 32 and report["accuracy"]["cosine_min"] > 0.99
@@ -41,6 +44,6 @@ def test_device_check_dry_run(tmp_path):
         assert set(row["batches"]) == {"2", "4"} and row["single"]["rtf"] > 0
         assert all(b["frames_per_s"] > 0 for b in row["batches"].values())
     assert res["captured"]["ttfa_single"]["ttfa_p50_s"] > 0 and "captured_over_eager_c4" in report["bench"]["speedups"]
-    assert (tmp_path / "accel-cpu.json").is_file()
+    assert "===== bench =====" in (out / "device-check.log").read_text()
     assert proc.stdout.strip().splitlines()[-1].startswith("speedup")  # the table comes last
     assert "== device check: cpu ==" in proc.stdout

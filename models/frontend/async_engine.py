@@ -193,11 +193,11 @@ class AsyncEngine:
             self._fail_all(EngineDeadError("engine loop stopped"))
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
+        self._stats = self.engine.stats()  # first: a caller that sees an output sees its step's stats
         for out in outputs:
             stream = self._streams.pop(out.request_id, None) if out.is_finished else self._streams.get(out.request_id)
             if stream is not None:
                 stream.put(out)
-        self._stats = self.engine.stats()
         if self._on_step is not None:
             try:
                 self._on_step(self._stats)
