@@ -135,6 +135,22 @@ class AsyncEngine:
     def _send(self, command: Command) -> None:
         self._inbox.put(command)
         self._wake.set()
+        if not self._thread.is_alive():  # nobody will read it: answer it here
+            self._refuse_inbox()
+
+    def _refuse_inbox(self) -> None:
+        """Answer every queued command with EngineDeadError (the loop has stopped)."""
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            error = EngineDeadError("engine loop stopped")
+            match command:
+                case AddRequest(_, stream):
+                    stream.put(error)
+                case ChangePrefix(_, _, future):
+                    future.set_exception(error)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -191,6 +207,7 @@ class AsyncEngine:
         finally:
             self._stop = True
             self._fail_all(EngineDeadError("engine loop stopped"))
+            self._refuse_inbox()
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
         self._stats = self.engine.stats()  # first: a caller that sees an output sees its step's stats

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from models import AsyncEngine, EngineStepError, GenerationParams, RequestError
+from models import AsyncEngine, EngineDeadError, EngineStepError, GenerationParams, RequestError
 
 TEXT = "Streaming frames as they come."
 
@@ -123,3 +123,19 @@ def test_shutdown_fails_health_check(make_engine):
     engine.shutdown()
     with pytest.raises(RuntimeError, match="not running"):
         engine.check_health()
+
+
+def test_requests_sent_as_the_loop_stops_are_answered_not_left_waiting(make_engine):
+    """A request whose command reaches the inbox after the loop thread stopped gets
+    EngineDeadError instead of waiting forever."""
+    engine = AsyncEngine(make_engine(), idle_wait_s=0.05)
+    engine.shutdown()
+
+    async def main():
+        engine.check_health = lambda: None  # as if it passed a moment before the loop stopped
+        with pytest.raises(EngineDeadError):
+            await asyncio.wait_for(_collect(engine, "late", GenerationParams(max_frames=2)), timeout=5)
+        with pytest.raises(EngineDeadError):
+            await asyncio.wait_for(engine.add_prefix(()), timeout=5)
+
+    asyncio.run(main())
