@@ -184,9 +184,15 @@ class SpeechIngress:
         return create_app(self.backend, self.store, self.settings, RayMetrics(INGRESS_METRICS))
 
 
-def build_app(args: dict, engine_deployment: Deployment = TTSEngineDeployment):
-    """Application builder for `serve run` / `serve deploy` (args from serve_config.yaml);
-    tests may pass another engine deployment (a subclass of TTSEngineDeployment's class)."""
+def build_app(args: dict):
+    """Application builder for `serve run` / `serve deploy` (args from serve_config.yaml).
+    Serve requires a builder of exactly one parameter."""
+    return build_app_with(args, TTSEngineDeployment)
+
+
+def build_app_with(args: dict, engine_deployment: Deployment):
+    """The application with a given engine deployment (tests pass a subclass of
+    TTSEngineDeployment's class to inject faults)."""
     cfg = AppArgs.model_validate(args or {})
     if cfg.server.get("voices_dir"):  # replicas do not share the driver's working directory
         cfg.server["voices_dir"] = os.path.abspath(cfg.server["voices_dir"])

@@ -35,9 +35,9 @@ def deployed(runtime: RayServe, app_args: dict, engine_deployment=None):
     deleted again on exit. Yields the base URL."""
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.app import build_app, build_app_with
 
-    app = build_app(app_args) if engine_deployment is None else build_app(app_args, engine_deployment)
+    app = build_app(app_args) if engine_deployment is None else build_app_with(app_args, engine_deployment)
     serve.run(app, name="csm", route_prefix="/")
     try:
         yield runtime.url

@@ -149,3 +149,18 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
     assert not empty, empty
 
 
+
+
+def test_serve_config_builds_through_serves_own_builder_call(app_args):
+    """`serve run serve_config.yaml` calls the import path's builder the way this does: it
+    must take exactly one parameter (the args), or `make serve` fails before starting."""
+    from pathlib import Path
+
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from deployments.app import build_app
+
+    config = yaml.safe_load(Path("serve_config.yaml").read_text())["applications"][0]
+    assert config["import_path"] == "deployments.app:build_app"
+    app = call_user_app_builder_with_args_if_necessary(build_app, {**config["args"], **app_args})
+    assert type(app).__name__ == "Application"
