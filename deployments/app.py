@@ -35,7 +35,7 @@ from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
 from .metrics import EngineRecorder, RayMetrics
-from .voices import load_voice
+from .voices import load_voice, voice_context
 
 log = logging.getLogger(__name__)
 ENGINE_NAME = "TTSEngine"
@@ -88,9 +88,7 @@ class TTSEngineDeployment:
         voice created through any ingress works on every engine replica. Every failure leaves
         as a BackendError (a typed record, never a traceback)."""
         try:
-            if job.voice.id not in self.pipeline.voices:
-                await load_voice(self.pipeline, self.store, job.voice)
-            voice = self.pipeline.voices.get(job.voice.id)
+            voice = await voice_context(self.pipeline, self.store, job.voice)
             async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
                 yield pcm.astype(np.float32).tobytes()
         except Exception as e:

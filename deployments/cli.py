@@ -43,7 +43,7 @@ async def _say(args: argparse.Namespace) -> int:
     from serve.text import split_text
     from serve.voices import VoiceStore
 
-    from .voices import load_voice
+    from .voices import voice_context
 
     fmt = args.format or Path(args.output).suffix.lstrip(".").lower()
     if fmt not in FORMATS:
@@ -54,11 +54,11 @@ async def _say(args: argparse.Namespace) -> int:
     params = GenerationParams(speaker=voice.speaker, seed=args.seed, max_frames=args.max_frames)
     pipeline = SpeechPipeline.start(build_engine(EngineConfig(model=args.model, device=args.device, max_num_seqs=1)))
     try:
-        await load_voice(pipeline, store, voice)
+        context = await voice_context(pipeline, store, voice)
         segments = split_text(args.text)
         with open(args.output, "wb") as out, tqdm(total=len(segments), unit="segment", desc="speaking") as bar:
             frames = 0
-            stream = pipeline.stream("say", segments, pipeline.voices.get(voice.id), params, lambda i: bar.update(1))
+            stream = pipeline.stream("say", segments, context, params, lambda i: bar.update(1))
             async for pcm in stream:
                 out.write(encoder.encode(pcm))
                 frames += len(pcm) // SAMPLES_PER_FRAME

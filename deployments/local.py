@@ -17,7 +17,7 @@ from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
 from .metrics import EngineRecorder
-from .voices import load_voice, load_voices
+from .voices import load_voices, voice_context
 
 
 class LocalBackend:
@@ -52,9 +52,7 @@ class LocalBackend:
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
         try:
-            if job.voice.id not in self.pipeline.voices:  # skipped at startup, or placed since: as under Ray
-                await load_voice(self.pipeline, self.store, job.voice)
-            voice = self.pipeline.voices.get(job.voice.id)
+            voice = await voice_context(self.pipeline, self.store, job.voice)
             async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
                 yield pcm
         except Exception as e:

@@ -27,14 +27,8 @@ from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 FORMATS: tuple[str, ...] = get_args(ResponseFormat)
-CONTENT_TYPES: dict[str, str] = {
-    "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
-    "aac": "audio/aac",
-    "flac": "audio/flac",
-    "wav": "audio/wav",
-    "pcm": "audio/pcm",
-}
+CONTENT_TYPES: dict[str, str] = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
+                                  "wav": "audio/wav", "pcm": "audio/pcm"}
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 _EMPTY = np.zeros(0, dtype=np.float32)
 

@@ -1,10 +1,13 @@
+import io
 import random
 import re
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
 from models import EngineConfig, Engine, load_model
@@ -92,3 +95,11 @@ LEAKS = re.compile(r'Traceback|File "|pid=|ip=|actor_id|\x1b\[|/opt/|/tmp/|/work
 def assert_no_leak(text: str) -> None:
     """No traceback, process or node detail, colour code or filesystem path in a client's body."""
     assert not LEAKS.search(text), text
+
+
+def wav_bytes(seconds: float, rate: int = 16_000) -> bytes:
+    """A mono 16-bit WAV of a quiet tone: a voice sample for upload tests."""
+    buf = io.BytesIO()
+    soundfile.write(buf, (0.2 * np.sin(np.arange(int(seconds * rate)) / 5)).astype(np.float32), rate,
+                    format="WAV", subtype="PCM_16")
+    return buf.getvalue()

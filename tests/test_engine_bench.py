@@ -47,3 +47,10 @@ def test_device_check_dry_run(tmp_path):
     assert "===== bench =====" in (out / "device-check.log").read_text()
     assert proc.stdout.strip().splitlines()[-1].startswith("speedup")  # the table comes last
     assert "== device check: cpu ==" in proc.stdout
+
+
+def test_step_ab_runs_on_the_tiny_model():
+    from benchmarks.step_ab import main as step_ab
+
+    report = step_ab(["--label", "smoke", "--model", "csm-tiny"])
+    assert report["steady_step_ms_median"] > 0 and report["mixed_frames_per_s"] > 0

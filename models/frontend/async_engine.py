@@ -15,7 +15,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from ..engine import Engine
@@ -138,13 +138,17 @@ class AsyncEngine:
         if not self._thread.is_alive():  # nobody will read it: answer it here
             self._refuse_inbox()
 
-    def _refuse_inbox(self) -> None:
-        """Answer every queued command with EngineDeadError (the loop has stopped)."""
+    def _queued(self) -> Iterator[Command]:
+        """Take every command in the inbox now, in order (each is taken once, by one thread)."""
         while True:
             try:
-                command = self._inbox.get_nowait()
+                yield self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _refuse_inbox(self) -> None:
+        """Answer every queued command with EngineDeadError (the loop has stopped)."""
+        for command in self._queued():
             error = EngineDeadError("engine loop stopped")
             match command:
                 case AddRequest(_, stream):
@@ -153,11 +157,7 @@ class AsyncEngine:
                     future.set_exception(error)
 
     def _drain_inbox(self) -> None:
-        while True:
-            try:
-                command = self._inbox.get_nowait()
-            except queue.Empty:
-                return
+        for command in self._queued():
             match command:
                 case AddRequest(request, stream):
                     self._add(request, stream)

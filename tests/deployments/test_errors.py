@@ -4,15 +4,12 @@ through Ray: never Ray's remote traceback (file paths, pid, IP, actor id, ANSI c
 Each case runs against both servers (csm-tiny, the same fault injected in both, see
 tests/faults.py) and the bodies are compared with each other."""
 
-import io
 
 import httpx
-import numpy as np
 import pytest
-import soundfile
 
 from models import EngineConfig
-from tests.conftest import assert_no_leak
+from tests.conftest import assert_no_leak, wav_bytes
 from tests.faults import FAULT_SEED, LATE_FAULT_SEED, fail_steps_with_fault_seed
 from tests.local_server import local_server
 
@@ -42,15 +39,9 @@ def url(request):
     return request.getfixturevalue(f"{request.param}_url")
 
 
-def _wav(seconds: float) -> bytes:
-    buf = io.BytesIO()
-    soundfile.write(buf, (0.2 * np.sin(np.arange(int(seconds * 24_000)) / 5)).astype(np.float32), 24_000, format="WAV")
-    return buf.getvalue()
-
-
 def _upload(url: str, name: str, transcript: str) -> httpx.Response:
     return httpx.post(url + "/v1/audio/voices", data={"name": name, "transcript": transcript}, timeout=120,
-                      files={"audio_sample": ("s.wav", _wav(1.0), "audio/wav")})
+                      files={"audio_sample": ("s.wav", wav_bytes(1.0), "audio/wav")})
 
 
 def _speak(url: str, **body) -> httpx.Response:

@@ -3,20 +3,18 @@ in-process backend (csm-tiny), driven by the official openai client and httpx.""
 
 import asyncio
 import base64
-import io
 import json
 
 import httpx
 import numpy as np
 import openai
 import pytest
-import soundfile
 
 from serve.app import create_app
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
 from serve.voices import VoiceStore
-from tests.conftest import fan_out
+from tests.conftest import fan_out, wav_bytes
 from tests.local_server import local_server
 
 
@@ -76,16 +74,10 @@ def test_models_list(client):
     assert ids[0] == "csm-1b" and "tts-1" in ids
 
 
-def _wav(seconds: float) -> bytes:
-    buf = io.BytesIO()
-    soundfile.write(buf, 0.2 * np.sin(np.arange(int(seconds * 16_000)) / 5), 16_000, format="WAV")
-    return buf.getvalue()
-
-
 def test_custom_voice_lifecycle(server, client):
     url = server[0]
     r = httpx.post(url + "/v1/audio/voices", data={"name": "Narrator", "transcript": "Hello, it is me."},
-                   files={"audio_sample": ("s.wav", _wav(1.5), "audio/wav")}, timeout=60)
+                   files={"audio_sample": ("s.wav", wav_bytes(1.5), "audio/wav")}, timeout=60)
     assert r.status_code == 200, r.text
     voice = r.json()
     assert voice["object"] == "audio.voice" and voice["name"] == "Narrator" and voice["id"].startswith("voice_")

@@ -3,15 +3,12 @@ against the app's own OpenAPI schema, Unicode edge cases for speech, malformed v
 Every answer is audio or a clean OpenAI-shaped 4xx that leaks nothing (no traceback, path,
 pid, address), never a 5xx, and the server keeps serving."""
 
-import io
 import json
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import schemathesis
-import soundfile
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
@@ -27,7 +24,7 @@ from serve.app import create_app
 from serve.audio import decode_audio
 from serve.settings import ServerSettings
 from serve.voices import VoiceStore
-from tests.conftest import assert_no_leak
+from tests.conftest import assert_no_leak, wav_bytes
 from tests.local_server import local_server
 
 FRAME_SAMPLES = 1920
@@ -74,13 +71,6 @@ def _assert_openai_error(r: httpx.Response, *statuses: int) -> dict:
     return error
 
 
-def _wav(seconds: float, rate: int = 16_000) -> bytes:
-    buf = io.BytesIO()
-    soundfile.write(buf, (0.2 * np.sin(np.arange(int(seconds * rate)) / 5)).astype(np.float32), rate,
-                    format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 def _assert_serving(url: str) -> None:
     assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok"}
 
@@ -112,7 +102,7 @@ def test_served_openapi_is_the_schema_under_test(server):
     assert httpx.get(server + "/openapi.json", timeout=10).json() == _openapi()
 
 
-_SAMPLE = _wav(1.0)
+_SAMPLE = wav_bytes(1.0)
 _MODELS, _VOICES = {"csm-1b", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"}, {"alloy", "echo", "nova"}
 
 
@@ -294,7 +284,7 @@ def test_sse_with_hostile_unicode_is_valid_json_events(server):
 # -- 3. Malformed uploads to POST /v1/audio/voices ------------------------------------------------------
 
 
-GOOD = _wav(1.5)
+GOOD = wav_bytes(1.5)
 FORM = {"name": "ok", "transcript": "Hello there."}
 
 UPLOADS = {  # (httpx.post arguments, expected statuses, expected param or None)
