@@ -3,6 +3,7 @@
     csm-serve serve [--config serve_config.yaml] [--model PATH] [--device npu] [--port 8000]
     csm-serve local [--model csm-tiny] [--port 8000]          # one process, no Ray
     csm-serve say "Hello there." -o hello.mp3 [--voice alloy] [--seed 7]
+    csm-serve wyoming [--uri tcp://0.0.0.0:10200] [--api-url http://127.0.0.1:8000]  # Home Assistant
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from serve.audio import FORMATS, make_encoder
+from serve.wyoming_tts import server as wyoming_server
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -93,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     say.add_argument("--seed", type=int, default=None)
     say.add_argument("--speed", type=float, default=1.0)
     say.add_argument("--max-frames", type=int, default=None, help="cap per text segment (80 ms each)")
+    wyo = sub.add_parser("wyoming", help="a Wyoming TTS server (Home Assistant) in front of a running csm-serve")
+    wyoming_server.add_arguments(wyo)
     args = ap.parse_args(argv)
+    if args.command == "wyoming":
+        wyoming_server.configure_logging()
+        asyncio.run(wyoming_server.run(wyoming_server.settings_from(args)))
+        return 0
     if args.command == "serve":
         _serve(args)
     if args.command == "local":

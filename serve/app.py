@@ -8,7 +8,7 @@ from .backend import SpeechBackend
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
 from .metrics import Metrics, MetricsSink, metrics_endpoint
-from .routes import health, models, speech, voices
+from .routes import health, models, playground, speech, voices
 from .settings import ServerSettings
 from .voices import VoiceStore
 
@@ -25,6 +25,7 @@ def create_app(
         app.add_api_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
     install_error_handlers(app)
     app.include_router(health.router)
+    playground.install(app)
     auth = [Depends(require_api_key)]
     for router in (models.router, speech.router, voices.router):
         app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)

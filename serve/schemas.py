@@ -13,6 +13,8 @@ from models.params import (
 
 from .audio import MAX_SPEED, MIN_SPEED, ResponseFormat
 
+MAX_INPUT_CHARS = 4096  # OpenAI's limit on `input`
+
 
 class VoiceRef(BaseModel):
     """`voice: {"id": "voice_..."}`: a custom voice made with POST /v1/audio/voices."""
@@ -27,7 +29,7 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(min_length=1, max_length=128)
-    input: str = Field(min_length=1, max_length=4096, description="the text to speak")
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, description="the text to speak")
     voice: str | VoiceRef = Field(description="an OpenAI voice name, a custom voice id, or {'id': ...}")
     instructions: str | None = Field(
         None, max_length=4096,
