@@ -159,6 +159,7 @@ async function speak() {
       showStats(run);
     }
     run.elapsedMs = performance.now() - t0;
+    run.audioContextState = state.context.state;
     run.status = "done";
     state.body = body;
     $("download").disabled = false;
