@@ -30,7 +30,7 @@ from models.errors import EngineDeadError, Overloaded
 from models.frontend.speech import SpeechPipeline, chunk_frames
 from serve import metrics as m
 from serve.app import create_app
-from serve.backend import BackendError, ErrorInfo, SpeechJob, error_info
+from serve.backend import BackendError, ErrorInfo, Instances, SpeechJob, error_info, instance_kind
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
@@ -104,6 +104,10 @@ class TTSEngineDeployment:
     async def forget_voice(self, voice_id: str) -> None:
         await self.pipeline.voices.remove(voice_id)
 
+    def instance(self) -> Instances:
+        engine = self.pipeline.engine
+        return Instances(kind=instance_kind(engine.device_type), count=1, max_num_seqs=engine.max_num_seqs)
+
     def stats(self) -> dict:
         return {**self.pipeline.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count()}
 
@@ -166,6 +170,16 @@ class RayBackend:
             await self.engine.forget_voice.remote(voice.id)
         except Exception as e:
             raise BackendError(ray_error_info(e, f"voice {voice.id}")) from None
+
+    async def instances(self) -> Instances:
+        """One replica describes its card; Serve's controller counts the running replicas."""
+        try:
+            one = await self.engine.instance.remote()
+            status = await asyncio.to_thread(serve.status)
+            states = status.applications[serve.get_replica_context().app_name].deployments[ENGINE_NAME].replica_states
+        except Exception as e:
+            raise BackendError(ray_error_info(e, "instances")) from None
+        return one.model_copy(update={"count": max(1, states.get("RUNNING", 0))})
 
 
 @serve.deployment(name="SpeechIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)  # I/O-bound

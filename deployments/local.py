@@ -11,7 +11,7 @@ import numpy as np
 
 from models import Engine, EngineConfig, build_engine
 from models.frontend.speech import SpeechPipeline, chunk_frames
-from serve.backend import BackendError, SpeechJob, error_info
+from serve.backend import BackendError, Instances, SpeechJob, error_info, instance_kind
 from serve.metrics import MetricsSink
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
@@ -67,6 +67,10 @@ class LocalBackend:
     async def remove_voice(self, voice: Voice) -> None:
         await self.pipeline.voices.remove(voice.id)
 
+    async def instances(self) -> Instances:
+        engine = self.pipeline.engine
+        return Instances(kind=instance_kind(engine.device_type), count=1, max_num_seqs=engine.max_num_seqs)
+
     def shutdown(self) -> None:
         self.pipeline.shutdown()
 
@@ -78,10 +82,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from serve.app import create_app
     from serve.metrics import Metrics
+    from serve.v2.grpc_service import start_grpc_server
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC protocol (0: off)")
     ap.add_argument("--model", default="csm-tiny")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-num-seqs", type=int, default=16)
@@ -96,9 +102,12 @@ def main(argv: list[str] | None = None) -> None:
         backend = await LocalBackend.start(config, store, args.max_queued_requests, metrics, settings.chunk_s)
         app = create_app(backend, store, settings, metrics)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port))
+        grpc_server = await start_grpc_server(app.state.v2, f"{args.host}:{args.grpc_port}") if args.grpc_port else None
         try:
             await server.serve()
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             backend.shutdown()
 
     asyncio.run(serve())

@@ -10,6 +10,7 @@ from .errors import ERROR_RESPONSES, install_error_handlers
 from .metrics import Metrics, MetricsSink, metrics_endpoint
 from .routes import health, models, playground, speech, voices
 from .settings import ServerSettings
+from .v2 import routes as v2_routes
 from .voices import VoiceStore
 
 
@@ -24,6 +25,7 @@ def create_app(
     if isinstance(metrics, Metrics):
         app.add_api_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
     install_error_handlers(app)
+    v2_routes.install(app)
     app.include_router(health.router)
     playground.install(app)
     auth = [Depends(require_api_key)]

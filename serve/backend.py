@@ -85,6 +85,22 @@ def error_info(exc: BaseException, request_id: str) -> ErrorInfo:
     return ErrorInfo(kind="internal", message=INTERNAL_MESSAGE, code="internal_error")
 
 
+class Instances(BaseModel):
+    """Where the model runs, for Triton's model configuration: the kind of device (Triton's
+    KIND_GPU also stands for an NPU card, KIND_CPU for a CPU engine), how many engine
+    replicas (one per card) and the rows each batches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["KIND_GPU", "KIND_CPU"]
+    count: int
+    max_num_seqs: int
+
+
+def instance_kind(device_type: str) -> Literal["KIND_GPU", "KIND_CPU"]:
+    return "KIND_CPU" if device_type == "cpu" else "KIND_GPU"
+
+
 class SpeechBackend(Protocol):
     async def is_ready(self) -> bool:
         """Model loaded, warmed up, and the engine answering."""
@@ -98,3 +114,5 @@ class SpeechBackend(Protocol):
         (invalid_request) when the model cannot take it."""
 
     async def remove_voice(self, voice: Voice) -> None: ...
+
+    async def instances(self) -> Instances: ...

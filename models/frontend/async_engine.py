@@ -78,6 +78,15 @@ class AsyncEngine:
         self._thread.start()
 
     @property
+    def device_type(self) -> str:
+        """The engine's device type ("cpu", "cuda", "npu"); immutable, so any thread may read it."""
+        return self.engine.loaded.device.type
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.config.max_num_seqs
+
+    @property
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._stop
 

@@ -17,11 +17,11 @@ from models.params import SAMPLES_PER_FRAME
 
 from .. import metrics as m
 from ..audio import CONTENT_TYPES, SAMPLE_RATE, AudioEncoder, make_encoder
-from ..backend import BackendError, SpeechJob
+from ..backend import BackendError
 from ..deps import BackendDep, MetricsDep, RequestIdDep, SettingsDep, StoreDep
 from ..errors import APIError, api_error, error_body
 from ..schemas import ErrorBody, SpeechAudioDelta, SpeechAudioDone, SpeechError, SpeechRequest, Usage
-from ..text import split_text
+from ..synthesis import start_speech
 from ..voices import OPENAI_VOICES, VoiceNotFound
 
 log = logging.getLogger(__name__)
@@ -66,20 +66,14 @@ async def create_speech(body: SpeechRequest, backend: BackendDep, store: StoreDe
 async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally, request_id: str):
     if body.model not in (settings.model_id, *settings.model_aliases):
         raise APIError(404, f"The model '{body.model}' does not exist.", "model", "model_not_found")
-    try:
-        voice = store.resolve(body.voice_key)
+    encoder = make_encoder(body.response_format, body.speed)
+    try:  # the first chunk decides the status: overload and unusable input are 4xx, not a cut stream
+        started = await start_speech(body, backend, store, settings, request_id)
     except VoiceNotFound as e:
         raise APIError(400, str(e), "voice", "voice_not_found") from e
-    segments = await asyncio.to_thread(split_text, body.input, settings.segment_max_chars)
-    job = SpeechJob(request_id=request_id, segments=tuple(segments), voice=voice,
-                    params=body.generation_params(voice.speaker))
-    encoder = make_encoder(body.response_format, body.speed)
-    pcm = backend.synthesize(job)
-    try:  # the first chunk decides the status: overload and unusable input are 4xx, not a cut stream
-        first = await anext(pcm, None)
     except BackendError as e:
-        await pcm.aclose()
         raise api_error(e.info, request_id, settings.retry_after_s) from None
+    first, pcm = started.first, started.rest
     max_samples = round(body.max_audio_seconds * SAMPLE_RATE) if body.max_audio_seconds else None
     chunks = _capped(first, pcm, max_samples, tally, request_id)
     if body.stream_format == "sse":

@@ -1,0 +1,161 @@
+"""Triton's `inference.GRPCInferenceService` over the v2 service: `InferenceRPC` answers each
+RPC from a request message and the call's metadata (so the in-process grpc.aio server and the
+Ray Serve ingress share it); `GrpcServicer` is its grpc.aio face.
+
+ModelStreamInfer is decoupled: one response per audio chunk, sent as the engine produces it,
+the last marked `triton_final_response: true` (or, when the client asked for it with
+`triton_enable_empty_final_response`, an extra empty final response). A failure is an
+in-band `error_message` and the stream goes on serving, as Triton does. Requests on one
+stream are served in order. A cancelled call closes its generation and frees its slot.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+import numpy as np
+
+from models.params import SAMPLE_RATE_HZ
+
+from .grpc_messages import (
+    add_servicer, check_outputs, infer_response, parameter_values, parse, pb, request_text, service_pb2_grpc,
+)
+from ..backend import INTERNAL_MESSAGE
+from .protocol import V2Error, text_inference
+from .records import model_config, model_metadata, model_statistics, server_metadata
+from .service import V2Service
+
+log = logging.getLogger(__name__)
+
+
+class InferenceRPC:
+    def __init__(self, service: V2Service) -> None:
+        self.service = service
+
+    def authorize(self, metadata: Iterable[tuple[str, str]]) -> None:
+        keys = self.service.settings.api_keys
+        if not keys:
+            return
+        given = dict((k.lower(), v) for k, v in metadata).get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if not (scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys)):
+            raise V2Error(401, "Incorrect or missing API key: send metadata authorization: Bearer <key>.")
+
+    async def ServerLive(self, request) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=await self.service.is_ready())
+
+    async def ModelReady(self, request) -> pb.ModelReadyResponse:
+        self.service.check_model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=await self.service.is_ready())
+
+    async def ServerMetadata(self, request) -> pb.ServerMetadataResponse:
+        return parse(server_metadata(), pb.ServerMetadataResponse())
+
+    async def ModelMetadata(self, request) -> pb.ModelMetadataResponse:
+        self.service.check_model(request.name, request.version)
+        return parse(model_metadata(request.name), pb.ModelMetadataResponse())
+
+    async def ModelConfig(self, request) -> pb.ModelConfigResponse:
+        self.service.check_model(request.name, request.version)
+        instances = await self.service.backend.instances()
+        return parse({"config": model_config(request.name, instances)}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request) -> pb.ModelStatisticsResponse:
+        stats = self.service.stats
+        if request.name:
+            self.service.check_model(request.name, request.version)
+            stats = {request.name: stats[request.name]}
+        return parse(model_statistics(stats), pb.ModelStatisticsResponse())
+
+    def _inference(self, request: pb.ModelInferRequest):
+        t0 = time.monotonic_ns()
+        self.service.check_model(request.model_name, request.model_version)
+        check_outputs(request)
+        text = request_text(request)
+        inference = text_inference(request.model_name, request.id, f"grpc_{uuid.uuid4().hex}", text,
+                                   parameter_values(request.parameters))
+        self.service.record_input(request.model_name, time.monotonic_ns() - t0)
+        return inference
+
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        inference = self._inference(request)
+        chunks = [c async for c in self.service.infer(inference)]
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        return infer_response(inference.model, request.id, pcm, sample_rate=SAMPLE_RATE_HZ)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest]
+                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in requests:
+            try:
+                inference = self._inference(request)
+                previous = None  # held back one chunk, so the last can carry the final flag
+                async for chunk in self.service.infer(inference):
+                    if previous is not None:
+                        yield _stream(infer_response(inference.model, request.id, previous, False, SAMPLE_RATE_HZ))
+                    previous = chunk
+                last_is_final = not inference.wants_empty_final
+                if previous is not None:
+                    yield _stream(infer_response(inference.model, request.id, previous, last_is_final, SAMPLE_RATE_HZ))
+                if inference.wants_empty_final or previous is None:
+                    yield _stream(infer_response(inference.model, request.id, None, True))
+            except V2Error as e:
+                yield pb.ModelStreamInferResponse(error_message=e.message)
+            except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
+                log.exception("gRPC stream request %r failed", request.id)
+                yield pb.ModelStreamInferResponse(error_message=INTERNAL_MESSAGE)
+
+
+def _stream(response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(infer_response=response)
+
+
+UNARY = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+         "ModelStatistics", "ModelInfer")
+
+
+class GrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """grpc.aio servicer: every RPC authorizes from the call's metadata, then InferenceRPC
+    answers; a V2Error aborts the call with its status code. The RPCs this server does not
+    offer (model repository, shared memory, trace, log settings) answer UNIMPLEMENTED."""
+
+    def __init__(self, rpc: InferenceRPC) -> None:
+        self.rpc = rpc
+        for name in UNARY:
+            setattr(self, name, self._unary(getattr(rpc, name)))
+
+    def _unary(self, method):
+        async def call(request, context: grpc.aio.ServicerContext):
+            try:
+                self.rpc.authorize(context.invocation_metadata() or ())
+                return await method(request)
+            except V2Error as e:
+                await context.abort(e.grpc_code, e.message)
+            except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
+                log.exception("gRPC %s failed", method.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        return call
+
+    async def ModelStreamInfer(self, requests, context: grpc.aio.ServicerContext):
+        try:
+            self.rpc.authorize(context.invocation_metadata() or ())
+        except V2Error as e:
+            await context.abort(e.grpc_code, e.message)
+        async for response in self.rpc.ModelStreamInfer(requests):
+            yield response
+
+
+async def start_grpc_server(service: V2Service, address: str) -> grpc.aio.Server:
+    """The in-process gRPC server (what Ray Serve's gRPC proxy is under `make serve`)."""
+    server = grpc.aio.server()
+    add_servicer(GrpcServicer(InferenceRPC(service)), server)
+    server.add_insecure_port(address)
+    await server.start()
+    return server

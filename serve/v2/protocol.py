@@ -1,0 +1,108 @@
+"""The Open Inference Protocol (KServe v2 / Triton) view of csm-serve, shared by the HTTP routes
+and the gRPC servicer: the model's tensors, its request parameters, one typed request record,
+and the error every failure becomes (an HTTP status and a gRPC code).
+
+The model takes `text` (BYTES, shape [1]: UTF-8, the OpenAI `input` limits) and returns
+`audio` (FP32, shape [-1]: 24 kHz mono in -1..1). Request `parameters` carry what the OpenAI
+API's extensions carry (`voice`, `seed`, `temperature`, `top_k`, `speaker`,
+`max_audio_seconds`), validated by the same schema, so the limits are written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
+
+from ..backend import ErrorInfo
+from ..schemas import SpeechRequest
+
+TEXT, AUDIO = "text", "audio"
+VERSION = "1"
+PLATFORM = "pytorch"
+SERVER_NAME = "csm-serve"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
+EMPTY_FINAL = "triton_enable_empty_final_response"  # asked for by tritonclient's start_stream
+FINAL = "triton_final_response"
+
+
+class V2Error(Exception):
+    """A failure as the protocol reports it: `{"error": message}` with `status` over HTTP,
+    `grpc_code` over gRPC. `retry_after_s` is set where retrying helps."""
+
+    _GRPC = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+             404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.INVALID_ARGUMENT,
+             503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
+
+    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.retry_after_s = status, message, retry_after_s
+
+    @property
+    def grpc_code(self) -> grpc.StatusCode:
+        return self._GRPC.get(self.status, grpc.StatusCode.INTERNAL)
+
+
+# Backend failures: overload is 503 + Retry-After here (Triton's answer), UNAVAILABLE over gRPC.
+_STATUS = {"invalid_request": 400, "not_found": 404, "overloaded": 503, "unavailable": 503, "internal": 500}
+
+
+def backend_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> V2Error:
+    status = _STATUS[info.kind]
+    message = f"{info.message} (request id {request_id})" if info.kind == "internal" else info.message
+    return V2Error(status, message, retry_after_s if status == 503 else None)
+
+
+class InferParams(BaseModel):
+    """A request's `parameters`. Unknown names are refused (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    voice: str = Field("alloy", min_length=1, max_length=128, description="an OpenAI voice name or a custom voice id")
+    seed: Seed | None = None
+    temperature: Temperature | None = None
+    top_k: TopK | None = None
+    speaker: Speaker | None = None
+    max_audio_seconds: MaxAudioSeconds | None = None
+    triton_enable_empty_final_response: bool = False
+
+
+@dataclass(frozen=True)
+class TextInference:
+    """One inference, as both edges hand it on: the model asked for, the client's `id` (echoed,
+    any string), the server's unique `request_id` (engine and logs), the text and its
+    parameters, as the OpenAI schema that validated them."""
+
+    model: str
+    id: str
+    request_id: str
+    speech: SpeechRequest
+    wants_empty_final: bool = False
+
+
+def text_inference(model: str, client_id: str, request_id: str, text: str, parameters: dict) -> TextInference:
+    """Validate the parameters and the text with the OpenAI edge's own schema (same limits,
+    same messages); raises V2Error(400) naming the parameter."""
+    try:
+        params = InferParams.model_validate(parameters)
+    except ValidationError as e:
+        raise V2Error(400, _first_error(e, "parameters")) from None
+    extensions = params.model_dump(exclude={"voice", "triton_enable_empty_final_response"}, exclude_none=True)
+    try:
+        speech = SpeechRequest(model=model, input=text, voice=params.voice, response_format="pcm", **extensions)
+    except ValidationError as e:
+        raise V2Error(400, _first_error(e, None, rename={"input": f"input '{TEXT}'"})) from None
+    return TextInference(model, client_id, request_id, speech, params.triton_enable_empty_final_response)
+
+
+def _first_error(e: ValidationError, prefix: str | None, rename: dict[str, str] | None = None) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    where = (rename or {}).get(where, where)
+    if first["type"] == "extra_forbidden":
+        return f"unknown parameter '{where}'; known: {', '.join(sorted(InferParams.model_fields))}"
+    return f"{prefix + ' ' if prefix else ''}{where}: {first['msg']}"

@@ -1,0 +1,123 @@
+"""The Open Inference Protocol over HTTP, on the API port: server and model metadata, model
+readiness, Triton's model configuration and statistics, and infer (JSON or binary tensors).
+Errors are the protocol's `{"error": "..."}`; API keys apply as on the OpenAI routes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from models.params import SAMPLE_RATE_HZ
+
+from .. import metrics as m
+from ..deps import get_request_id, require_api_key
+from ..errors import APIError
+from .protocol import V2Error, text_inference
+from .records import model_config, model_metadata, model_statistics, server_metadata
+from .service import V2Service
+from .tensors import infer_response, parse_infer
+
+DISCONNECT_POLL_S = 0.25
+
+
+async def _authorized(request: Request) -> None:
+    try:
+        require_api_key(request, request.app.state.settings)
+    except APIError as e:
+        raise V2Error(401, e.message) from None
+
+
+def _service(request: Request) -> V2Service:
+    return request.app.state.v2
+
+
+router = APIRouter(tags=["v2"], dependencies=[Depends(_authorized)])
+
+
+@router.get("/v2")
+async def server_info() -> dict:
+    return server_metadata()
+
+
+@router.get("/v2/models/stats")
+async def all_statistics(request: Request) -> dict:
+    return model_statistics(_service(request).stats)
+
+
+@router.get("/v2/models/{model}")
+@router.get("/v2/models/{model}/versions/{version}")
+async def metadata(model: str, request: Request, version: str | None = None) -> dict:
+    _service(request).check_model(model, version)
+    return model_metadata(model)
+
+
+@router.get("/v2/models/{model}/ready")
+@router.get("/v2/models/{model}/versions/{version}/ready")
+async def model_ready(model: str, request: Request, version: str | None = None) -> Response:
+    service = _service(request)
+    service.check_model(model, version)
+    if await service.is_ready():
+        return Response(status_code=200)
+    raise V2Error(400, f"model '{model}' is not ready", request.app.state.settings.retry_after_s)
+
+
+@router.get("/v2/models/{model}/config")
+@router.get("/v2/models/{model}/versions/{version}/config")
+async def config(model: str, request: Request, version: str | None = None) -> dict:
+    service = _service(request)
+    service.check_model(model, version)
+    return model_config(model, await service.backend.instances())
+
+
+@router.get("/v2/models/{model}/stats")
+@router.get("/v2/models/{model}/versions/{version}/stats")
+async def statistics(model: str, request: Request, version: str | None = None) -> dict:
+    service = _service(request)
+    service.check_model(model, version)
+    return model_statistics({model: service.stats[model]})
+
+
+@router.post("/v2/models/{model}/infer")
+@router.post("/v2/models/{model}/versions/{version}/infer")
+async def infer(model: str, request: Request, version: str | None = None) -> Response:
+    service = _service(request)
+    service.check_model(model, version)
+    t0 = time.monotonic_ns()
+    parsed = parse_infer(await request.body(), request.headers.get("inference-header-content-length"))
+    inference = text_inference(model, parsed.id, get_request_id(request), parsed.text, parsed.parameters)
+    service.record_input(model, time.monotonic_ns() - t0)
+    request.app.state.metrics.inc(m.INPUT_CHARS, len(parsed.text))
+    collect = asyncio.ensure_future(_collect(service, inference))
+    while not collect.done():  # a client that goes away aborts the generation (frees its slot)
+        await asyncio.wait([collect], timeout=DISCONNECT_POLL_S)
+        if not collect.done() and await request.is_disconnected():
+            collect.cancel()
+            return Response(status_code=499)
+    pcm = collect.result()
+    t1 = time.monotonic_ns()
+    body, headers = infer_response(model, parsed.id, pcm, parsed.binary_audio,
+                                   {"sample_rate": SAMPLE_RATE_HZ, "audio_seconds": len(pcm) / SAMPLE_RATE_HZ})
+    service.record_output(model, time.monotonic_ns() - t1)
+    media = "application/octet-stream" if parsed.binary_audio else "application/json"
+    return Response(body, media_type=media, headers=headers)
+
+
+async def _collect(service: V2Service, inference) -> np.ndarray:
+    chunks = [c async for c in service.infer(inference)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+async def _v2_error(request: Request, exc: V2Error) -> JSONResponse:
+    request.app.state.metrics.inc(m.ERRORS, labels={"code": str(exc.status)})
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    app.state.v2 = V2Service(app.state.backend, app.state.store, app.state.settings)
+    app.add_exception_handler(V2Error, _v2_error)
+    app.include_router(router)
