@@ -23,6 +23,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve import Deployment
 from ray.serve.exceptions import BackPressureError
+from ray.serve.grpc_util import RayServegRPCContext, gRPCInputStream
 from ray.serve.handle import DeploymentHandle
 
 from models import Engine, EngineConfig, build_engine
@@ -30,6 +31,9 @@ from models.errors import EngineDeadError, Overloaded
 from models.frontend.speech import SpeechPipeline, chunk_frames
 from serve import metrics as m
 from serve.app import create_app
+from serve.v2.grpc_messages import pb
+from serve.v2.grpc_service import UNARY, InferenceRPC
+from serve.v2.protocol import V2Error
 from serve.backend import BackendError, ErrorInfo, Instances, SpeechJob, error_info, instance_kind
 from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
@@ -185,15 +189,66 @@ class RayBackend:
 @serve.deployment(name="SpeechIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)  # I/O-bound
 @serve.ingress()
 class SpeechIngress:
-    """The FastAPI app from serve.app.create_app, built per replica after __init__."""
+    """The FastAPI app from serve.app.create_app, built per replica after __init__; and
+    Triton's gRPC service (Serve's gRPC proxy calls the methods named as the RPCs, with
+    `grpc_options` in serve_config.yaml), answered by the same v2 service as the HTTP routes."""
 
     def __init__(self, engine: DeploymentHandle, server: dict) -> None:
         self.settings = ServerSettings(**server)
         self.store = VoiceStore(self.settings.voices_dir, self.settings.max_sample_bytes)
         self.backend = RayBackend(engine)
+        self.rpc: InferenceRPC | None = None
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.backend, self.store, self.settings, RayMetrics(INGRESS_METRICS))
+        app = create_app(self.backend, self.store, self.settings, RayMetrics(INGRESS_METRICS))
+        self.rpc = InferenceRPC(app.state.v2)
+        return app
+
+    async def _unary(self, name: str, request, grpc_context: RayServegRPCContext):
+        try:
+            self.rpc.authorize(grpc_context.invocation_metadata())
+            return await getattr(self.rpc, name)(request)
+        except V2Error as e:
+            grpc_context.set_code(e.grpc_code)
+            grpc_context.set_details(e.message)
+            return _EMPTY[name]()
+
+    async def ServerLive(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ServerLive", request, grpc_context)
+
+    async def ServerReady(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ServerReady", request, grpc_context)
+
+    async def ModelReady(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ModelReady", request, grpc_context)
+
+    async def ServerMetadata(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ServerMetadata", request, grpc_context)
+
+    async def ModelMetadata(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ModelMetadata", request, grpc_context)
+
+    async def ModelConfig(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ModelConfig", request, grpc_context)
+
+    async def ModelStatistics(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ModelStatistics", request, grpc_context)
+
+    async def ModelInfer(self, request, grpc_context: RayServegRPCContext):
+        return await self._unary("ModelInfer", request, grpc_context)
+
+    async def ModelStreamInfer(self, requests: gRPCInputStream, grpc_context: RayServegRPCContext):
+        try:
+            self.rpc.authorize(grpc_context.invocation_metadata())
+        except V2Error as e:
+            grpc_context.set_code(e.grpc_code)
+            grpc_context.set_details(e.message)
+            return
+        async for response in self.rpc.ModelStreamInfer(requests):
+            yield response
+
+
+_EMPTY = {name: getattr(pb, f"{name}Response") for name in UNARY}
 
 
 def build_app(args: dict):

@@ -1,4 +1,4 @@
-"""One Ray runtime + Serve HTTP proxy per test session (on loopback), and each test module's
+"""One Ray runtime + Serve HTTP and gRPC proxies per test session (on loopback), and each test module's
 application deployed on it as `csm` at `/` for the module's lifetime."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 class RayServe:
     url: str
     metrics_port: int
+    grpc_port: int
 
 
 @contextlib.contextmanager
@@ -18,12 +19,13 @@ def ray_runtime(free_port):
     import ray
     from ray import serve
 
-    metrics_port, port = free_port(), free_port()
+    metrics_port, port, grpc_port = free_port(), free_port(), free_port()
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, _metrics_export_port=metrics_port,
              _system_config={"metrics_report_interval_ms": 1000})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                grpc_options={"port": grpc_port, "grpc_servicer_functions": ["serve.v2.grpc_messages.add_servicer"]})
     try:
-        yield RayServe(f"http://127.0.0.1:{port}", metrics_port)
+        yield RayServe(f"http://127.0.0.1:{port}", metrics_port, grpc_port)
     finally:
         serve.shutdown()
         ray.shutdown()
