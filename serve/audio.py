@@ -139,7 +139,7 @@ class _Tempo:
         return np.concatenate(chunks) if chunks else _EMPTY
 
 
-def _as_mono_float(pcm: np.ndarray) -> np.ndarray:
+def as_mono_float(pcm: np.ndarray) -> np.ndarray:
     """Validate a chunk of mono samples; return it as contiguous float32 clipped to [-1, 1]."""
     samples = np.asarray(pcm, dtype=np.float32)
     if samples.ndim != 1:
@@ -164,7 +164,7 @@ class AudioEncoder:
         """Encode one chunk of float32 mono samples in [-1, 1]; return the bytes ready so far."""
         if self._done:
             raise RuntimeError("encoder already flushed")
-        samples = _as_mono_float(pcm)
+        samples = as_mono_float(pcm)
         if self._tempo is not None:
             samples = self._tempo.process(samples)
         return self._encode_samples(samples)

@@ -2,6 +2,7 @@ import io
 import random
 import re
 import socket
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,6 +88,24 @@ def ray_serve():
 
     with ray_runtime(free_port) as runtime:
         yield runtime
+
+
+def wait_engine_idle(backend, timeout_s: float = 5) -> None:
+    """An in-process backend's engine stays idle (no KV slot, nothing waiting) for half a
+    second: a long text's segments follow each other, so one idle sample between two of them
+    proves nothing."""
+    deadline, idle_since = time.monotonic() + timeout_s, None
+    while True:
+        stats = backend.pipeline.engine.stats()
+        now = time.monotonic()
+        if stats.num_kv_slots_used or stats.num_waiting:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        if idle_since is not None and now - idle_since >= 0.5:
+            return
+        assert now < deadline, f"still busy: {stats}"
+        time.sleep(0.02)
 
 
 LEAKS = re.compile(r'Traceback|File "|pid=|ip=|actor_id|\x1b\[|/opt/|/tmp/|/work/|/root/|site-packages|\.py\b')

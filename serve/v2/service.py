@@ -21,6 +21,7 @@ import numpy as np
 
 from models.params import SAMPLE_RATE_HZ
 
+from ..audio import as_mono_float
 from ..backend import BackendError, SpeechBackend
 from ..settings import ServerSettings
 from ..synthesis import start_speech
@@ -99,7 +100,7 @@ class V2Service:
                 if max_samples is not None:
                     chunk = chunk[: max_samples - total]
                 total += len(chunk)
-                yield chunk
+                yield as_mono_float(chunk)  # -1..1, as the OpenAI edge's encoders send it
                 if max_samples is not None and total >= max_samples:
                     break
                 chunk = await anext(started.rest, None)

@@ -23,7 +23,7 @@ from models import EngineConfig
 from serve.voices import OPENAI_VOICES
 from serve.wyoming_tts.api import WyomingSettings
 from serve.wyoming_tts.server import run as run_wyoming
-from tests.conftest import free_port, wav_bytes
+from tests.conftest import free_port, wait_engine_idle, wav_bytes
 from tests.local_server import local_server
 
 # The tiny model never says EOS: each text segment stops at 25 frames (2 s), so a text of
@@ -177,11 +177,7 @@ def test_a_client_that_vanishes_frees_its_slot(api, wyoming_port):
         await client.disconnect()  # gone in the middle of the audio
 
     run(go())
-    deadline = time.monotonic() + 10
-    while backend.pipeline.engine.stats().num_kv_slots_used and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stats = backend.pipeline.engine.stats()
-    assert stats.num_kv_slots_used == 0 and stats.num_waiting == 0
+    wait_engine_idle(backend)
     assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 200
 
 
