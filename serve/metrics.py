@@ -8,10 +8,13 @@ Names follow Prometheus conventions: `tts_` prefix, base units, `_total` counter
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from models.params import SAMPLE_RATE_HZ
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 RTF_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
@@ -28,7 +31,7 @@ class MetricDef:
     buckets: tuple[float, ...] = ()
 
 
-REQUESTS = MetricDef("tts_requests_total", "counter", "Speech requests by outcome (ok, client_error, rejected, error, cancelled).", ("outcome", "format", "voice"))
+REQUESTS = MetricDef("tts_requests_total", "counter", "Speech requests by outcome (ok, client_error, rejected, error, cancelled) and protocol (openai, v2-http, v2-grpc).", ("outcome", "format", "voice", "protocol"))
 ERRORS = MetricDef("tts_errors_total", "counter", "Error responses by HTTP status code.", ("code",))
 TTFA = MetricDef("tts_time_to_first_audio_seconds", "histogram", "From request received to first audio chunk ready.", (), LATENCY_BUCKETS)
 DURATION = MetricDef("tts_request_duration_seconds", "histogram", "From request received to last audio chunk sent.", (), LATENCY_BUCKETS)
@@ -51,6 +54,31 @@ MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype an
 
 ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
        KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, PREFIX_HITS, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
+
+
+class RequestTally:
+    """One speech request's metrics, whichever protocol carried it: time to first audio,
+    duration, real-time factor, audio seconds, and its outcome."""
+
+    def __init__(self, metrics: MetricsSink, protocol: str, fmt: str, voice: str) -> None:
+        self.metrics, self.t0 = metrics, time.monotonic()
+        self.labels = {"format": fmt, "voice": voice, "protocol": protocol}
+
+    def first_audio(self) -> None:
+        self.metrics.observe(TTFA, time.monotonic() - self.t0)
+
+    def done(self, outcome: str, samples: int = 0) -> None:
+        elapsed = time.monotonic() - self.t0
+        self.metrics.inc(REQUESTS, labels={"outcome": outcome, **self.labels})
+        if samples:
+            audio_s = samples / SAMPLE_RATE_HZ
+            self.metrics.observe(DURATION, elapsed)
+            self.metrics.observe(RTF, elapsed / audio_s)
+            self.metrics.inc(AUDIO_SECONDS, audio_s)
+
+
+def outcome_of(status: int) -> str:
+    return "rejected" if status in (429, 503) else "client_error" if status < 500 else "error"
 
 
 class MetricsSink(Protocol):

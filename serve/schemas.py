@@ -8,7 +8,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.params import (
-    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, GenerationParams, MaxAudioSeconds, Seed, Speaker, Temperature, TopK,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    GenerationParams,
+    MaxAudioSeconds,
+    Seed,
+    Speaker,
+    Temperature,
+    TopK,
 )
 
 from .audio import MAX_SPEED, MIN_SPEED, ResponseFormat

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -31,39 +30,20 @@ _AUDIO_RESPONSES = {200: {"content": {**{t: {} for t in CONTENT_TYPES.values()},
                           "description": "audio in the requested response_format, or SSE speech.audio.* events"}}
 
 
-class _Tally:
-    """Per-request metrics: time to first audio, duration, real-time factor, outcome."""
-
-    def __init__(self, metrics: m.MetricsSink, fmt: str, voice: str) -> None:
-        self.metrics, self.labels, self.t0 = metrics, {"format": fmt, "voice": voice}, time.monotonic()
-
-    def first_audio(self) -> None:
-        self.metrics.observe(m.TTFA, time.monotonic() - self.t0)
-
-    def done(self, outcome: str, samples: int = 0) -> None:
-        elapsed = time.monotonic() - self.t0
-        self.metrics.inc(m.REQUESTS, labels={"outcome": outcome, **self.labels})
-        if samples:
-            audio_s = samples / SAMPLE_RATE
-            self.metrics.observe(m.DURATION, elapsed)
-            self.metrics.observe(m.RTF, elapsed / audio_s)
-            self.metrics.inc(m.AUDIO_SECONDS, audio_s)
-
-
 @router.post("/v1/audio/speech", responses=_AUDIO_RESPONSES, response_class=StreamingResponse)
 async def create_speech(body: SpeechRequest, backend: BackendDep, store: StoreDep, settings: SettingsDep,
                         metrics: MetricsDep, request_id: RequestIdDep):
     voice_label = body.voice_key if body.voice_key in OPENAI_VOICES else "custom"
-    tally = _Tally(metrics, body.response_format, voice_label)
+    tally = m.RequestTally(metrics, "openai", body.response_format, voice_label)
     metrics.inc(m.INPUT_CHARS, len(body.input))
     try:
         return await _speech(body, backend, store, settings, tally, request_id)
     except APIError as e:
-        tally.done("rejected" if e.status in (429, 503) else "client_error" if e.status < 500 else "error")
+        tally.done(m.outcome_of(e.status))
         raise
 
 
-async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally, request_id: str):
+async def _speech(body: SpeechRequest, backend, store, settings, tally: m.RequestTally, request_id: str):
     if body.model not in (settings.model_id, *settings.model_aliases):
         raise APIError(404, f"The model '{body.model}' does not exist.", "model", "model_not_found")
     encoder = make_encoder(body.response_format, body.speed)
@@ -82,7 +62,7 @@ async def _speech(body: SpeechRequest, backend, store, settings, tally: _Tally, 
     return StreamingResponse(_encoded(chunks, encoder), media_type=encoder.content_type)
 
 
-async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None, tally: _Tally, request_id: str):
+async def _capped(first, pcm: AsyncIterator[np.ndarray], max_samples: int | None, tally: m.RequestTally, request_id: str):
     """The PCM stream, cut at max_samples; closing it (client gone) aborts the generation.
     A failure mid-stream (the status is sent already) is logged and cuts the response short,
     so the client sees an incomplete body, not a silently shorter one."""

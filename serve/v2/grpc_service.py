@@ -22,13 +22,20 @@ import numpy as np
 
 from models.params import SAMPLE_RATE_HZ
 
-from .grpc_messages import (
-    add_servicer, check_outputs, infer_response, parameter_values, parse, pb, request_text, service_pb2_grpc,
-)
 from ..backend import INTERNAL_MESSAGE
-from .protocol import V2Error, text_inference
+from .grpc_messages import (
+    add_servicer,
+    check_outputs,
+    infer_response,
+    parameter_values,
+    parse,
+    pb,
+    request_text,
+    service_pb2_grpc,
+)
+from .protocol import TextInference, V2Error, text_inference
 from .records import model_config, model_metadata, model_statistics, server_metadata
-from .service import V2Service
+from .service import InferTiming, V2Service
 
 log = logging.getLogger(__name__)
 
@@ -75,42 +82,59 @@ class InferenceRPC:
             stats = {request.name: stats[request.name]}
         return parse(model_statistics(stats), pb.ModelStatisticsResponse())
 
-    def _inference(self, request: pb.ModelInferRequest):
-        t0 = time.monotonic_ns()
+    def _inference(self, request: pb.ModelInferRequest) -> tuple[TextInference, InferTiming]:
+        timing = InferTiming(time.monotonic_ns())
         self.service.check_model(request.model_name, request.model_version)
         check_outputs(request)
         text = request_text(request)
         inference = text_inference(request.model_name, request.id, f"grpc_{uuid.uuid4().hex}", text,
-                                   parameter_values(request.parameters))
-        self.service.record_input(request.model_name, time.monotonic_ns() - t0)
-        return inference
+                                   parameter_values(request.parameters), "v2-grpc")
+        timing.input_ns = time.monotonic_ns() - timing.start_ns
+        return inference, timing
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        inference = self._inference(request)
-        chunks = [c async for c in self.service.infer(inference)]
+        inference, timing = self._inference(request)
+        chunks = [c async for c in self.service.infer(inference, timing)]
+        t = time.monotonic_ns()
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        return infer_response(inference.model, request.id, pcm, sample_rate=SAMPLE_RATE_HZ)
+        response = infer_response(inference.model, request.id, pcm, sample_rate=SAMPLE_RATE_HZ)
+        timing.output_ns = time.monotonic_ns() - t
+        self.service.record_success(inference.model, timing)
+        return response
 
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest]
                                ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in requests:
             try:
-                inference = self._inference(request)
-                previous = None  # held back one chunk, so the last can carry the final flag
-                async for chunk in self.service.infer(inference):
-                    if previous is not None:
-                        yield _stream(infer_response(inference.model, request.id, previous, False, SAMPLE_RATE_HZ))
-                    previous = chunk
-                last_is_final = not inference.wants_empty_final
-                if previous is not None:
-                    yield _stream(infer_response(inference.model, request.id, previous, last_is_final, SAMPLE_RATE_HZ))
-                if inference.wants_empty_final or previous is None:
-                    yield _stream(infer_response(inference.model, request.id, None, True))
+                inference, timing = self._inference(request)
+                async for response in self._responses(inference, timing, request.id):
+                    yield response
+                self.service.record_success(inference.model, timing)
             except V2Error as e:
                 yield pb.ModelStreamInferResponse(error_message=e.message)
             except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
                 log.exception("gRPC stream request %r failed", request.id)
                 yield pb.ModelStreamInferResponse(error_message=INTERNAL_MESSAGE)
+
+    async def _responses(self, inference: TextInference, timing: InferTiming, request_id: str
+                         ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One response per chunk, held back by one so the last can carry the final flag."""
+        model, previous = inference.model, None
+
+        def response(pcm, final: bool) -> pb.ModelStreamInferResponse:
+            t = time.monotonic_ns()
+            message = _stream(infer_response(model, request_id, pcm, final, SAMPLE_RATE_HZ if pcm is not None else None))
+            timing.output_ns += time.monotonic_ns() - t
+            return message
+
+        async for chunk in self.service.infer(inference, timing):
+            if previous is not None:
+                yield response(previous, False)
+            previous = chunk
+        if previous is not None:
+            yield response(previous, not inference.wants_empty_final)
+        if inference.wants_empty_final or previous is None:
+            yield response(None, True)
 
 
 def _stream(response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:

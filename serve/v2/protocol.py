@@ -81,10 +81,12 @@ class TextInference:
     id: str
     request_id: str
     speech: SpeechRequest
+    protocol: str  # the tts_requests_total label: v2-http or v2-grpc
     wants_empty_final: bool = False
 
 
-def text_inference(model: str, client_id: str, request_id: str, text: str, parameters: dict) -> TextInference:
+def text_inference(model: str, client_id: str, request_id: str, text: str, parameters: dict,
+                   protocol: str) -> TextInference:
     """Validate the parameters and the text with the OpenAI edge's own schema (same limits,
     same messages); raises V2Error(400) naming the parameter."""
     try:
@@ -96,7 +98,7 @@ def text_inference(model: str, client_id: str, request_id: str, text: str, param
         speech = SpeechRequest(model=model, input=text, voice=params.voice, response_format="pcm", **extensions)
     except ValidationError as e:
         raise V2Error(400, _first_error(e, None, rename={"input": f"input '{TEXT}'"})) from None
-    return TextInference(model, client_id, request_id, speech, params.triton_enable_empty_final_response)
+    return TextInference(model, client_id, request_id, speech, protocol, params.triton_enable_empty_final_response)
 
 
 def _first_error(e: ValidationError, prefix: str | None, rename: dict[str, str] | None = None) -> str:

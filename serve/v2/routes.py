@@ -18,7 +18,7 @@ from ..deps import get_request_id, require_api_key
 from ..errors import APIError
 from .protocol import V2Error, text_inference
 from .records import model_config, model_metadata, model_statistics, server_metadata
-from .service import V2Service
+from .service import InferTiming, V2Service
 from .tensors import infer_response, parse_infer
 
 DISCONNECT_POLL_S = 0.25
@@ -86,12 +86,11 @@ async def statistics(model: str, request: Request, version: str | None = None) -
 async def infer(model: str, request: Request, version: str | None = None) -> Response:
     service = _service(request)
     service.check_model(model, version)
-    t0 = time.monotonic_ns()
+    timing = InferTiming(time.monotonic_ns())
     parsed = parse_infer(await request.body(), request.headers.get("inference-header-content-length"))
-    inference = text_inference(model, parsed.id, get_request_id(request), parsed.text, parsed.parameters)
-    service.record_input(model, time.monotonic_ns() - t0)
-    request.app.state.metrics.inc(m.INPUT_CHARS, len(parsed.text))
-    collect = asyncio.ensure_future(_collect(service, inference))
+    inference = text_inference(model, parsed.id, get_request_id(request), parsed.text, parsed.parameters, "v2-http")
+    timing.input_ns = time.monotonic_ns() - timing.start_ns
+    collect = asyncio.ensure_future(_collect(service, inference, timing))
     while not collect.done():  # a client that goes away aborts the generation (frees its slot)
         await asyncio.wait([collect], timeout=DISCONNECT_POLL_S)
         if not collect.done() and await request.is_disconnected():
@@ -101,13 +100,14 @@ async def infer(model: str, request: Request, version: str | None = None) -> Res
     t1 = time.monotonic_ns()
     body, headers = infer_response(model, parsed.id, pcm, parsed.binary_audio,
                                    {"sample_rate": SAMPLE_RATE_HZ, "audio_seconds": len(pcm) / SAMPLE_RATE_HZ})
-    service.record_output(model, time.monotonic_ns() - t1)
+    timing.output_ns = time.monotonic_ns() - t1
+    service.record_success(model, timing)
     media = "application/octet-stream" if parsed.binary_audio else "application/json"
     return Response(body, media_type=media, headers=headers)
 
 
-async def _collect(service: V2Service, inference) -> np.ndarray:
-    chunks = [c async for c in service.infer(inference)]
+async def _collect(service: V2Service, inference, timing: InferTiming) -> np.ndarray:
+    chunks = [c async for c in service.infer(inference, timing)]
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
@@ -118,6 +118,6 @@ async def _v2_error(request: Request, exc: V2Error) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    app.state.v2 = V2Service(app.state.backend, app.state.store, app.state.settings)
+    app.state.v2 = V2Service(app.state.backend, app.state.store, app.state.settings, app.state.metrics)
     app.add_exception_handler(V2Error, _v2_error)
     app.include_router(router)

@@ -13,6 +13,7 @@ engine's own batch sizes are in the `tts_engine_*` metrics.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ from models.params import SAMPLE_RATE_HZ
 
 from ..audio import as_mono_float
 from ..backend import BackendError, SpeechBackend
+from ..metrics import INPUT_CHARS, MetricsSink, RequestTally, outcome_of
 from ..settings import ServerSettings
 from ..synthesis import start_speech
-from ..voices import VoiceNotFound, VoiceStore
+from ..voices import OPENAI_VOICES, VoiceNotFound, VoiceStore
 from .protocol import VERSION, TextInference, V2Error, backend_error
 
 
@@ -55,9 +57,24 @@ class ModelStats:
         return self.inference_count
 
 
+@dataclass
+class InferTiming:
+    """One inference's clock (monotonic ns), kept by its edge: the request arrived at
+    `start_ns`; validation took `input_ns`; `infer` sets the first and last audio; the edge adds
+    the time it spent encoding responses. Recorded once, when the inference has succeeded, so
+    every duration's count moves together (perf_analyzer requires it)."""
+
+    start_ns: int
+    input_ns: int = 0
+    first_ns: int = 0
+    end_ns: int = 0
+    output_ns: int = 0
+
+
 class V2Service:
-    def __init__(self, backend: SpeechBackend, store: VoiceStore, settings: ServerSettings) -> None:
-        self.backend, self.store, self.settings = backend, store, settings
+    def __init__(self, backend: SpeechBackend, store: VoiceStore, settings: ServerSettings,
+                 metrics: MetricsSink) -> None:
+        self.backend, self.store, self.settings, self.metrics = backend, store, settings, metrics
         self.models = [settings.model_id, *settings.model_aliases]
         self.stats = {name: ModelStats() for name in self.models}
 
@@ -70,30 +87,45 @@ class V2Service:
     async def is_ready(self) -> bool:
         return await self.backend.is_ready()
 
-    def record_input(self, model: str, ns: int) -> None:
-        if model in self.stats:
-            self.stats[model].compute_input.add(ns)
+    def record_success(self, model: str, timing: InferTiming) -> None:
+        stats = self.stats[model]
+        stats.success.add(time.monotonic_ns() - timing.start_ns)
+        stats.queue.add(timing.first_ns - timing.start_ns)
+        stats.compute_input.add(timing.input_ns)
+        stats.compute_infer.add(timing.end_ns - timing.first_ns)
+        stats.compute_output.add(timing.output_ns)
+        stats.inference_count += 1
+        stats.last_inference_ms = time.time_ns() // 1_000_000
 
-    def record_output(self, model: str, ns: int) -> None:
-        self.stats[model].compute_output.add(ns)
+    def record_failure(self, model: str, timing: InferTiming) -> None:
+        self.stats[model].fail.add(time.monotonic_ns() - timing.start_ns)
 
-    async def infer(self, inference: TextInference) -> AsyncIterator[np.ndarray]:
+    async def infer(self, inference: TextInference, timing: InferTiming) -> AsyncIterator[np.ndarray]:
         """The audio as float32 chunks, cut at max_audio_seconds. Raises V2Error before the
-        first chunk (bad voice, overload, ...) or, rarely, mid-stream (a failed engine).
-        Closing the iterator early aborts the generation."""
-        stats, t0 = self.stats[inference.model], time.monotonic_ns()
+        first chunk (bad voice, overload, ...) or, rarely, mid-stream (a failed engine), and
+        records the failure; on success the edge calls `record_success` once its responses are
+        out. Closing the iterator early aborts the generation."""
         speech = inference.speech
+        voice_label = speech.voice_key if speech.voice_key in OPENAI_VOICES else "custom"
+        tally = RequestTally(self.metrics, inference.protocol, "fp32", voice_label)
+        self.metrics.inc(INPUT_CHARS, len(speech.input))
         try:
             started = await start_speech(speech, self.backend, self.store, self.settings, inference.request_id)
         except VoiceNotFound as e:
-            stats.fail.add(time.monotonic_ns() - t0)
-            raise V2Error(400, f"parameter voice: {e}") from None
+            error = V2Error(400, f"parameter voice: {e}")
         except BackendError as e:
-            stats.fail.add(time.monotonic_ns() - t0)
-            raise backend_error(e.info, inference.request_id, self.settings.retry_after_s) from None
-        t_first = time.monotonic_ns()
+            error = backend_error(e.info, inference.request_id, self.settings.retry_after_s)
+        else:
+            error = None
+        if error is not None:
+            self.record_failure(inference.model, timing)
+            tally.done(outcome_of(error.status))
+            raise error
+        timing.first_ns = time.monotonic_ns()
+        if started.first is not None:
+            tally.first_audio()
         max_samples = round(speech.max_audio_seconds * SAMPLE_RATE_HZ) if speech.max_audio_seconds else None
-        total, ok = 0, False
+        total, outcome = 0, "error"
         try:
             chunk = started.first
             while chunk is not None:
@@ -104,17 +136,15 @@ class V2Service:
                 if max_samples is not None and total >= max_samples:
                     break
                 chunk = await anext(started.rest, None)
-            ok = True
+            outcome = "ok"
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "cancelled"
+            raise
         except BackendError as e:
             raise backend_error(e.info, inference.request_id, self.settings.retry_after_s) from None
         finally:
             await started.rest.aclose()
-            t_end = time.monotonic_ns()
-            if ok:
-                stats.success.add(t_end - t0)
-                stats.queue.add(t_first - t0)
-                stats.compute_infer.add(t_end - t_first)
-                stats.inference_count += 1
-                stats.last_inference_ms = time.time_ns() // 1_000_000
-            else:
-                stats.fail.add(t_end - t0)
+            tally.done(outcome, total)
+            timing.end_ns = time.monotonic_ns()
+            if outcome != "ok":
+                self.record_failure(inference.model, timing)

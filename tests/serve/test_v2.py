@@ -13,6 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
@@ -128,6 +129,12 @@ def test_statistics_count_inferences(server, tc):
     assert stats["success"]["ns"] > stats["queue"]["ns"] > 0 and after["last_inference"] > 0
     grpc_stats = grpc_.get_inference_statistics("tts-1-hd").model_stats[0]
     assert grpc_stats.inference_count == after["inference_count"]
+    # and in the tts_* metrics, with the protocol as a label
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server[0] + "/metrics").text)}
+    counted = {(s.labels["protocol"], s.labels["outcome"]): s.value for s in families["tts_requests"].samples
+               if s.name == "tts_requests_total"}
+    assert counted[("v2-http", "ok")] >= 1 and counted[("v2-grpc", "ok")] >= 1
+    assert counted[("v2-http", "client_error")] >= 1
 
 
 def test_cancelled_stream_and_closed_connection_free_their_slots(server, tc):
