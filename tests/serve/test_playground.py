@@ -143,6 +143,25 @@ def test_upload_a_voice_and_speak_with_it(server, browser, tmp_path):
     assert run["status"] == "done" and run["samples"] == 50 * 1920
 
 
+def test_record_a_voice_from_the_microphone(server, browser):
+    """Chromium's fake microphone (a tone), recorded by MediaRecorder (WebM/Opus), uploaded as
+    the sample: the server decodes it with PyAV like any other file."""
+    open_page(browser, server)
+    browser.find_element(By.ID, "voice-name").send_keys("mic-voice")
+    browser.find_element(By.ID, "voice-transcript").send_keys("Testing the microphone.")
+    browser.find_element(By.ID, "record").click()
+    wait_for(browser, "return document.getElementById('recording').textContent === 'recording…'")
+    time.sleep(2.0)
+    browser.find_element(By.ID, "record").click()
+    wait_for(browser, "return document.getElementById('recording').textContent.startsWith('recorded')")
+    browser.find_element(By.ID, "upload").click()
+    voice_id = wait_for(browser, "const v = document.getElementById('voice').value; "
+                                 "return v.startsWith('voice_') && document.getElementById('status').textContent"
+                                 ".includes('mic-voice') && v")
+    listed = {v["id"]: v["name"] for v in httpx.get(server + "/v1/audio/voices", timeout=10).json()["data"]}
+    assert listed[voice_id] == "mic-voice"
+
+
 def test_usable_at_desktop_and_phone_widths(server, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     open_page(browser, server)
