@@ -4,6 +4,7 @@ the engine-side recorder shared by the Ray and in-process backends."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from models.loading.device import device_label, memory_bytes
@@ -44,6 +45,15 @@ class RayMetrics(m.InstrumentSink):
         return _Tagged(instrument, labels)
 
 
+def held_card() -> str:
+    """The card Ray gave this process ("npu:3", "cuda:0"), from the variables Ray sets per
+    actor for the NPU / GPU resource; "none" for an engine without a card."""
+    for kind, var in (("npu", "ASCEND_RT_VISIBLE_DEVICES"), ("cuda", "CUDA_VISIBLE_DEVICES")):
+        if os.environ.get(var):
+            return f"{kind}:{os.environ[var]}"
+    return "none"
+
+
 class EngineRecorder:
     """`on_step` for AsyncEngine: per-step batch size and duration, engine gauges, and device
     memory (read at most once a second: on accelerators it is a driver call)."""
@@ -54,7 +64,9 @@ class EngineRecorder:
         self.memory_period_s = memory_period_s
         self._last_memory = 0.0
         self._prefix_hits = 0
-        self._info = {"model": loaded.name, "dtype": str(loaded.dtype).removeprefix("torch."), "device": self.device}
+        self._finished: dict[str, int] = {}
+        self._info = {"model": loaded.name, "dtype": str(loaded.dtype).removeprefix("torch."), "device": self.device,
+                      "card": held_card()}
         self.record_memory()
 
     def record_memory(self) -> None:
@@ -82,6 +94,10 @@ class EngineRecorder:
         self.metrics.set(m.WAITING, stats.num_waiting)
         self.metrics.set(m.KV_USED, stats.num_kv_slots_used)
         self.metrics.set(m.KV_TOTAL, stats.num_kv_slots_total)
+        for reason, count in stats.num_finished:
+            if count > self._finished.get(reason, 0):
+                self.metrics.inc(m.FINISHED, count - self._finished.get(reason, 0), {"reason": reason})
+                self._finished[reason] = count
         if stats.num_prefix_hits > self._prefix_hits:
             self.metrics.inc(m.PREFIX_HITS, stats.num_prefix_hits - self._prefix_hits)
             self._prefix_hits = stats.num_prefix_hits

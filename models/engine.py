@@ -156,6 +156,7 @@ class Engine:
             num_prompt_tokens_total=sched.num_prompt_tokens_total,
             num_prefix_hits=self._num_prefix_hits,
             num_prefixes=len(self._prefixes),
+            num_finished=tuple(sched.num_finished.items()),
         )
 
 

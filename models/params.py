@@ -119,3 +119,4 @@ class EngineStats:
     num_prompt_tokens_total: int
     num_prefix_hits: int = 0
     num_prefixes: int = 0
+    num_finished: tuple[tuple[str, int], ...] = ()  # (reason, count): eos, length, abort, error

@@ -43,6 +43,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Requests by outcome", "reqps", [
         ("{{outcome}}", f"sum by (outcome) (rate(ray_tts_requests_total{{{SEL}}}[$__rate_interval]))"),
     ]),
+    ("Requests by protocol", "reqps", [
+        ("{{protocol}}", f"sum by (protocol) (rate(ray_tts_requests_total{{{SEL}}}[$__rate_interval]))"),
+    ]),
+    ("How engine requests end (length = ran to the frame cap)", "reqps", [
+        ("{{reason}} {{replica}}",
+         f"sum by (reason, replica) (rate(ray_tts_engine_requests_finished_total{{{SEL}}}[$__rate_interval]))"),
+    ]),
     ("Healthy engine replicas", "none", [
         ("healthy", 'sum(ray_serve_deployment_replica_healthy{application=~"$application", deployment="TTSEngine"})'),
     ]),
@@ -62,6 +69,8 @@ def _alert(name: str, value: str, condition: str, for_: str, severity: str, summ
 
 
 _HEALTHY = 'ray_serve_deployment_replica_healthy{deployment="TTSEngine"}'
+_ALL_FINISHED = "sum by (application, replica) (rate(ray_tts_engine_requests_finished_total[15m]))"
+_LENGTH = 'sum by (application, replica) (rate(ray_tts_engine_requests_finished_total{reason="length"}[15m]))'
 ALERTS: list[dict] = [
     _alert("TTSRealTimeFactorHigh",
            "histogram_quantile(0.95, sum by (le, application) (rate(ray_tts_real_time_factor_bucket[5m])))",
@@ -76,6 +85,10 @@ ALERTS: list[dict] = [
     _alert("TTSDeviceMemoryHigh",
            "max by (device, replica) (ray_tts_device_memory_used_bytes / ray_tts_device_memory_total_bytes)",
            "> 0.9", "5m", "warning", "A card's memory is more than 90% used."),
+    _alert("TTSRunawayGeneration",
+           f"({_LENGTH} or {_ALL_FINISHED} * 0) / {_ALL_FINISHED}",
+           "> 0.5", "15m", "warning",
+           "Most of a replica's requests run to the frame cap instead of ending: the model is not saying EOS."),
     _alert("TTSNoHealthyReplica", f"sum by (application) ({_HEALTHY})", "", "1m", "critical",
            "No healthy TTS engine replica: speech requests cannot be served.",
            expr=f"(sum by (application) ({_HEALTHY}) < 1) or absent({_HEALTHY})"),

@@ -45,15 +45,16 @@ KV_USED = MetricDef("tts_engine_kv_slots_used", "gauge", "KV cache slots in use.
 KV_TOTAL = MetricDef("tts_engine_kv_slots_total", "gauge", "KV cache slots (max_num_seqs).")
 BATCH_SIZE = MetricDef("tts_engine_batch_size", "histogram", "Rows sampled per engine step.", (), BATCH_BUCKETS)
 STEP_SECONDS = MetricDef("tts_engine_step_duration_seconds", "histogram", "Wall time of one engine step.", (), STEP_BUCKETS)
+FINISHED = MetricDef("tts_engine_requests_finished_total", "counter", "Engine requests (text segments) by how they ended: eos (the model stopped), length (ran to its frame cap), abort (client gone or cut), error (a failed step).", ("reason",))
 PREFIX_HITS = MetricDef("tts_prefix_cache_hits_total", "counter", "Requests that started from a cached voice prefix.")
 MEM_USED = MetricDef("tts_device_memory_used_bytes", "gauge", "Device memory in use (process RSS on CPU).", ("device",))
 MEM_TOTAL = MetricDef("tts_device_memory_total_bytes", "gauge", "Device memory capacity (physical RAM on CPU).", ("device",))
 RSS = MetricDef("tts_process_resident_memory_bytes", "gauge", "Resident memory of the engine process.")
 LOAD_SECONDS = MetricDef("tts_model_load_seconds", "gauge", "Time to load the model.")
-MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype and device as labels.", ("model", "dtype", "device"))
+MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype, device and the card Ray gave this replica as labels.", ("model", "dtype", "device", "card"))
 
 ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
-       KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, PREFIX_HITS, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
+       KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, FINISHED, PREFIX_HITS, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
 
 
 class RequestTally:

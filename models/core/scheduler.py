@@ -60,6 +60,7 @@ class Scheduler:
         self._aborted: list[Request] = []
         self.num_frames_total = 0
         self.num_prompt_tokens_total = 0
+        self.num_finished = {"eos": 0, "length": 0, "abort": 0, "error": 0}  # how requests ended
 
     @property
     def num_free_slots(self) -> int:
@@ -83,8 +84,10 @@ class Scheduler:
             self._aborted.append(req)
 
     def abort_all(self) -> list[str]:
-        """End every request at once, reporting none of them (after a failed step)."""
+        """End every request at once, reporting none of them (after a failed step): each
+        unfinished one is counted as ended by an error."""
         ids = list(self.requests)
+        self.num_finished["error"] += sum(r.status is not RequestStatus.FINISHED for r in self.requests.values())
         for req in self.requests.values():
             if req.status is not RequestStatus.FINISHED:
                 self._finish(req, FinishReason.ABORT)
@@ -144,4 +147,5 @@ class Scheduler:
 
     def _report(self, request: Request, frames: list[list[int]]) -> StepOutput:
         del self.requests[request.request_id]
+        self.num_finished[request.finish_reason.value] += 1
         return StepOutput(request.request_id, frames, True, request.finish_reason)

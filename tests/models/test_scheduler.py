@@ -97,3 +97,21 @@ def test_duplicate_ids_are_refused_and_abort_all_reports_nothing():
     assert sorted(sched.abort_all()) == ["a", "b"]
     assert not sched.has_unfinished() and sched.num_free_slots == 1
     assert sched.update_from_output(sched.schedule(), RunnerOutput()) == []
+
+
+def test_how_requests_end_is_counted_once_each():
+    """eos, length, abort (reported at the next update) and error (abort_all after a failed
+    step) each count once: the basis of the runaway-generation alert."""
+    sched = Scheduler(num_slots=4, max_prefill_tokens=512)
+    for rid, max_frames in (("eos", 100), ("length", 2), ("abort", 100)):
+        sched.add(_req(rid, max_frames=max_frames))
+    _step(sched)  # prefill: everyone gets a first frame
+    sched.abort("abort")
+    _step(sched, lambda r: EOS if r.request_id == "eos" else FRAME)
+    assert sched.num_finished == {"eos": 1, "length": 1, "abort": 1, "error": 0}
+    sched.add(_req("x"))
+    sched.add(_req("y"))
+    _step(sched)
+    assert sched.abort_all() == ["x", "y"]
+    _step(sched)
+    assert sched.num_finished == {"eos": 1, "length": 1, "abort": 1, "error": 2}

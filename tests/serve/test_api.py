@@ -188,4 +188,8 @@ def test_metrics_endpoint_reports_requests_latency_engine_and_memory(server, cli
     assert value("tts_audio_frames_total") >= 6 and value("tts_engine_kv_slots_total") == 4
     used, total = value("tts_device_memory_used_bytes", device="cpu"), value("tts_device_memory_total_bytes", device="cpu")
     assert 0 < used < total
-    assert value("tts_model_info", model="csm-tiny", device="cpu") == 1 and value("tts_model_load_seconds") > 0
+    assert value("tts_model_info", model="csm-tiny", device="cpu", card="none") == 1 and value("tts_model_load_seconds") > 0
+    # requests cut at max_audio_seconds are aborted by the edge; none here ended by an error
+    assert value("tts_engine_requests_finished_total", reason="abort") >= 1
+    assert value("tts_engine_requests_finished_total", reason="error") == 0
+    assert value("tts_requests_total", protocol="openai") >= 2
