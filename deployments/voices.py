@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from models.frontend.speech import SpeechPipeline
@@ -11,18 +12,19 @@ from serve.voices import Voice, VoiceStore
 log = logging.getLogger(__name__)
 
 
-async def load_voice(pipeline: SpeechPipeline, store: VoiceStore, voice: Voice) -> None:
-    """Encode one voice's clips and cache its prefix (a voice with no clip is a speaker id)."""
-    clips = [(store.load_clip(voice, clip), clip.transcript) for clip in voice.clips]
-    await pipeline.voices.add(voice.id, voice.speaker, clips)
+async def load_voice(pipeline: SpeechPipeline, store: VoiceStore, voice: Voice) -> tuple[Segment, ...]:
+    """Encode one voice's clips and cache its prefix (a voice with no clip is a speaker id).
+    The clips are read on a worker thread (no file I/O on the event loop)."""
+    clips = await asyncio.to_thread(lambda: [(store.load_clip(voice, clip), clip.transcript) for clip in voice.clips])
+    return await pipeline.voices.add(voice.id, voice.speaker, clips)
 
 
 async def voice_context(pipeline: SpeechPipeline, store: VoiceStore, voice: Voice) -> tuple[Segment, ...]:
     """The voice's context in this engine, loading it from the store first if this engine has
     not seen it (created through another replica, or placed in the voices folder since)."""
-    if voice.id not in pipeline.voices:
-        await load_voice(pipeline, store, voice)
-    return pipeline.voices.get(voice.id)
+    if voice.id in pipeline.voices:  # no await between the check and the read: no eviction between
+        return pipeline.voices.get(voice.id)
+    return await load_voice(pipeline, store, voice)
 
 
 async def load_voices(pipeline: SpeechPipeline, store: VoiceStore) -> int:

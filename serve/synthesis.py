@@ -30,7 +30,7 @@ class StartedSpeech:
 
 async def start_speech(body: SpeechRequest, backend: SpeechBackend, store: VoiceStore, settings: ServerSettings,
                        request_id: str) -> StartedSpeech:
-    voice = store.resolve(body.voice_key)  # VoiceNotFound
+    voice = await asyncio.to_thread(store.resolve, body.voice_key)  # VoiceNotFound; the store may stat a volume
     segments = await asyncio.to_thread(split_text, body.input, settings.segment_max_chars)
     job = SpeechJob(request_id=request_id, segments=tuple(segments), voice=voice,
                     params=body.generation_params(voice.speaker))

@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,14 @@ OPENAI_VOICES = (
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 _ID = re.compile(r"^voice_[0-9a-f]{16}$")
 MANIFEST = "voice.json"
+RESCAN_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Index:
+    mtime_ns: int
+    scanned_at: float
+    voices: list[tuple[Path, Voice]]
 
 
 class VoiceError(ValueError):
@@ -77,15 +86,25 @@ class VoiceStore:
         self.dir = Path(voices_dir) if voices_dir else None
         self.max_sample_bytes = max_sample_bytes
         self.min_sample_s, self.max_sample_s = min_sample_s, max_sample_s
+        self._index: _Index | None = None  # replaced whole, never mutated: safe across threads
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
 
     def _stored(self) -> list[tuple[Path, Voice]]:
+        """The stored voices, from an index rebuilt only when the folder changed (its mtime:
+        a voice appears or goes by a rename or removal of its folder) or is older than
+        RESCAN_S (for file systems with coarse or late mtimes, e.g. NFS); one stat otherwise."""
         if self.dir is None:
             return []
+        mtime, now, index = self.dir.stat().st_mtime_ns, time.monotonic(), self._index
+        if index is not None and index.mtime_ns == mtime and now - index.scanned_at < RESCAN_S:
+            return index.voices
         found = []
         for manifest in sorted(self.dir.glob(f"*/{MANIFEST}")):
+            if manifest.parent.name.startswith("."):  # a voice being written or deleted
+                continue
             found.append((manifest.parent, Voice.model_validate_json(manifest.read_text())))
+        self._index = _Index(mtime, now, found)
         return found
 
     def list(self) -> list[Voice]:
@@ -137,10 +156,11 @@ class VoiceStore:
             id=f"voice_{secrets.token_hex(8)}", name=name, speaker=speaker, created_at=int(time.time()),
             clips=(VoiceClip(audio="sample.flac", transcript=transcript),),
         )
-        folder = self.dir / voice.id
-        folder.mkdir()
-        soundfile.write(folder / "sample.flac", pcm, SAMPLE_RATE)
-        (folder / MANIFEST).write_text(voice.model_dump_json(indent=2))
+        staging = self.dir / f".{voice.id}.partial"  # complete, then renamed: readers never see half a voice
+        staging.mkdir()
+        soundfile.write(staging / "sample.flac", pcm, SAMPLE_RATE)
+        (staging / MANIFEST).write_text(voice.model_dump_json(indent=2))
+        staging.rename(self.dir / voice.id)
         return voice
 
     def delete(self, voice_id: str) -> Voice:
@@ -148,5 +168,8 @@ class VoiceStore:
         if not isinstance(voice_id, str) or not _ID.match(voice_id):
             raise VoiceNotFound(f"custom voice {voice_id!r} not found")
         voice = self.resolve(voice_id)
-        shutil.rmtree(self.folder(voice))
+        folder = self.folder(voice)
+        gone = folder.with_name(f".{voice.id}.deleted")
+        folder.rename(gone)  # one step out of the index, then the files
+        shutil.rmtree(gone)
         return voice

@@ -58,7 +58,7 @@ async def create_voice(
 
 @router.get("/v1/audio/voices", response_model=VoiceList)
 async def list_voices(store: StoreDep) -> VoiceList:
-    return VoiceList(data=[_object(v) for v in store.list()])
+    return VoiceList(data=[_object(v) for v in await asyncio.to_thread(store.list)])
 
 
 @router.delete("/v1/audio/voices/{voice_id}")

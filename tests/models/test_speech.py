@@ -82,6 +82,23 @@ def test_remove_voice_drops_its_cached_prefix(pipeline):
     assert "v1" not in pipeline.voices and pipeline.engine.stats().num_prefixes == 0
 
 
+def test_voices_are_bounded_least_recently_used_first(pipeline):
+    """Beyond max_voices the least recently used voice is forgotten with its prefix; using a
+    voice (get) makes it recent."""
+    pipeline.voices.max_voices = 2
+    pcm = (0.2 * np.sin(np.arange(30_000) / 7)).astype(np.float32)
+
+    async def run():
+        for vid in ("v1", "v2"):
+            await pipeline.voices.add(vid, 2, [(pcm, f"Reference words for {vid}.")])
+        pipeline.voices.get("v1")  # v2 is now the least recently used
+        await pipeline.voices.add("v3", 2, [(pcm, "Reference words for v3.")])
+
+    asyncio.run(run())
+    assert "v1" in pipeline.voices and "v3" in pipeline.voices and "v2" not in pipeline.voices
+    assert len(pipeline.voices) == 2 and pipeline.engine.stats().num_prefixes == 2
+
+
 def test_concurrent_streams_share_batched_mimi_decodes(make_engine, codec, monkeypatch):
     """Six streams on four decoder rows (rows are reused): chunks due at the same time are
     decoded in one batched call, and every stream's PCM still equals a whole Mimi decode of

@@ -74,3 +74,23 @@ def test_size_cap_and_builtin_delete(tmp_path):
         store.delete("alloy")
     with pytest.raises(VoiceNotFound):
         store.delete("../../x")
+
+
+def test_lookups_use_an_index_rebuilt_only_when_the_folder_changes(tmp_path, monkeypatch):
+    """Resolving a voice does not rescan the manifests on every request; a voice created or
+    deleted by another process (another ingress replica on the shared volume) shows up at once."""
+    store, other = VoiceStore(tmp_path), VoiceStore(tmp_path)
+    store.resolve("alloy")
+    scans = []
+    real_glob = type(tmp_path).glob
+    monkeypatch.setattr(type(tmp_path), "glob", lambda self, pattern: scans.append(pattern) or real_glob(self, pattern))
+    for _ in range(100):
+        store.resolve("alloy")
+    assert scans == []  # nothing changed: no rescan
+    voice = other.create("Elsewhere", _sample(1.5), "Made through another replica.")
+    assert store.resolve(voice.id) == voice and len(scans) == 1
+    other.delete(voice.id)
+    with pytest.raises(VoiceNotFound):
+        store.resolve(voice.id)
+    assert len(scans) == 3  # the deleting store's own first lookup, and this one's after the change
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # staging and deletion folders are gone
