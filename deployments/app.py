@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import ray
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve import Deployment
@@ -31,42 +30,20 @@ from models.errors import EngineDeadError, Overloaded
 from models.frontend.speech import SpeechPipeline, chunk_frames
 from serve import metrics as m
 from serve.app import create_app
+from serve.backend import BackendError, ErrorInfo, Instances, SpeechJob, error_info, instance_kind
+from serve.settings import ServerSettings
 from serve.v2.grpc_messages import pb
 from serve.v2.grpc_service import UNARY, InferenceRPC
 from serve.v2.protocol import V2Error
-from serve.backend import BackendError, ErrorInfo, Instances, SpeechJob, error_info, instance_kind
-from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
-from .metrics import EngineRecorder, RayMetrics
+from .metrics import EngineRecorder, RayMetrics, held_card
+from .placement import AppArgs, engine_actor_options
 from .voices import load_voice, voice_context
 
 log = logging.getLogger(__name__)
 ENGINE_NAME = "TTSEngine"
 INGRESS_METRICS = (m.REQUESTS, m.ERRORS, m.TTFA, m.DURATION, m.RTF, m.AUDIO_SECONDS, m.INPUT_CHARS)
-
-
-class AppArgs(BaseModel):
-    """The `args:` of the application in serve_config.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    server: dict = Field(default_factory=dict, description="ServerSettings fields")
-    cpus_per_engine: float = Field(2, gt=0, description="CPU cores per engine replica on device cpu")
-    max_queued_requests: int = Field(32, ge=0, description="requests waiting per caller beyond the slots")
-
-
-def engine_actor_options(engine: EngineConfig, cpus: float) -> dict:
-    """One card per replica: NPU as a custom resource, GPU as num_gpus, else CPUs."""
-    device = engine.device
-    if device == "auto":
-        resources = ray.cluster_resources() if ray.is_initialized() else {}
-        device = "npu" if resources.get("NPU") else "cuda" if resources.get("GPU") else "cpu"
-    if device == "npu":
-        return {"resources": {"NPU": 1}, "num_cpus": 1}
-    if device == "cuda":
-        return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": cpus}
 
 
 @serve.deployment(name=ENGINE_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
@@ -113,7 +90,8 @@ class TTSEngineDeployment:
         return Instances(kind=instance_kind(engine.device_type), count=1, max_num_seqs=engine.max_num_seqs)
 
     def stats(self) -> dict:
-        return {**self.pipeline.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count()}
+        return {**self.pipeline.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count(),
+                "card": held_card(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def check_health(self) -> None:
         self.pipeline.engine.check_health()
@@ -265,7 +243,7 @@ def build_app_with(args: dict, engine_deployment: Deployment):
         cfg.server["voices_dir"] = os.path.abspath(cfg.server["voices_dir"])
     settings = ServerSettings(**cfg.server)
     engine = engine_deployment.options(
-        ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine),
+        ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine, cfg.card),
         max_ongoing_requests=cfg.engine.max_num_seqs,
         max_queued_requests=cfg.max_queued_requests,
     ).bind(cfg.engine.model_dump(), settings.voices_dir, settings.max_sample_bytes, settings.chunk_s)

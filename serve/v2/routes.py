@@ -10,6 +10,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from models.params import SAMPLE_RATE_HZ
 
@@ -35,7 +36,15 @@ def _service(request: Request) -> V2Service:
     return request.app.state.v2
 
 
-router = APIRouter(tags=["v2"], dependencies=[Depends(_authorized)])
+class V2ErrorBody(BaseModel):
+    """The protocol's error: one message."""
+
+    error: str
+
+
+_ERRORS = {"4XX": {"model": V2ErrorBody, "description": "bad input, API key, unknown model or version, not ready"},
+           "5XX": {"model": V2ErrorBody, "description": "at capacity or restarting (503, Retry-After), internal"}}
+router = APIRouter(tags=["v2 (Open Inference Protocol)"], dependencies=[Depends(_authorized)], responses=_ERRORS)
 
 
 @router.get("/v2")

@@ -417,7 +417,7 @@ def test_serve_config_is_serve_config_yaml_plus_listed_overrides(overlay):
 def test_serve_config_passes_ray_serve_and_app_schemas(overlay):
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.app import AppArgs
+    from deployments.placement import AppArgs
     from serve.settings import ServerSettings
 
     config = embedded_serve_config(overlay)
@@ -497,7 +497,7 @@ def test_head_runs_no_replicas(overlay):
 def test_one_engine_replica_per_worker_and_bounds_agree(overlay):
     """What an engine replica asks Ray for (deployments/app.py) fits exactly once in a worker,
     never on the head, and KubeRay may start as many workers as Serve may want replicas."""
-    from deployments.app import AppArgs, engine_actor_options
+    from deployments.placement import AppArgs, engine_actor_options
 
     config = embedded_serve_config(overlay)
     args = AppArgs.model_validate(app(config)["args"])

@@ -1,0 +1,87 @@
+"""A Ray cluster of several nodes on this machine whose nodes declare simulated Ascend cards
+(Ray's `NPU` resource), running the real application with `card: npu` and `engine.device:
+cpu`: placement, scaling and node loss can be rehearsed without a card (`make serve-cluster`).
+
+    python -m deployments.sim_cluster [--nodes 2] [--cards-per-node 2] [--port 8000]
+
+Ray gives each replica its own card id (ASCEND_RT_VISIBLE_DEVICES), as on real nodes; the
+engines compute on CPU with csm-tiny. The engine autoscales from 1 replica up to the number of
+cards (Serve's ongoing-requests policy, short delays); a replica beyond the cards stays pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from dataclasses import dataclass
+
+
+@dataclass
+class SimCluster:
+    cluster: object  # ray.cluster_utils.Cluster
+    worker_nodes: list  # one per simulated card host, in order
+    url: str
+
+
+def app_args(voices_dir: str, max_num_seqs: int = 4) -> dict:
+    return {
+        "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": max_num_seqs},
+        "card": "npu", "server": {"voices_dir": voices_dir}, "max_queued_requests": 4,
+    }
+
+
+def autoscaling(max_replicas: int, target: float = 1.0, upscale_s: float = 1.0, downscale_s: float = 5.0) -> dict:
+    return {"min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": target,
+            "upscale_delay_s": upscale_s, "downscale_delay_s": downscale_s, "metrics_interval_s": 0.5,
+            "look_back_period_s": 2.0}
+
+
+@contextlib.contextmanager
+def sim_cluster(nodes: int, cards_per_node: int, http_port: int, head_cpus: int = 2, node_cpus: int = 2):
+    """Head (Serve's controller and proxy, the ingress; no card) + `nodes` worker nodes with
+    `cards_per_node` NPUs each; Serve started with its HTTP proxy on loopback."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=node_cpus, resources={"NPU": cards_per_node}) for _ in range(nodes)]
+    ray.init(address=cluster.address, configure_logging=False)
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
+    try:
+        yield SimCluster(cluster, workers, f"http://127.0.0.1:{http_port}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True):
+    """The csm application with extra TTSEngine options (num_replicas or autoscaling_config)."""
+    from ray.serve import api
+
+    from .app import TTSEngineDeployment, build_app_with
+
+    engine = TTSEngineDeployment.options(**(engine_options or {}))
+    return api._run(build_app_with(args, engine), _blocking=blocking, name="csm", route_prefix="/")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import signal
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--cards-per-node", type=int, default=2)
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--voices-dir", default=None)
+    a = ap.parse_args(argv)
+    voices = a.voices_dir or tempfile.mkdtemp(prefix="csm-voices-")
+    with sim_cluster(a.nodes, a.cards_per_node, a.port) as sim:
+        deploy(app_args(voices), {"autoscaling_config": autoscaling(a.nodes * a.cards_per_node)})
+        print(f"serving on {sim.url}: {a.nodes} nodes x {a.cards_per_node} simulated NPU cards; Ctrl-C stops")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+if __name__ == "__main__":
+    main()

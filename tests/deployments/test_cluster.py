@@ -1,0 +1,34 @@
+"""A real multi-node Ray cluster on loopback with simulated Ascend cards (Ray's NPU resource):
+each engine replica holds exactly one card, Ray hands each its own card id
+(ASCEND_RT_VISIBLE_DEVICES), and a replica beyond the cards stays pending while the others
+serve. Runs tests/deployments/cluster_check.py in a process of its own."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_each_replica_holds_its_own_simulated_card(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tests.deployments.cluster_check", str(tmp_path), str(free_port())],
+                          capture_output=True, text=True, timeout=600, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    for key, replicas in (("placement", 3), ("placement_over_capacity", 4)):
+        seen = result[key]
+        assert len(seen) == replicas, seen
+        assert all(p["node_id"] in result["nodes"] for p in seen), seen  # never on the head (no card there)
+        held = [(p["node_id"], p["card"]) for p in seen]
+        assert len(set(held)) == len(held), held  # no two replicas share a card
+        assert all(p["card"] in ("npu:0", "npu:1") for p in seen), seen
+    assert max(Counter(p["node_id"] for p in result["placement_over_capacity"]).values()) == 2  # 2 cards per node
+    states = result["states_over_capacity"]  # the fifth waits for a card (Serve calls it STARTING)
+    assert states.pop("RUNNING") == 4 and sum(states.values()) == 1 and set(states) <= {"STARTING", "PENDING_ALLOCATION"}
+    assert result["statuses"] == [200] * 3 and result["statuses_over_capacity"] == [200] * 3
