@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv serve serve-local test test-fast bench bench-accel device-wheels device-check device-check-dry clean
+.PHONY: venv serve serve-local serve-cluster test test-fast bench bench-accel device-wheels device-check device-check-dry clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ serve: venv  ## Ray Serve app from serve_config.yaml on 127.0.0.1:8000; Ray metr
 
 serve-local: venv  ## the same API in one process, without Ray
 	$(PY) -m deployments.local --host 127.0.0.1 --port 8000
+
+NODES ?= 2
+CARDS ?= 2
+serve-cluster: venv  ## rehearse placement and scaling on this machine: NODES x CARDS simulated Ascend cards (csm-tiny on CPU), 127.0.0.1:8000
+	$(PY) -m deployments.sim_cluster --nodes $(NODES) --cards-per-node $(CARDS)
 
 test: venv
 	$(PY) -m pytest -m "not accel" $(PYTEST_ARGS)
