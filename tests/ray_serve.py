@@ -20,8 +20,9 @@ def ray_runtime(free_port):
     from ray import serve
 
     metrics_port, port, grpc_port = free_port(), free_port(), free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False,  # never an existing cluster on this host configure_logging=False, _metrics_export_port=metrics_port,
-             _system_config={"metrics_report_interval_ms": 1000})
+    # address="local": always a Ray of its own, never another cluster running on this host
+    ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False,
+             _metrics_export_port=metrics_port, _system_config={"metrics_report_interval_ms": 1000})
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 grpc_options={"port": grpc_port, "grpc_servicer_functions": ["serve.v2.grpc_messages.add_servicer"]})
     try:
