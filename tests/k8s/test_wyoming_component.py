@@ -32,7 +32,7 @@ def test_wyoming_component_builds_validates_and_points_at_serve(overlay, tmp_pat
     kv = pytest.importorskip("kubernetes_validate.utils", reason="kubernetes-validate is not installed")
     docs = with_wyoming(overlay, tmp_path)
     [deployment] = [d for d in docs if d["kind"] == "Deployment"]
-    [service] = [d for d in docs if d["kind"] == "Service"]
+    [service] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "csm-serve-wyoming"]
     for version in K8S_VERSIONS:
         version = kv.latest_version() if version == "latest" else version
         for obj in (deployment, service):
