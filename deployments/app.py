@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 
+import grpc
 import numpy as np
 import ray
 from ray import serve
@@ -30,7 +31,7 @@ from models.errors import EngineDeadError, Overloaded
 from models.frontend.speech import SpeechPipeline, chunk_frames
 from serve import metrics as m
 from serve.app import create_app
-from serve.backend import BackendError, ErrorInfo, Instances, SpeechJob, error_info, instance_kind
+from serve.backend import INTERNAL_MESSAGE, BackendError, ErrorInfo, Instances, SpeechJob, error_info, instance_kind
 from serve.settings import ServerSettings
 from serve.v2.grpc_messages import pb
 from serve.v2.grpc_service import UNARY, InferenceRPC
@@ -189,6 +190,11 @@ class SpeechIngress:
         except V2Error as e:
             grpc_context.set_code(e.grpc_code)
             grpc_context.set_details(e.message)
+            return _EMPTY[name]()
+        except Exception:  # never a traceback to the client; the log has it
+            log.exception("gRPC %s failed", name)
+            grpc_context.set_code(grpc.StatusCode.INTERNAL)
+            grpc_context.set_details(INTERNAL_MESSAGE)
             return _EMPTY[name]()
 
     async def ServerLive(self, request, grpc_context: RayServegRPCContext):
