@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 
-from models import EngineConfig, Engine, load_model
+from models import Engine, EngineConfig, load_model
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,8 @@ def faulty_engine_deployment():
     Ray's workers need not import the tests package)."""
     from ray import cloudpickle, serve
 
-    from deployments.app import ENGINE_NAME, TTSEngineDeployment
-
     import tests.faults
+    from deployments.app import ENGINE_NAME, TTSEngineDeployment
 
     cloudpickle.register_pickle_by_value(tests.faults)
     return serve.deployment(_faulty_class(TTSEngineDeployment.func_or_class), name=ENGINE_NAME,

@@ -11,6 +11,7 @@ from models import GenerationParams, Overloaded
 from models.codec.encode import encode_clip
 from models.frontend.speech import SpeechPipeline
 
+
 @pytest.fixture
 def pipeline(make_engine):
     pipeline = SpeechPipeline.start(make_engine(max_num_seqs=2), chunk_frames=2)
