@@ -118,12 +118,13 @@ class RayBackend:
         self.engine = engine
 
     async def is_ready(self) -> bool:
-        """Ready when Serve's controller reports the engine deployment healthy (not while a
-        replica is being replaced). Asks the controller, so it takes no engine slot."""
+        """Ready while Serve's controller reports at least one engine replica RUNNING: a lost
+        node or a replaced replica does not take the service out while another can serve;
+        with none left it is not ready. Asks the controller, so it takes no engine slot."""
         try:
             status = await asyncio.to_thread(serve.status)
             app = status.applications[serve.get_replica_context().app_name]
-            return app.deployments[ENGINE_NAME].status == "HEALTHY"
+            return app.deployments[ENGINE_NAME].replica_states.get("RUNNING", 0) > 0
         except Exception:
             return False
 
