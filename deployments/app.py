@@ -242,9 +242,10 @@ def build_app(args: dict):
     return build_app_with(args, TTSEngineDeployment)
 
 
-def build_app_with(args: dict, engine_deployment: Deployment):
+def build_app_with(args: dict, engine_deployment: Deployment, ingress_options: dict | None = None):
     """The application with a given engine deployment (tests pass a subclass of
-    TTSEngineDeployment's class to inject faults)."""
+    TTSEngineDeployment's class to inject faults) and extra SpeechIngress options (the
+    simulated cluster keeps the ingress on its head node)."""
     cfg = AppArgs.model_validate(args or {})
     if cfg.server.get("voices_dir"):  # replicas do not share the driver's working directory
         cfg.server["voices_dir"] = os.path.abspath(cfg.server["voices_dir"])
@@ -254,4 +255,4 @@ def build_app_with(args: dict, engine_deployment: Deployment):
         max_ongoing_requests=cfg.engine.max_num_seqs,
         max_queued_requests=cfg.max_queued_requests,
     ).bind(cfg.engine.model_dump(), settings.voices_dir, settings.max_sample_bytes, settings.chunk_s)
-    return SpeechIngress.bind(engine, cfg.server)
+    return SpeechIngress.options(**(ingress_options or {})).bind(engine, cfg.server)

@@ -16,6 +16,9 @@ import contextlib
 from dataclasses import dataclass
 
 
+HEAD_RESOURCE = "sim_head"  # the ingress stays on the head, beside Serve's proxy: losing a card node loses engines only
+
+
 @dataclass
 class SimCluster:
     cluster: object  # ray.cluster_utils.Cluster
@@ -44,7 +47,8 @@ def sim_cluster(nodes: int, cards_per_node: int, http_port: int, head_cpus: int 
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": head_cpus, "include_dashboard": False, "resources": {HEAD_RESOURCE: 1}})
     workers = [cluster.add_node(num_cpus=node_cpus, resources={"NPU": cards_per_node}) for _ in range(nodes)]
     ray.init(address=cluster.address, configure_logging=False)
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
@@ -63,7 +67,8 @@ def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True
     from .app import TTSEngineDeployment, build_app_with
 
     engine = TTSEngineDeployment.options(**(engine_options or {}))
-    return api._run(build_app_with(args, engine), _blocking=blocking, name="csm", route_prefix="/")
+    ingress = {"ray_actor_options": {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}}
+    return api._run(build_app_with(args, engine, ingress), _blocking=blocking, name="csm", route_prefix="/")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,13 +15,78 @@ def placement(handle, calls: int = 40) -> dict[int, dict]:
     """pid -> {card, node_id} of every engine replica the router reached."""
     with ThreadPoolExecutor(3) as pool:  # within the slots (3+ replicas x 4): no backpressure
         stats = list(pool.map(lambda _: handle.stats.remote().result(timeout_s=60), range(calls)))
-    return {s["pid"]: {"card": s["card"], "node_id": s["node_id"]} for s in stats}
+    return {s["pid"]: {"card": s["card"], "node_id": s["node_id"], "running": s["num_running"]} for s in stats}
 
 
 def speak(url: str, seed: int) -> int:
     body = {"model": "tts-1", "voice": "alloy", "input": "On a simulated card.", "response_format": "pcm",
             "seed": seed, "max_audio_seconds": 0.48}
     return httpx.post(url + "/v1/audio/speech", json=body, timeout=120).status_code
+
+
+def long_speak(url: str, seed: int, seconds: float = 8.0) -> dict:
+    """One streamed request: complete, cut (the body ended early or broke), or refused."""
+    body = {"model": "tts-1", "voice": "alloy", "input": "A long answer to keep the card busy. " * 4,
+            "response_format": "pcm", "seed": seed, "max_audio_seconds": seconds}
+    received, t0 = 0, time.monotonic()
+    try:
+        with httpx.stream("POST", url + "/v1/audio/speech", json=body, timeout=120) as r:
+            if r.status_code != 200:
+                return {"outcome": f"http_{r.status_code}", "end": time.monotonic()}
+            for chunk in r.iter_bytes():
+                received += len(chunk)
+    except httpx.HTTPError:
+        return {"outcome": "cut", "end": time.monotonic(), "bytes": received}
+    complete = received == round(seconds * 24_000) * 2
+    return {"outcome": "complete" if complete else "cut", "end": time.monotonic(), "bytes": received}
+
+
+def wait_running(n: int, timeout_s: float = 180) -> float:
+    """Seconds until exactly n engine replicas run (and no other is starting); -1 on timeout."""
+    from ray import serve
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        states = serve.status().applications["csm"].deployments["TTSEngine"].replica_states
+        if states.get("RUNNING", 0) == n and sum(states.values()) == n:
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    return -1.0
+
+
+def node_loss(sim, handle, voices_dir: str) -> dict:
+    """Two engine replicas on two card nodes, four long streams, then one node is removed
+    (no graceful shutdown): its streams end, the others finish, Serve replaces the replica on
+    the surviving node's free card, readiness stays up, the next requests succeed."""
+    from deployments.sim_cluster import app_args, deploy
+
+    deploy(app_args(voices_dir), {"num_replicas": 2})
+    wait_running(2)
+    time.sleep(2)  # the routers have heard of both replicas
+    before = placement(handle)
+    nodes = {p["node_id"] for p in before.values()}
+    victim = next(n for n in sim.worker_nodes if n.node_id in nodes)
+    with ThreadPoolExecutor(4) as pool:  # within one replica's slots: none refused, wherever routed
+        streams = [pool.submit(long_speak, sim.url, 100 + i) for i in range(4)]
+        time.sleep(2.5)  # every stream is under way
+        busy = list(placement(handle, 12).values())
+        killed_at = time.monotonic()
+        sim.cluster.remove_node(victim, allow_graceful=False)
+        ready = []
+        while not all(f.done() for f in streams):
+            ready.append(httpx.get(sim.url + "/v2/health/ready", timeout=10).status_code)
+            time.sleep(0.5)
+        results = [f.result() for f in streams]
+    for r in results:
+        r["after_kill_s"] = round(r.pop("end") - killed_at, 2)
+    replaced_in_s = wait_running(2)
+    after, deadline = {}, time.time() + 30
+    while len(after) < 2 and time.time() < deadline:  # until the router has heard of the replacement
+        after.update(placement(handle, 12))
+        time.sleep(1)
+    return {"nodes_before": sorted(nodes), "victim": victim.node_id, "busy_at_kill": busy, "results": results, "ready_during": ready,
+            "replaced_in_s": replaced_in_s, "placement_after": list(after.values()),
+            "statuses_after": [speak(sim.url, 200 + i) for i in range(3)]}
 
 
 def main(voices_dir: str, port: int) -> dict:
@@ -47,6 +112,7 @@ def main(voices_dir: str, port: int) -> dict:
         out["states_over_capacity"] = dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states)
         out["placement_over_capacity"] = list(placement(handle, 60).values())
         out["statuses_over_capacity"] = [speak(sim.url, 10 + i) for i in range(3)]
+        out["node_loss"] = node_loss(sim, handle, voices_dir)
     return out
 
 

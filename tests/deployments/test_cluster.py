@@ -1,7 +1,9 @@
 """A real multi-node Ray cluster on loopback with simulated Ascend cards (Ray's NPU resource):
 each engine replica holds exactly one card, Ray hands each its own card id
 (ASCEND_RT_VISIBLE_DEVICES), and a replica beyond the cards stays pending while the others
-serve. Runs tests/deployments/cluster_check.py in a process of its own."""
+serve; losing a node mid-load ends its streams, the other replica's finish, readiness stays up and
+Serve replaces the replica on a free card. Runs tests/deployments/cluster_check.py in a process
+of its own."""
 
 import json
 import subprocess
@@ -32,3 +34,17 @@ def test_each_replica_holds_its_own_simulated_card(tmp_path):
     states = result["states_over_capacity"]  # the fifth waits for a card (Serve calls it STARTING)
     assert states.pop("RUNNING") == 4 and sum(states.values()) == 1 and set(states) <= {"STARTING", "PENDING_ALLOCATION"}
     assert result["statuses"] == [200] * 3 and result["statuses_over_capacity"] == [200] * 3
+    print(json.dumps(result["node_loss"], indent=1))  # shown with -s: the node-loss timeline
+    loss = result["node_loss"]
+    assert len(loss["nodes_before"]) == 2  # one replica per card node
+    outcomes = Counter(r["outcome"] for r in loss["results"])
+    # the router placed the streams; those on the surviving replica finish in full, those on the
+    # lost node end (a cut stream), none is refused or left hanging
+    on_victim = sum(p["running"] for p in loss["busy_at_kill"] if p["node_id"] == loss["victim"])
+    assert outcomes == Counter({"complete": 4 - on_victim, "cut": on_victim}) - Counter(), loss
+    assert all(r["after_kill_s"] < 30 for r in loss["results"] if r["outcome"] == "cut"), loss["results"]
+    assert set(loss["ready_during"]) == {200}  # a healthy replica remained: readiness stayed up
+    assert loss["replaced_in_s"] >= 0 and loss["statuses_after"] == [200] * 3
+    after = loss["placement_after"]
+    assert len(after) == 2 and {p["node_id"] for p in after} == set(loss["nodes_before"]) - {loss["victim"]}
+    assert sorted(p["card"] for p in after) == ["npu:0", "npu:1"]  # the replacement took the free card
