@@ -100,11 +100,14 @@ async def infer(model: str, request: Request, version: str | None = None) -> Res
     inference = text_inference(model, parsed.id, get_request_id(request), parsed.text, parsed.parameters, "v2-http")
     timing.input_ns = time.monotonic_ns() - timing.start_ns
     collect = asyncio.ensure_future(_collect(service, inference, timing))
-    while not collect.done():  # a client that goes away aborts the generation (frees its slot)
-        await asyncio.wait([collect], timeout=DISCONNECT_POLL_S)
-        if not collect.done() and await request.is_disconnected():
+    try:  # a client that goes away (or a cancelled handler, as Serve's proxy does) aborts the generation
+        while not collect.done():
+            await asyncio.wait([collect], timeout=DISCONNECT_POLL_S)
+            if not collect.done() and await request.is_disconnected():
+                return Response(status_code=499)
+    finally:
+        if not collect.done():
             collect.cancel()
-            return Response(status_code=499)
     pcm = collect.result()
     t1 = time.monotonic_ns()
     body, headers = infer_response(model, parsed.id, pcm, parsed.binary_audio,
