@@ -17,11 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-serve: venv  ## Ray Serve app from serve_config.yaml on 127.0.0.1:8000; Ray metrics on 127.0.0.1:8080/metrics
+serve: venv  ## Ray Serve app from serve_config.yaml on 127.0.0.1:8000 (gRPC: 8001); Ray metrics on 127.0.0.1:8080/metrics
 	$(VENV)/bin/ray start --head --metrics-export-port=8080 --dashboard-host=127.0.0.1 --disable-usage-stats
 	RAY_ADDRESS=auto $(VENV)/bin/serve run serve_config.yaml; $(VENV)/bin/ray stop
 
-serve-local: venv  ## the same API in one process, without Ray
+serve-local: venv  ## the same API in one process, without Ray (HTTP 127.0.0.1:8000, Triton gRPC 127.0.0.1:8001)
 	$(PY) -m deployments.local --host 127.0.0.1 --port 8000
 
 NODES ?= 2
