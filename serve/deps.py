@@ -41,14 +41,19 @@ StoreDep = Annotated[VoiceStore, Depends(get_store)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 
 
+def is_authorized(authorization: str, api_keys: list[str]) -> bool:
+    """`Authorization: Bearer <key>` (an HTTP header or gRPC metadata) names one of the keys,
+    compared in constant time; with no keys configured everything is authorized."""
+    if not api_keys:
+        return True
+    scheme, _, token = authorization.partition(" ")
+    given = token.strip().encode()
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(given, k.encode()) for k in api_keys)
+
+
 def require_api_key(request: Request, settings: SettingsDep) -> None:
     """When API keys are configured, every /v1 route needs `Authorization: Bearer <key>`
     (compared in constant time)."""
-    if not settings.api_keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = token.strip().encode()
-    ok = scheme.lower() == "bearer" and any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys)
-    if not ok:
+    if not is_authorized(request.headers.get("authorization", ""), settings.api_keys):
         raise APIError(401, "Incorrect or missing API key: send Authorization: Bearer <key>.", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})

@@ -12,9 +12,18 @@ import sys
 import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
-from tritonclient.utils import deserialize_bytes_tensor
 
-from .protocol import AUDIO, FINAL, TEXT, VERSION, V2Error
+from .protocol import (
+    AUDIO,
+    FINAL,
+    TEXT,
+    VERSION,
+    V2Error,
+    check_output_names,
+    check_text_input,
+    text_from_raw,
+    utf8_text,
+)
 
 sys.modules.setdefault("grpc_service_pb2", service_pb2)
 sys.modules.setdefault("model_config_pb2", model_config_pb2)
@@ -46,39 +55,20 @@ def parameter_values(parameters) -> dict:
 
 def request_text(request: pb.ModelInferRequest) -> str:
     """The one BYTES element of input `text`, from raw_input_contents or contents."""
-    names = [i.name for i in request.inputs]
-    if names != [TEXT]:
-        unknown = [n for n in names if n != TEXT]
-        raise V2Error(400, f"unexpected input '{unknown[0]}'; the model takes one input, '{TEXT}'" if unknown
-                      else f"expected one input '{TEXT}', got {len(names)}")
-    tensor = request.inputs[0]
-    if tensor.datatype != "BYTES":
-        raise V2Error(400, f"input '{TEXT}' must be BYTES, got {tensor.datatype}")
-    if list(tensor.shape) not in ([1], [1, 1]):
-        raise V2Error(400, f"input '{TEXT}' must have shape [1] (one text), got {list(tensor.shape)}")
+    first = request.inputs[0] if request.inputs else None
+    check_text_input([i.name for i in request.inputs], first.datatype if first else "",
+                     list(first.shape) if first else [])
     if request.raw_input_contents:
-        raw = request.raw_input_contents[0]
-        try:
-            elements = list(deserialize_bytes_tensor(raw))
-        except Exception:  # noqa: BLE001 - a malformed length prefix
-            raise V2Error(400, f"input '{TEXT}': malformed BYTES tensor data") from None
-        if len(request.raw_input_contents) != 1 or len(elements) != 1 or 4 + len(elements[0]) != len(raw):
-            raise V2Error(400, f"input '{TEXT}': expected one BYTES element")
-        data = bytes(elements[0])
-    elif len(tensor.contents.bytes_contents) == 1:
-        data = tensor.contents.bytes_contents[0]
-    else:
+        if len(request.raw_input_contents) != 1:
+            raise V2Error(400, f"input '{TEXT}': expected one raw input, got {len(request.raw_input_contents)}")
+        return text_from_raw(request.raw_input_contents[0])
+    if len(first.contents.bytes_contents) != 1:
         raise V2Error(400, f"input '{TEXT}' has no data (or more than one element)")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise V2Error(400, f"input '{TEXT}' is not valid UTF-8") from None
+    return utf8_text(first.contents.bytes_contents[0])
 
 
 def check_outputs(request: pb.ModelInferRequest) -> None:
-    bad = [o.name for o in request.outputs if o.name != AUDIO]
-    if bad:
-        raise V2Error(400, f"unknown output '{bad[0]}'; the model has one output, '{AUDIO}'")
+    check_output_names([o.name for o in request.outputs])
 
 
 def infer_response(model: str, request_id: str, pcm: np.ndarray, final: bool | None = None,

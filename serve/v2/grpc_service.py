@@ -11,7 +11,6 @@ stream are served in order. A cancelled call closes its generation and frees its
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import uuid
@@ -23,6 +22,7 @@ import numpy as np
 from models.params import SAMPLE_RATE_HZ
 
 from ..backend import INTERNAL_MESSAGE
+from ..deps import is_authorized
 from .grpc_messages import (
     add_servicer,
     check_outputs,
@@ -45,12 +45,8 @@ class InferenceRPC:
         self.service = service
 
     def authorize(self, metadata: Iterable[tuple[str, str]]) -> None:
-        keys = self.service.settings.api_keys
-        if not keys:
-            return
         given = dict((k.lower(), v) for k, v in metadata).get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if not (scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys)):
+        if not is_authorized(given, self.service.settings.api_keys):
             raise V2Error(401, "Incorrect or missing API key: send metadata authorization: Bearer <key>.")
 
     async def ServerLive(self, request) -> pb.ServerLiveResponse:
@@ -123,7 +119,8 @@ class InferenceRPC:
 
         def response(pcm, final: bool) -> pb.ModelStreamInferResponse:
             t = time.monotonic_ns()
-            message = _stream(infer_response(model, request_id, pcm, final, SAMPLE_RATE_HZ if pcm is not None else None))
+            rate = SAMPLE_RATE_HZ if pcm is not None else None
+            message = _stream(infer_response(model, request_id, pcm, final, rate))
             timing.output_ns += time.monotonic_ns() - t
             return message
 

@@ -10,10 +10,12 @@ API's extensions carry (`voice`, `seed`, `temperature`, `top_k`, `speaker`,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tritonclient.utils import deserialize_bytes_tensor
 
 from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
 
@@ -83,6 +85,45 @@ class TextInference:
     speech: SpeechRequest
     protocol: str  # the tts_requests_total label: v2-http or v2-grpc
     wants_empty_final: bool = False
+
+
+def check_text_input(names: list[str], datatype: str, shape: list[int]) -> None:
+    """The request has one input, `text`: BYTES holding one element. Both edges check with this."""
+    if names != [TEXT]:
+        unknown = [n for n in names if n != TEXT]
+        raise V2Error(400, f"unexpected input '{unknown[0]}'; the model takes one input, '{TEXT}'" if unknown
+                      else f"expected one input '{TEXT}', got {len(names)}")
+    if datatype != "BYTES":
+        raise V2Error(400, f"input '{TEXT}' must be BYTES, got {datatype}")
+    if any(d < 0 for d in shape) or math.prod(shape) != 1:
+        raise V2Error(400, f"input '{TEXT}' must have shape [1] (one text), got {shape}")
+
+
+def check_output_names(names: list[str]) -> None:
+    bad = [n for n in names if n != AUDIO]
+    if bad:
+        raise V2Error(400, f"unknown output '{bad[0]}'; the model has one output, '{AUDIO}'")
+    if len(names) > 1:
+        raise V2Error(400, f"output '{AUDIO}' asked for more than once")
+
+
+def text_from_raw(raw: bytes) -> str:
+    """The one element of a serialized BYTES tensor (4-byte length + bytes, read with
+    tritonclient's own helper), as UTF-8 text."""
+    try:
+        elements = list(deserialize_bytes_tensor(raw))
+    except Exception:  # noqa: BLE001 - a malformed length prefix; tritonclient raises various errors
+        raise V2Error(400, f"input '{TEXT}': malformed BYTES tensor data") from None
+    if len(elements) != 1 or 4 + len(elements[0]) != len(raw):
+        raise V2Error(400, f"input '{TEXT}': expected one BYTES element in {len(raw)} bytes")
+    return utf8_text(bytes(elements[0]))
+
+
+def utf8_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise V2Error(400, f"input '{TEXT}' is not valid UTF-8") from None
 
 
 def text_inference(model: str, client_id: str, request_id: str, text: str, parameters: dict,

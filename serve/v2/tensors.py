@@ -6,14 +6,12 @@ Every malformed request is a V2Error(400) that says what is wrong."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
-from tritonclient.utils import deserialize_bytes_tensor
 
-from .protocol import AUDIO, TEXT, VERSION, V2Error
+from .protocol import AUDIO, TEXT, VERSION, V2Error, check_output_names, check_text_input, text_from_raw
 
 MAX_BODY_BYTES = 1 << 20  # 4,096 characters of UTF-8 are at most 16 KiB; room for JSON
 
@@ -57,12 +55,9 @@ def parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
     except ValidationError as e:
         first = e.errors()[0]
         raise V2Error(400, f"malformed infer request: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    names = [i.name for i in request.inputs]
-    if names != [TEXT]:
-        unknown = [n for n in names if n != TEXT]
-        raise V2Error(400, f"unexpected input '{unknown[0]}'; the model takes one input, '{TEXT}'" if unknown
-                      else f"expected one input '{TEXT}', got {len(names)}")
-    text = _text(request.inputs[0], binary)
+    first = request.inputs[0] if request.inputs else None
+    check_text_input([i.name for i in request.inputs], first.datatype if first else "", first.shape if first else [])
+    text = _text(first, binary)
     parameters = dict(request.parameters)
     all_binary = parameters.pop("binary_data_output", False)  # Triton's: every output in binary
     if not isinstance(all_binary, bool):
@@ -83,28 +78,11 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _text(tensor: RequestInput, binary: bytes) -> str:
-    if tensor.datatype != "BYTES":
-        raise V2Error(400, f"input '{TEXT}' must be BYTES, got {tensor.datatype}")
-    if any(d < 0 for d in tensor.shape) or math.prod(tensor.shape) != 1:
-        raise V2Error(400, f"input '{TEXT}' must have shape [1] (one text), got {tensor.shape}")
     unknown = set(tensor.parameters) - {"binary_data_size"}
     if unknown:
         raise V2Error(400, f"unknown parameter '{sorted(unknown)[0]}' on input '{TEXT}'")
     size = tensor.parameters.get("binary_data_size")
-    if size is not None:
-        if tensor.data is not None:
-            raise V2Error(400, f"input '{TEXT}' has both JSON data and binary_data_size")
-        if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
-            raise V2Error(400, f"input '{TEXT}': binary_data_size {size!r} does not match the {len(binary)} "
-                               "bytes after the header")
-        try:
-            elements = list(deserialize_bytes_tensor(binary))
-        except Exception:  # noqa: BLE001 - a malformed length prefix; tritonclient raises various errors
-            raise V2Error(400, f"input '{TEXT}': malformed BYTES tensor data") from None
-        if len(elements) != 1 or sum(4 + len(e) for e in elements) != len(binary):
-            raise V2Error(400, f"input '{TEXT}': expected one BYTES element in {len(binary)} bytes")
-        raw = bytes(elements[0])
-    else:
+    if size is None:
         if binary:
             raise V2Error(400, "binary data after the header, but no input declares binary_data_size")
         data = tensor.data
@@ -113,19 +91,18 @@ def _text(tensor: RequestInput, binary: bytes) -> str:
         if not isinstance(data, str):
             raise V2Error(400, f"input '{TEXT}': data must be one string, got {json.dumps(tensor.data)[:80]}")
         return data
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise V2Error(400, f"input '{TEXT}' is not valid UTF-8") from None
+    if tensor.data is not None:
+        raise V2Error(400, f"input '{TEXT}' has both JSON data and binary_data_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise V2Error(400, f"input '{TEXT}': binary_data_size {size!r} does not match the {len(binary)} "
+                           "bytes after the header")
+    return text_from_raw(binary)
 
 
 def _wants_binary(outputs: list[RequestOutput] | None, all_binary: bool) -> bool:
     if outputs is None:
         return all_binary
-    if [o.name for o in outputs] != [AUDIO]:
-        bad = [o.name for o in outputs if o.name != AUDIO]
-        raise V2Error(400, f"unknown output '{bad[0]}'; the model has one output, '{AUDIO}'" if bad
-                      else f"output '{AUDIO}' asked for more than once")
+    check_output_names([o.name for o in outputs])
     params = outputs[0].parameters
     unknown = set(params) - {"binary_data"}
     if unknown:

@@ -15,7 +15,7 @@ def placement(handle, calls: int = 40) -> dict[int, dict]:
     """pid -> {card, node_id} of every engine replica the router reached."""
     with ThreadPoolExecutor(3) as pool:  # within the slots (3+ replicas x 4): no backpressure
         stats = list(pool.map(lambda _: handle.stats.remote().result(timeout_s=60), range(calls)))
-    return {s["pid"]: {"card": s["card"], "node_id": s["node_id"], "running": s["num_running"]} for s in stats}
+    return {s["pid"]: {"card": s["card"], "node_id": s["node_id"]} for s in stats}
 
 
 def speak(url: str, seed: int) -> int:
@@ -28,7 +28,7 @@ def long_speak(url: str, seed: int, seconds: float = 8.0) -> dict:
     """One streamed request: complete, cut (the body ended early or broke), or refused."""
     body = {"model": "tts-1", "voice": "alloy", "input": "A long answer to keep the card busy. " * 4,
             "response_format": "pcm", "seed": seed, "max_audio_seconds": seconds}
-    received, t0 = 0, time.monotonic()
+    received = 0
     try:
         with httpx.stream("POST", url + "/v1/audio/speech", json=body, timeout=120) as r:
             if r.status_code != 200:

@@ -8,14 +8,11 @@ import re
 import httpx
 import pytest
 from wyoming.audio import AudioChunk
-from wyoming.client import AsyncTcpClient
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
 from serve.routes.playground import CSP
-from serve.wyoming_tts.api import WyomingSettings
-from serve.wyoming_tts.server import run as run_wyoming
-from tests.conftest import free_port
+from tests.wyoming_server import wyoming_client
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -31,29 +28,15 @@ def test_playground_through_ray(app_url):
 
 
 def test_wyoming_through_ray(app_url):
-    port = free_port()
-    settings = WyomingSettings(uri=f"tcp://127.0.0.1:{port}", api_url=app_url, max_audio_seconds=0.96)
-
     async def go():
-        server = asyncio.create_task(run_wyoming(settings))
-        try:
-            for _ in range(200):
-                try:
-                    client = AsyncTcpClient("127.0.0.1", port)
-                    await client.connect()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.05)
+        async with wyoming_client(app_url, max_audio_seconds=0.96) as client:
             await client.write_event(Describe().event())
             info = Info.from_event(await asyncio.wait_for(client.read_event(), 60))
             await client.write_event(Synthesize(text="Through the cluster.", voice=SynthesizeVoice("shimmer")).event())
             events = []
             while not events or events[-1].type not in ("audio-stop", "error"):
                 events.append(await asyncio.wait_for(client.read_event(), 60))
-            await client.disconnect()
             return info, events
-        finally:
-            server.cancel()
 
     info, events = asyncio.run(go())
     assert "shimmer" in [v.name for v in info.tts[0].voices]

@@ -21,10 +21,9 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from models import EngineConfig
 from serve.voices import OPENAI_VOICES
-from serve.wyoming_tts.api import WyomingSettings
-from serve.wyoming_tts.server import run as run_wyoming
 from tests.conftest import free_port, wait_engine_idle, wav_bytes
 from tests.local_server import local_server
+from tests.wyoming_server import wyoming_client
 
 # The tiny model never says EOS: each text segment stops at 25 frames (2 s), so a text of
 # several segments streams for several seconds.
@@ -182,28 +181,13 @@ def test_a_client_that_vanishes_frees_its_slot(api, wyoming_port):
 
 
 def test_an_unreachable_api_is_an_error_event():
-    settings = WyomingSettings(uri=f"tcp://127.0.0.1:{free_port()}", api_url=f"http://127.0.0.1:{free_port()}",
-                               timeout_s=5)
-
     async def go():
-        server = asyncio.create_task(run_wyoming(settings))
-        port = int(settings.uri.rsplit(":", 1)[1])
-        for _ in range(100):
-            try:
-                client = AsyncTcpClient("127.0.0.1", port)
-                await client.connect()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        try:
+        async with wyoming_client(f"http://127.0.0.1:{free_port()}", timeout_s=5) as client:
             results = []
             for event in (Describe(), Synthesize(text="Anyone there?")):
                 await client.write_event(event.event())
                 results.append(await asyncio.wait_for(client.read_event(), 30))
             return results
-        finally:
-            await client.disconnect()
-            server.cancel()
 
     for event in run(go()):
         error = Error.from_event(event)
