@@ -40,7 +40,7 @@ from serve.voices import Voice, VoiceStore
 
 from .metrics import EngineRecorder, RayMetrics, held_card
 from .placement import AppArgs, engine_actor_options
-from .voices import load_voice, voice_context
+from .voices import EngineVoices
 
 log = logging.getLogger(__name__)
 ENGINE_NAME = "TTSEngine"
@@ -59,7 +59,17 @@ class TTSEngineDeployment:
         recorder = EngineRecorder(RayMetrics(), sync_engine.loaded)
         self.pipeline = SpeechPipeline.start(sync_engine, max_waiting=0, chunk_frames=chunk_frames(chunk_s),
                                              on_step=recorder.on_step)
-        self.store = VoiceStore(voices_dir, max_sample_bytes)
+        self.voices = EngineVoices(self.pipeline, VoiceStore(voices_dir, max_sample_bytes))
+        self._follow: asyncio.Task | None = None
+        self._follow_store()
+
+    def _follow_store(self) -> None:
+        """Keep this replica's voices in step with the shared store (a delete through any
+        ingress reaches every replica within a second): a task on the replica's event loop,
+        started with the replica (its constructor runs on that loop) or with its first call."""
+        if self._follow is None or self._follow.done():
+            with contextlib.suppress(RuntimeError):  # no running loop yet: the first call starts it
+                self._follow = asyncio.get_running_loop().create_task(self.voices.follow_store())
 
     def build_engine(self, config: EngineConfig) -> Engine:
         """Load the model (a seam: fault-injection tests subclass this deployment)."""
@@ -69,22 +79,28 @@ class TTSEngineDeployment:
         """Stream float32 PCM bytes. Voices load lazily from the shared voices directory, so a
         voice created through any ingress works on every engine replica. Every failure leaves
         as a BackendError (a typed record, never a traceback)."""
+        self._follow_store()
         try:
-            voice = await voice_context(self.pipeline, self.store, job.voice)
+            voice = await self.voices.context(job.voice)
             async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
                 yield pcm.astype(np.float32).tobytes()
+        except Overloaded as e:  # Serve's router sends at most max_num_seqs: this one is a race to see
+            log.warning("request %s: the engine refused a request Serve had admitted: %s", job.request_id, e)
+            raise BackendError(error_info(e, job.request_id)) from None
         except Exception as e:
             raise BackendError(error_info(e, job.request_id)) from None
 
     async def add_voice(self, voice: Voice) -> None:
         """Load a new voice here now, so one the model cannot take is refused at upload."""
+        self._follow_store()
         try:
-            await load_voice(self.pipeline, self.store, voice)
+            await self.voices.load(voice)
         except Exception as e:
             raise BackendError(error_info(e, f"voice {voice.id}")) from None
 
     async def forget_voice(self, voice_id: str) -> None:
-        await self.pipeline.voices.remove(voice_id)
+        """Forget it here now (the others follow the store within a second)."""
+        await self.voices.forget(voice_id)
 
     def instance(self) -> Instances:
         engine = self.pipeline.engine
@@ -92,7 +108,7 @@ class TTSEngineDeployment:
 
     def stats(self) -> dict:
         return {**self.pipeline.engine.stats().__dict__, "pid": os.getpid(), "num_threads": threading.active_count(),
-                "card": held_card(), "node_id": ray.get_runtime_context().get_node_id()}
+                "card": held_card(), "node_id": ray.get_runtime_context().get_node_id(), "voices": self.voices.loaded}
 
     def check_health(self) -> None:
         self.pipeline.engine.check_health()

@@ -45,7 +45,7 @@ async def _say(args: argparse.Namespace) -> int:
     from serve.text import split_text
     from serve.voices import VoiceStore
 
-    from .voices import voice_context
+    from .voices import EngineVoices
 
     fmt = args.format or Path(args.output).suffix.lstrip(".").lower()
     if fmt not in FORMATS:
@@ -56,7 +56,7 @@ async def _say(args: argparse.Namespace) -> int:
     params = GenerationParams(speaker=voice.speaker, seed=args.seed, max_frames=args.max_frames)
     pipeline = SpeechPipeline.start(build_engine(EngineConfig(model=args.model, device=args.device, max_num_seqs=1)))
     try:
-        context = await voice_context(pipeline, store, voice)
+        context = await EngineVoices(pipeline, store).context(voice)
         segments = split_text(args.text)
         with open(args.output, "wb") as out, tqdm(total=len(segments), unit="segment", desc="speaking") as bar:
             frames = 0

@@ -5,6 +5,7 @@ single-card hosts; `python -m deployments.local --help`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -17,7 +18,7 @@ from serve.settings import ServerSettings
 from serve.voices import Voice, VoiceStore
 
 from .metrics import EngineRecorder
-from .voices import load_voices, voice_context
+from .voices import EngineVoices
 
 
 class LocalBackend:
@@ -25,8 +26,9 @@ class LocalBackend:
     for one of the engine's `max_num_seqs` rows (see models/frontend/admission.py)."""
 
     def __init__(self, pipeline: SpeechPipeline, store: VoiceStore) -> None:
-        self.pipeline, self.store = pipeline, store
+        self.pipeline, self.voices = pipeline, EngineVoices(pipeline, store)
         self._ready = False
+        self._follow: asyncio.Task | None = None
 
     @classmethod
     async def start(cls, config: EngineConfig, store: VoiceStore, max_queued_requests: int = 16,
@@ -43,7 +45,8 @@ class LocalBackend:
         pipeline = SpeechPipeline.start(engine, max_queued_requests, chunk_frames(chunk_s),
                                         on_step=recorder.on_step if recorder else None)
         backend = cls(pipeline, store)
-        await load_voices(pipeline, store)
+        await backend.voices.load_all()
+        backend._follow = asyncio.create_task(backend.voices.follow_store())  # folders changed by hand too
         backend._ready = True
         return backend
 
@@ -52,7 +55,7 @@ class LocalBackend:
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
         try:
-            voice = await voice_context(self.pipeline, self.store, job.voice)
+            voice = await self.voices.context(job.voice)
             async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
                 yield pcm
         except Exception as e:
@@ -60,18 +63,20 @@ class LocalBackend:
 
     async def add_voice(self, voice: Voice, clips: list[tuple[np.ndarray, str]]) -> None:
         try:
-            await self.pipeline.voices.add(voice.id, voice.speaker, clips)
+            await self.voices.add(voice, clips)
         except Exception as e:
             raise BackendError(error_info(e, f"voice {voice.id}")) from e
 
     async def remove_voice(self, voice: Voice) -> None:
-        await self.pipeline.voices.remove(voice.id)
+        await self.voices.forget(voice.id)
 
     async def instances(self) -> Instances:
         engine = self.pipeline.engine
         return Instances(kind=instance_kind(engine.device_type), count=1, max_num_seqs=engine.max_num_seqs)
 
     def shutdown(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
         self.pipeline.shutdown()
 
 

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 
-from deployments.voices import load_voices
+from deployments.voices import EngineVoices
 from models import GenerationParams
 from models.frontend.speech import SpeechPipeline
 from serve.text import split_text
@@ -41,7 +41,7 @@ def _sample() -> bytes:
 def test_4096_characters_in_one_voice(pipeline, tiny, tmp_path, monkeypatch):
     store = VoiceStore(tmp_path)
     voice = store.create("narrator", _sample(), "Hello, I am the narrator.", speaker=4)
-    assert asyncio.run(load_voices(pipeline, store)) == 1
+    assert asyncio.run(EngineVoices(pipeline, store).load_all()) == 1
     context = pipeline.voices.get(voice.id)
     assert len(context) == 1 and len(context[0].codes) == 25  # 2 s of reference audio
 

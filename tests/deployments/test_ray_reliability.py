@@ -74,7 +74,10 @@ def test_overload_gets_429_quickly_and_admitted_requests_finish(app_url):
     refused = [o for o in outcomes if o[0] == 429]
     served = [o for o in outcomes if o[0] == 200]
     assert len(refused) + len(served) == 24, [(o[0], o[2].text[:200]) for o in outcomes]  # nothing failed or lost
-    assert len(refused) >= 12 and len(served) >= 6  # slots freed during the burst admit a few more
+    # Serve's router counts a request as queued until it is assigned, even one a free slot will
+    # take (its own comment in router.wrap_request_assignment: "we may reject more requests than
+    # strictly necessary"): a simultaneous burst is promised the queue's 2 places, not the 4 slots.
+    assert len(refused) >= 12 and len(served) >= 2
     for status, seconds, r in refused + probes:
         assert status == 429 and r.headers["retry-after"] and r.json()["error"]["type"] == "rate_limit_error"
     assert all(len(o[2].content) == 50 * 1920 * 2 for o in served)
