@@ -9,13 +9,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
+
+
+def replica_stats(handle, calls: int = 40) -> dict[int, dict]:
+    """pid -> stats of every engine replica the router reached (idle replicas: the router
+    spreads the calls, so 40 reach each of 4)."""
+    with ThreadPoolExecutor(3) as pool:  # within the slots (3+ replicas x 4): no backpressure
+        stats = list(pool.map(lambda _: handle.stats.remote().result(timeout_s=60), range(calls)))
+    return {s["pid"]: s for s in stats}
 
 
 def placement(handle, calls: int = 40) -> dict[int, dict]:
     """pid -> {card, node_id} of every engine replica the router reached."""
-    with ThreadPoolExecutor(3) as pool:  # within the slots (3+ replicas x 4): no backpressure
-        stats = list(pool.map(lambda _: handle.stats.remote().result(timeout_s=60), range(calls)))
-    return {s["pid"]: {"card": s["card"], "node_id": s["node_id"]} for s in stats}
+    return {pid: {"card": s["card"], "node_id": s["node_id"]} for pid, s in replica_stats(handle, calls).items()}
 
 
 def speak(url: str, seed: int) -> int:
@@ -39,6 +46,48 @@ def long_speak(url: str, seed: int, seconds: float = 8.0) -> dict:
         return {"outcome": "cut", "end": time.monotonic(), "bytes": received}
     complete = received == round(seconds * 24_000) * 2
     return {"outcome": "complete" if complete else "cut", "end": time.monotonic(), "bytes": received}
+
+
+def voices_across(url: str, handle, replicas: int) -> dict:
+    """A custom voice created through the API speaks on every engine replica (loaded there from
+    the shared store on first use; the same seed gives the same audio on each), a deleted one is
+    forgotten by every replica without any request reaching them, and a voice the model cannot
+    take is refused at upload and not kept."""
+    from tests.conftest import wav_bytes
+
+    def upload(name: str, transcript: str) -> httpx.Response:
+        return httpx.post(url + "/v1/audio/voices", data={"name": name, "transcript": transcript}, timeout=120,
+                          files={"audio_sample": ("s.wav", wav_bytes(1.0), "audio/wav")})
+
+    def speak_as(voice: str) -> httpx.Response:
+        body = {"model": "tts-1", "voice": voice, "input": "Everywhere.", "response_format": "pcm", "seed": 3,
+                "max_audio_seconds": 0.48}
+        return httpx.post(url + "/v1/audio/speech", json=body, timeout=120)
+
+    too_long = upload("Too long", "語" * 2000)
+    voice_id = upload("Everywhere", "A voice for every card.").json()["id"]
+    bodies, holders = [], {}
+    for _ in range(6):  # rounds of one request per slot, until every replica has spoken it
+        with ThreadPoolExecutor(replicas * 2) as pool:
+            responses = list(pool.map(lambda _: speak_as(voice_id), range(replicas * 2)))
+        bodies += [np.frombuffer(r.content, "<i2").astype(int) for r in responses if r.status_code == 200]
+        holders = {pid: voice_id in s["voices"] for pid, s in replica_stats(handle).items()}
+        if len(holders) == replicas and all(holders.values()):
+            break
+    deleted = httpx.delete(f"{url}/v1/audio/voices/{voice_id}", timeout=60).status_code
+    t0, forgotten_in_s = time.monotonic(), -1.0
+    while time.monotonic() - t0 < 10:
+        after = replica_stats(handle)
+        if len(after) == replicas and not any(voice_id in s["voices"] for s in after.values()):
+            forgotten_in_s = round(time.monotonic() - t0, 2)
+            break
+        time.sleep(0.2)
+    names = [v["name"] for v in httpx.get(url + "/v1/audio/voices", timeout=30).json()["data"]]
+    return {"too_long_status": too_long.status_code, "too_long_kept": "Too long" in names,
+            "holders": list(holders.values()), "spoken": len(bodies),
+            # same codes everywhere; PCM equal up to float rounding of batched Mimi decodes (1-2 LSB)
+            "max_pcm_difference": max(int(np.abs(b - bodies[0]).max()) for b in bodies) if bodies else -1, "deleted_status": deleted,
+            "forgotten_everywhere_in_s": forgotten_in_s, "speak_deleted_status": speak_as(voice_id).status_code}
 
 
 def wait_running(n: int, timeout_s: float = 180) -> float:
@@ -111,6 +160,10 @@ def main(voices_dir: str, port: int) -> dict:
         out["states_over_capacity"] = dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states)
         out["placement_over_capacity"] = list(placement(handle, 60).values())
         out["statuses_over_capacity"] = [speak(sim.url, 10 + i) for i in range(3)]
+        out["voices"] = voices_across(sim.url, handle, replicas=4)
+        from tests.deployments.cluster_autoscale import autoscale
+
+        out["autoscale"] = autoscale(sim, voices_dir, cards=4)
         out["node_loss"] = node_loss(sim, handle, voices_dir)
     return out
 

@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on loopback with simulated Ascend cards (Ray's NPU resource):
 each engine replica holds exactly one card, Ray hands each its own card id
 (ASCEND_RT_VISIBLE_DEVICES), and a replica beyond the cards stays pending while the others
-serve; losing a node mid-load ends its streams, the other replica's finish, readiness stays up and
+serve; under load Serve scales from 1 replica to one per card and back, nothing lost; a custom voice speaks on every replica and, deleted, is forgotten by all; losing a node mid-load ends its streams, the other replica's finish, readiness stays up and
 Serve replaces the replica on a free card. Runs tests/deployments/cluster_check.py in a process
 of its own."""
 
@@ -34,6 +34,22 @@ def test_each_replica_holds_its_own_simulated_card(tmp_path):
     states = result["states_over_capacity"]  # the fifth waits for a card (Serve calls it STARTING)
     assert states.pop("RUNNING") == 4 and sum(states.values()) == 1 and set(states) <= {"STARTING", "PENDING_ALLOCATION"}
     assert result["statuses"] == [200] * 3 and result["statuses_over_capacity"] == [200] * 3
+    voices = result["voices"]  # a custom voice across 4 replicas
+    assert voices["too_long_status"] == 400 and not voices["too_long_kept"]
+    assert voices["holders"] == [True] * 4 and voices["spoken"] >= 8
+    assert 0 <= voices["max_pcm_difference"] <= 2  # same seed, same audio on every card, batched or not
+    assert voices["deleted_status"] == 200 and 0 <= voices["forgotten_everywhere_in_s"] < 5
+    assert voices["speak_deleted_status"] == 400  # voice_not_found, as for any unknown voice
+    scale = result["autoscale"]
+    print(json.dumps(scale, indent=1))  # shown with -s: the scale-out timeline
+    assert scale["timeline"][0][1] == 1 and scale["to_full_s"] > 0  # from 1 replica to one per card
+    # nothing cut or lost: each request got all its audio, or a 429 before it started (8 clients
+    # at once against 1 replica's 4 slots + 4 queued places, before the scale-out)
+    assert set(scale["outcomes"]) <= {"complete", "http_429"} and scale["complete"] > 16
+    assert len(scale["average_batch"]) == 4 and min(scale["average_batch"]) > 1  # load spread: each one batches
+    assert scale["drain_outcomes"] == ["complete"] * 3 and scale["streams_on_a_stopping_replica"] >= 0
+    assert scale["back_to_1_s"] > 0
+    assert scale["status_after"] == 200
     print(json.dumps(result["node_loss"], indent=1))  # shown with -s: the node-loss timeline
     loss = result["node_loss"]
     assert len(loss["nodes_before"]) == 2  # one replica per card node
