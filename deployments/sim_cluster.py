@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 from dataclasses import dataclass
-
 
 HEAD_RESOURCE = "sim_head"  # the ingress stays on the head, beside Serve's proxy: losing a card node loses engines only
 
@@ -60,15 +60,32 @@ def sim_cluster(nodes: int, cards_per_node: int, http_port: int, head_cpus: int 
         cluster.shutdown()
 
 
-def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True):
-    """The csm application with extra TTSEngine options (num_replicas or autoscaling_config)."""
-    from ray.serve import api
+def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True, timeout_s: float = 240) -> None:
+    """Deploy the csm application as KubeRay does, from a Serve config (the builder in
+    serve_config.yaml with `args`), with extra TTSEngine options (num_replicas or
+    autoscaling_config) and the ingress kept on the head. Serve derives the code version from
+    the config: with the same args a new replica count or autoscaling policy is a light update
+    (replicas added, or drained and stopped, as when the autoscaler acts); new args restart them."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
 
-    from .app import TTSEngineDeployment, build_app_with
-
-    engine = TTSEngineDeployment.options(**(engine_options or {}))
-    ingress = {"ray_actor_options": {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}}
-    return api._run(build_app_with(args, engine, ingress), _blocking=blocking, name="csm", route_prefix="/")
+    config = ServeDeploySchema.parse_obj({"applications": [{
+        "name": "csm", "route_prefix": "/", "import_path": "deployments.app:build_app", "args": args,
+        "deployments": [
+            {"name": "TTSEngine", **(engine_options or {})},
+            {"name": "SpeechIngress", "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}},
+        ]}]})
+    _get_global_client().deploy_apps(config)
+    deadline = time.monotonic() + timeout_s
+    time.sleep(1)  # the controller takes the new config before the status reflects it
+    while True:  # built (the deployments exist) and, when blocking, running
+        app = serve.status().applications.get("csm")
+        if app is not None and "TTSEngine" in app.deployments and (not blocking or app.status == "RUNNING"):
+            return
+        if app is not None and app.status == "DEPLOY_FAILED" or time.monotonic() > deadline:
+            raise RuntimeError(f"csm did not deploy: {app.message if app else 'no application'}")
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -104,7 +104,13 @@ def split_text(text: str, max_chars: int = 250, min_chars: int = 40, *, language
     norm = normalize_whitespace(text)
     if not norm:
         return []
-    min_chars = min(min_chars, max_chars // 2)
+    if len(norm) <= max_chars:  # one segment whatever the sentences: no sentence detection needed
+        return [norm]
+    return _segments(norm, max_chars, min(min_chars, max_chars // 2), segmenter)
+
+
+def _segments(norm: str, max_chars: int, min_chars: int, segmenter: pysbd.Segmenter) -> list[str]:
+    """split_text on normalised, non-empty text (min_chars already clamped)."""
     units: list[_Unit] = []
     for span in _sentence_spans(norm, segmenter):
         units.extend(_split_long(norm, span, max_chars, min_chars))

@@ -90,6 +90,12 @@ def voices_across(url: str, handle, replicas: int) -> dict:
             "forgotten_everywhere_in_s": forgotten_in_s, "speak_deleted_status": speak_as(voice_id).status_code}
 
 
+def _engine_states() -> dict[str, int]:
+    from ray import serve
+
+    return dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states)
+
+
 def wait_running(n: int, timeout_s: float = 180) -> float:
     """Seconds until exactly n engine replicas run (and no other is starting); -1 on timeout."""
     from ray import serve
@@ -104,20 +110,25 @@ def wait_running(n: int, timeout_s: float = 180) -> float:
 
 
 def node_loss(sim, handle, voices_dir: str) -> dict:
-    """Two engine replicas on two card nodes, four long streams, then one node is removed
-    (no graceful shutdown): its streams end, the others finish, Serve replaces the replica on
-    the surviving node's free card, readiness stays up, the next requests succeed."""
+    """Two engine replicas, one per card node (max_replicas_per_node: 1), eight long streams
+    (four each: the router fills free slots), then one node is removed (no graceful shutdown):
+    its streams end, the others finish, readiness stays up; the replacement waits for a card
+    on a node of its own until a new node joins (as KubeRay replaces a lost worker pod), then
+    serves there, and the next requests succeed."""
     from deployments.sim_cluster import app_args, deploy
 
-    deploy(app_args(voices_dir, max_num_seqs=2), {"num_replicas": 2})  # 2 slots each: 4 streams take both
+    deploy(app_args(voices_dir), {"num_replicas": 2, "max_replicas_per_node": 1})
     wait_running(2)
     time.sleep(2)  # the routers have heard of both replicas
     before = placement(handle)
     nodes = {p["node_id"] for p in before.values()}
     victim = next(n for n in sim.worker_nodes if n.node_id in nodes)
-    with ThreadPoolExecutor(4) as pool:  # two per replica: the router fills free slots first
-        streams = [pool.submit(long_speak, sim.url, 100 + i) for i in range(4)]
-        time.sleep(2.5)  # every stream is under way
+    with ThreadPoolExecutor(8) as pool:
+        streams = []
+        for i in range(8):  # staggered: a simultaneous burst can meet Serve's queue limit
+            streams.append(pool.submit(long_speak, sim.url, 100 + i, 6.0))
+            time.sleep(0.1)
+        time.sleep(2.0)  # every stream is under way
         killed_at = time.monotonic()
         sim.cluster.remove_node(victim, allow_graceful=False)
         ready = []
@@ -127,44 +138,71 @@ def node_loss(sim, handle, voices_dir: str) -> dict:
         results = [f.result() for f in streams]
     for r in results:
         r["after_kill_s"] = round(r.pop("end") - killed_at, 2)
+    pending, detect_deadline = _engine_states(), time.monotonic() + 30
+    while not (pending.get("RUNNING") == 1 and sum(pending.values()) == 2) and time.monotonic() < detect_deadline:
+        time.sleep(0.5)  # Serve notices the lost replica and starts a replacement that waits for a node
+        pending = _engine_states()
+    detected_s = round(time.monotonic() - killed_at, 1)
+    joined_at = time.monotonic()
+    sim.worker_nodes.remove(victim)
+    sim.worker_nodes.append(sim.cluster.add_node(num_cpus=2, resources={"NPU": 2}))
     replaced_in_s = wait_running(2)
     after, deadline = {}, time.time() + 30
     while len(after) < 2 and time.time() < deadline:  # until the router has heard of the replacement
         after.update(placement(handle, 12))
         time.sleep(1)
     return {"nodes_before": sorted(nodes), "victim": victim.node_id, "results": results, "ready_during": ready,
-            "replaced_in_s": replaced_in_s, "placement_after": list(after.values()),
-            "statuses_after": [speak(sim.url, 200 + i) for i in range(3)]}
+            "states_before_new_node": pending, "replacement_asked_for_in_s": detected_s, "new_node": sim.worker_nodes[-1].node_id,
+            "replaced_in_s": round(replaced_in_s, 1), "node_to_serving_s": round(time.monotonic() - joined_at, 1),
+            "placement_after": list(after.values()), "statuses_after": [speak(sim.url, 200 + i) for i in range(3)]}
+
+
+def over_capacity(sim, voices_dir: str) -> dict:
+    """Five replicas asked for, four cards: four run on distinct cards, the fifth waits."""
+    from ray import serve
+
+    from deployments.sim_cluster import app_args, deploy
+
+    deploy(app_args(voices_dir), {"num_replicas": 5}, blocking=False)
+    handle = serve.get_deployment_handle("TTSEngine", app_name="csm")
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        states = serve.status().applications["csm"].deployments["TTSEngine"].replica_states
+        if states.get("RUNNING", 0) == 4 and sum(states.values()) == 5:
+            break
+        time.sleep(1)
+    time.sleep(3)  # the fifth stays pending
+    return {"states_over_capacity": dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states),
+            "placement_over_capacity": list(placement(handle, 60).values()),
+            "statuses_over_capacity": [speak(sim.url, 10 + i) for i in range(3)]}
 
 
 def main(voices_dir: str, port: int) -> dict:
     from ray import serve
 
     from deployments.sim_cluster import app_args, deploy, sim_cluster
+    from tests.deployments.cluster_autoscale import autoscale, drain_on_downscale
 
-    out: dict = {}
+    out: dict = {"phase_s": {}}
+    t0 = time.monotonic()
+
+    def timed(name: str, result: dict) -> dict:
+        nonlocal t0
+        out["phase_s"][name], t0 = round(time.monotonic() - t0, 1), time.monotonic()
+        return result
+
     with sim_cluster(nodes=2, cards_per_node=2, http_port=port) as sim:
         out["nodes"] = [n.node_id for n in sim.worker_nodes]
-        deploy(app_args(voices_dir), {"num_replicas": 3})
+        deploy(app_args(voices_dir), {"num_replicas": 4})
         handle = serve.get_deployment_handle("TTSEngine", app_name="csm")
-        out["placement"] = list(placement(handle).values())
-        out["statuses"] = [speak(sim.url, i) for i in range(3)]
-        deploy(app_args(voices_dir), {"num_replicas": 5}, blocking=False)  # one more than the 4 cards
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            states = serve.status().applications["csm"].deployments["TTSEngine"].replica_states
-            if states.get("RUNNING", 0) == 4 and sum(states.values()) == 5:
-                break
-            time.sleep(1)
-        time.sleep(3)  # the fifth stays pending
-        out["states_over_capacity"] = dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states)
-        out["placement_over_capacity"] = list(placement(handle, 60).values())
-        out["statuses_over_capacity"] = [speak(sim.url, 10 + i) for i in range(3)]
-        out["voices"] = voices_across(sim.url, handle, replicas=4)
-        from tests.deployments.cluster_autoscale import autoscale
-
-        out["autoscale"] = autoscale(sim, voices_dir, cards=4)
-        out["node_loss"] = node_loss(sim, handle, voices_dir)
+        out["placement"] = timed("placement", list(placement(handle, 60).values()))
+        out["voices"] = timed("voices", voices_across(sim.url, handle, replicas=4))
+        out["drain"] = timed("drain", drain_on_downscale(sim, voices_dir))
+        out["autoscale"] = timed("autoscale", autoscale(sim, voices_dir, cards=4))
+        out["node_loss"] = timed("node_loss", node_loss(sim, handle, voices_dir))
+        # last: Serve stops a replica that never got a card only after graceful_shutdown_timeout_s
+        out.update(timed("over_capacity", over_capacity(sim, voices_dir)))
+        out["nodes_at_end"] = [n.node_id for n in sim.worker_nodes]
     return out
 
 

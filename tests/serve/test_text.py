@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve.text import normalize_whitespace, split_text
+from serve.text import _segments, normalize_whitespace, split_text
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -379,3 +379,21 @@ def test_serve_text_does_not_import_torch():
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@PROPERTY_SETTINGS
+@given(
+    text=st.one_of(st.text(max_size=400), st.lists(SENTENCE, min_size=1, max_size=8).map(" ".join)),
+    max_chars=st.integers(20, 400),
+    min_chars=st.integers(0, 100),
+)
+def test_property_text_within_max_chars_is_one_segment_as_the_full_split_gives(text, max_chars, min_chars):
+    """The shortcut for text that fits one segment (no sentence detection: most requests) gives
+    what the full algorithm gives."""
+    text = normalize_whitespace(text)[:max_chars]
+    norm = normalize_whitespace(text)
+    if not norm:
+        assert split_text(text) == []
+        return
+    full = _segments(norm, max_chars, min(min_chars, max_chars // 2), pysbd.Segmenter(language="en", clean=False))
+    assert split_text(text, max_chars=max_chars, min_chars=min_chars) == full == [norm]
