@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import load
-from tests.deployments.cluster_check import wait_running
+from tests.deployments.cluster_check import engine_states, wait_running
 
 
 def transformers_audio_s_per_s(requests: int = 4, seconds: float = 2.0) -> float:
@@ -71,7 +71,6 @@ def throughput(sim, voices: str, replicas: int, slots: int, per_client: int, sec
 
 
 def autoscale(sim, voices: str, clients: int, hold_s: float, seconds: float) -> dict:
-    from ray import serve
 
     from deployments.sim_cluster import app_args, autoscaling, deploy
 
@@ -84,7 +83,7 @@ def autoscale(sim, voices: str, clients: int, hold_s: float, seconds: float) -> 
 
     def watch() -> None:
         while not done.is_set():
-            states = serve.status().applications["csm"].deployments["TTSEngine"].replica_states
+            states = engine_states()
             now = round(time.monotonic() - t0, 1)
             asked.setdefault(sum(states.values()), now)
             reached.setdefault(states.get("RUNNING", 0), now)

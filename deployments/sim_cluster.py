@@ -83,7 +83,7 @@ def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True
         app = serve.status().applications.get("csm")
         if app is not None and "TTSEngine" in app.deployments and (not blocking or app.status == "RUNNING"):
             return
-        if app is not None and app.status == "DEPLOY_FAILED" or time.monotonic() > deadline:
+        if (app is not None and app.status == "DEPLOY_FAILED") or time.monotonic() > deadline:
             raise RuntimeError(f"csm did not deploy: {app.message if app else 'no application'}")
         time.sleep(0.5)
 

@@ -59,8 +59,9 @@ class EngineVoices:
         """Forget every loaded voice the store no longer has as it was loaded; returns their ids.
         The store answers from its index (one stat unless the folder changed)."""
         current = {v.id: v for v in await asyncio.to_thread(self.store.list)}
-        stale = [vid for vid, voice in self._loaded.items()
-                 if current.get(vid) != voice or vid not in self.pipeline.voices]
+        for vid in [vid for vid in self._loaded if vid not in self.pipeline.voices]:
+            del self._loaded[vid]  # the registry's LRU bound evicted it: nothing left to forget
+        stale = [vid for vid, voice in self._loaded.items() if current.get(vid) != voice]
         for vid in stale:
             await self.forget(vid)
         return stale

@@ -27,7 +27,7 @@ DISCONNECT_POLL_S = 0.25
 
 async def _authorized(request: Request) -> None:
     try:
-        require_api_key(request, request.app.state.settings)
+        await require_api_key(request, request.app.state.settings)
     except APIError as e:
         raise V2Error(401, e.message) from None
 
@@ -97,7 +97,8 @@ async def infer(model: str, request: Request, version: str | None = None) -> Res
     service.check_model(model, version)
     timing = InferTiming(time.monotonic_ns())
     parsed = parse_infer(await request.body(), request.headers.get("inference-header-content-length"))
-    inference = text_inference(model, parsed.id, get_request_id(request), parsed.text, parsed.parameters, "v2-http")
+    request_id = await get_request_id(request)
+    inference = text_inference(model, parsed.id, request_id, parsed.text, parsed.parameters, "v2-http")
     timing.input_ns = time.monotonic_ns() - timing.start_ns
     collect = asyncio.ensure_future(_collect(service, inference, timing))
     try:  # a client that goes away (or a cancelled handler, as Serve's proxy does) aborts the generation

@@ -11,13 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.deployments.cluster_check import long_speak, replica_stats, wait_running
-
-
-def _states() -> dict[str, int]:
-    from ray import serve
-
-    return dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states)
+from tests.deployments.cluster_check import engine_states, long_speak, replica_stats, wait_running
 
 
 def _client(url: str, stop: threading.Event, results: list, seed: int) -> None:
@@ -52,7 +46,7 @@ def drain_on_downscale(sim, voices_dir: str) -> dict:
         deploy(app_args(voices_dir), {"num_replicas": 1}, blocking=False)
         stopping = 0
         while not all(f.done() for f in streams):
-            stopping = max(stopping, _states().get("STOPPING", 0))
+            stopping = max(stopping, engine_states().get("STOPPING", 0))
             time.sleep(0.25)
         results = [f.result() for f in streams]
     return {"streams_per_replica": per_replica, "max_stopping": stopping,
@@ -78,7 +72,7 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
             pool.submit(_client, sim.url, stop, results, 1000 + i)
         full_at = None
         while time.monotonic() - t0 < 150:
-            running = _states().get("RUNNING", 0)
+            running = engine_states().get("RUNNING", 0)
             if not timeline or timeline[-1][1] != running:
                 timeline.append((round(time.monotonic() - t0, 1), running))
             if running == cards and full_at is None:

@@ -90,7 +90,7 @@ def voices_across(url: str, handle, replicas: int) -> dict:
             "forgotten_everywhere_in_s": forgotten_in_s, "speak_deleted_status": speak_as(voice_id).status_code}
 
 
-def _engine_states() -> dict[str, int]:
+def engine_states() -> dict[str, int]:
     from ray import serve
 
     return dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states)
@@ -98,11 +98,10 @@ def _engine_states() -> dict[str, int]:
 
 def wait_running(n: int, timeout_s: float = 180) -> float:
     """Seconds until exactly n engine replicas run (and no other is starting); -1 on timeout."""
-    from ray import serve
 
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        states = serve.status().applications["csm"].deployments["TTSEngine"].replica_states
+        states = engine_states()
         if states.get("RUNNING", 0) == n and sum(states.values()) == n:
             return time.monotonic() - t0
         time.sleep(0.5)
@@ -138,10 +137,10 @@ def node_loss(sim, handle, voices_dir: str) -> dict:
         results = [f.result() for f in streams]
     for r in results:
         r["after_kill_s"] = round(r.pop("end") - killed_at, 2)
-    pending, detect_deadline = _engine_states(), time.monotonic() + 30
+    pending, detect_deadline = engine_states(), time.monotonic() + 30
     while not (pending.get("RUNNING") == 1 and sum(pending.values()) == 2) and time.monotonic() < detect_deadline:
         time.sleep(0.5)  # Serve notices the lost replica and starts a replacement that waits for a node
-        pending = _engine_states()
+        pending = engine_states()
     detected_s = round(time.monotonic() - killed_at, 1)
     joined_at = time.monotonic()
     sim.worker_nodes.remove(victim)
@@ -167,12 +166,12 @@ def over_capacity(sim, voices_dir: str) -> dict:
     handle = serve.get_deployment_handle("TTSEngine", app_name="csm")
     deadline = time.time() + 180
     while time.time() < deadline:
-        states = serve.status().applications["csm"].deployments["TTSEngine"].replica_states
+        states = engine_states()
         if states.get("RUNNING", 0) == 4 and sum(states.values()) == 5:
             break
         time.sleep(1)
     time.sleep(3)  # the fifth stays pending
-    return {"states_over_capacity": dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states),
+    return {"states_over_capacity": engine_states(),
             "placement_over_capacity": list(placement(handle, 60).values()),
             "statuses_over_capacity": [speak(sim.url, 10 + i) for i in range(3)]}
 
