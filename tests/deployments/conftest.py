@@ -1,4 +1,5 @@
-"""The Ray Serve application each Ray test module deploys (csm-tiny: 4 slots, 2 queued)."""
+"""The Ray Serve application each Ray test module deploys (csm-tiny: 4 slots, 2 queued), and an
+in-process speech pipeline (2 slots) for the tests below HTTP."""
 
 import pytest
 
@@ -26,3 +27,12 @@ def engine_stats() -> dict:
     from ray import serve
 
     return serve.get_deployment_handle("TTSEngine", app_name="csm").stats.remote().result()
+
+
+@pytest.fixture
+def pipeline(make_engine):
+    from models.frontend.speech import SpeechPipeline
+
+    pipeline = SpeechPipeline.start(make_engine(max_num_seqs=2), chunk_frames=4)
+    yield pipeline
+    pipeline.shutdown()

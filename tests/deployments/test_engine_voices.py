@@ -15,10 +15,8 @@ from tests.deployments.test_long_text import _sample
 
 
 @pytest.fixture
-def pipeline(make_engine):
-    pipeline = SpeechPipeline.start(make_engine(max_num_seqs=2), chunk_frames=4)
-    yield pipeline
-    pipeline.shutdown()
+def store(tmp_path):
+    return VoiceStore(tmp_path)
 
 
 def _prefixes(pipeline: SpeechPipeline) -> int:
@@ -43,9 +41,7 @@ def test_a_delete_elsewhere_is_forgotten_here(pipeline, tmp_path):
     asyncio.run(run())
 
 
-def test_a_replaced_voice_is_loaded_again(pipeline, tmp_path):
-    store = VoiceStore(tmp_path)
-
+def test_a_replaced_voice_is_loaded_again(pipeline, store, tmp_path):
     async def run():
         voices = EngineVoices(pipeline, store)
         old = store.create("narrator", _sample(), "The first take.")
@@ -64,9 +60,7 @@ def test_a_replaced_voice_is_loaded_again(pipeline, tmp_path):
     asyncio.run(run())
 
 
-def test_the_background_task_follows_the_store(pipeline, tmp_path):
-    store = VoiceStore(tmp_path)
-
+def test_the_background_task_follows_the_store(pipeline, store):
     async def run():
         voices = EngineVoices(pipeline, store)
         voice = store.create("brief", _sample(), "Soon gone.")

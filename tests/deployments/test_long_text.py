@@ -7,13 +7,11 @@ import asyncio
 import io
 
 import numpy as np
-import pytest
 import soundfile
 import torch
 
 from deployments.voices import EngineVoices
 from models import GenerationParams
-from models.frontend.speech import SpeechPipeline
 from serve.text import split_text
 from serve.voices import VoiceStore
 
@@ -22,13 +20,6 @@ PARAGRAPH = (
     "The U.S. team scored 2.5 points more than expected! Was it luck... or skill? "
     "She said: \"We will see.\" Then everyone went home, tired but happy. "
 )
-
-
-@pytest.fixture
-def pipeline(make_engine):
-    pipeline = SpeechPipeline.start(make_engine(max_num_seqs=2), chunk_frames=4)
-    yield pipeline
-    pipeline.shutdown()
 
 
 def _sample() -> bytes:
