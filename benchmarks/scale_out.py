@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     from deployments.sim_cluster import sim_cluster
 
     report: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
-                    "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}}
+                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     report["transformers_sequential_audio_s_per_s"] = round(transformers_audio_s_per_s(seconds=a.seconds), 3)
     voices = tempfile.mkdtemp(prefix="csm-voices-")
     with sim_cluster(nodes=2, cards_per_node=2, http_port=a.port) as sim:

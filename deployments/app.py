@@ -60,16 +60,10 @@ class TTSEngineDeployment:
         self.pipeline = SpeechPipeline.start(sync_engine, max_waiting=0, chunk_frames=chunk_frames(chunk_s),
                                              on_step=recorder.on_step)
         self.voices = EngineVoices(self.pipeline, VoiceStore(voices_dir, max_sample_bytes))
-        self._follow: asyncio.Task | None = None
-        self._follow_store()
-
-    def _follow_store(self) -> None:
-        """Keep this replica's voices in step with the shared store (a delete through any
-        ingress reaches every replica within a second): a task on the replica's event loop,
-        started with the replica (its constructor runs on that loop) or with its first call."""
-        if self._follow is None or self._follow.done():
-            with contextlib.suppress(RuntimeError):  # no running loop yet: the first call starts it
-                self._follow = asyncio.get_running_loop().create_task(self.voices.follow_store())
+        # Keep this replica's voices in step with the shared store (a delete through any ingress
+        # reaches every replica within a second): Serve runs the constructor on the replica's
+        # event loop, so the task lives as long as the replica.
+        self._follow = asyncio.get_running_loop().create_task(self.voices.follow_store())
 
     def build_engine(self, config: EngineConfig) -> Engine:
         """Load the model (a seam: fault-injection tests subclass this deployment)."""
@@ -79,20 +73,17 @@ class TTSEngineDeployment:
         """Stream float32 PCM bytes. Voices load lazily from the shared voices directory, so a
         voice created through any ingress works on every engine replica. Every failure leaves
         as a BackendError (a typed record, never a traceback)."""
-        self._follow_store()
         try:
             voice = await self.voices.context(job.voice)
             async for pcm in self.pipeline.stream(job.request_id, list(job.segments), voice, job.params):
                 yield pcm.astype(np.float32).tobytes()
-        except Overloaded as e:  # Serve's router sends at most max_num_seqs: this one is a race to see
-            log.warning("request %s: the engine refused a request Serve had admitted: %s", job.request_id, e)
-            raise BackendError(error_info(e, job.request_id)) from None
         except Exception as e:
+            if isinstance(e, Overloaded):  # Serve's router sends at most max_num_seqs: a race to see
+                log.warning("request %s: the engine refused a request Serve had admitted: %s", job.request_id, e)
             raise BackendError(error_info(e, job.request_id)) from None
 
     async def add_voice(self, voice: Voice) -> None:
         """Load a new voice here now, so one the model cannot take is refused at upload."""
-        self._follow_store()
         try:
             await self.voices.load(voice)
         except Exception as e:

@@ -76,12 +76,13 @@ def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True
             {"name": "TTSEngine", **(engine_options or {})},
             {"name": "SpeechIngress", "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}},
         ]}]})
+    applied_at = time.time()
     _get_global_client().deploy_apps(config)
     deadline = time.monotonic() + timeout_s
-    time.sleep(1)  # the controller takes the new config before the status reflects it
-    while True:  # built (the deployments exist) and, when blocking, running
+    while True:  # this config taken, built (the deployments exist) and, when blocking, running
         app = serve.status().applications.get("csm")
-        if app is not None and "TTSEngine" in app.deployments and (not blocking or app.status == "RUNNING"):
+        if (app is not None and app.last_deployed_time_s >= applied_at and "TTSEngine" in app.deployments
+                and (not blocking or app.status == "RUNNING")):
             return
         if (app is not None and app.status == "DEPLOY_FAILED") or time.monotonic() > deadline:
             raise RuntimeError(f"csm did not deploy: {app.message if app else 'no application'}")
