@@ -12,7 +12,7 @@ frame count on all systems):
 Measured per system: one request alone (real-time factor, time to first frame) and, for
 each `--concurrency` level c, c requests at once (aggregate frames/s and times real time,
 time to first frame p50/p95). For the engine also time to first audio: the first PCM chunk
-out of the streaming Mimi decoder through SpeechPipeline, alone and at the first level.
+out of the streaming Mimi decoder through a replica's pipeline, alone and at the first level.
 
 Run: `python -m benchmarks.accel_bench --device cuda --concurrency 64 256` (writes
 benchmarks/results/accel-<device>.json); benchmarks/device_check.py runs it on a GPU host.
@@ -34,7 +34,8 @@ import transformers
 from models import Engine, EngineConfig, GenerationParams, load_model
 from models.params import FRAME_RATE_HZ
 from models.core.prompt import build_prompt
-from models.frontend.speech import SpeechPipeline
+from replica.replica import Replica
+from replica.voice_store import VoiceStore
 
 from .engine_bench import device_name
 
@@ -74,11 +75,12 @@ def run_engine(engine: Engine, c: int, frames: int, seed: int) -> dict:
 
 
 def time_to_first_audio(engine: Engine, c: int, frames: int) -> dict:
-    """c requests at once through SpeechPipeline (AsyncEngine + streaming Mimi): seconds to
-    each request's first PCM chunk."""
+    """c requests at once through a replica's pipeline (EngineLoop + streaming Mimi): seconds
+    to each request's first PCM chunk."""
 
     async def main() -> list[float]:
-        pipeline = SpeechPipeline.start(engine, max_waiting=c)
+        replica = Replica(engine, VoiceStore(None), max_waiting=c)
+        pipeline = replica.pipeline
         t0 = time.perf_counter()
 
         async def one(i: int) -> float:
@@ -91,7 +93,7 @@ def time_to_first_audio(engine: Engine, c: int, frames: int) -> dict:
         try:
             return list(await asyncio.gather(*(one(i) for i in range(c))))
         finally:
-            pipeline.shutdown()
+            replica.shutdown()
 
     ttfa = asyncio.run(main())
     return {"requests": c, "ttfa_p50_s": round(_pct(ttfa, 0.5), 4), "ttfa_p95_s": round(_pct(ttfa, 0.95), 4)}
@@ -198,7 +200,7 @@ def run_system(system: str, loaded, model: str, levels: list[int], frames: int, 
                           capture="auto" if loaded.device.type != "cpu" else "compile")
     engine = Engine(loaded, config)
     engine.warm_up()  # captures here
-    row = {"capture": engine.runner.capture_mode or "eager", "warm_up_s": round(time.perf_counter() - t0, 2)}
+    row = {"capture": engine.stats().capture_mode or "eager", "warm_up_s": round(time.perf_counter() - t0, 2)}
     for c in levels:
         run_engine(engine, c, min(frames, 8), 0)  # first use of this batch size outside the timed runs
     row["single"] = median_run(run_engine, engine, 1, frames)

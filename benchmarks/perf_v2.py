@@ -25,13 +25,13 @@ from pathlib import Path
 
 import uvicorn
 
-from deployments.local import LocalBackend
+from deployments.local import start_replica
 from models import EngineConfig
 from serve.app import create_app
-from serve.metrics import Metrics
+from observability.metrics import Metrics
 from serve.settings import ServerSettings
 from serve.v2.grpc_service import start_grpc_server
-from serve.voices import VoiceStore
+from replica.voice_store import VoiceStore
 
 TEXT = "Hello there, this is a benchmark sentence."
 
@@ -41,8 +41,9 @@ def serve(config: EngineConfig, http_port: int, grpc_port: int) -> uvicorn.Serve
 
     async def main() -> None:
         settings, store = ServerSettings(), VoiceStore(None)
-        backend = await LocalBackend.start(config, store, 64, Metrics(), settings.chunk_s)
-        app = create_app(backend, store, settings)
+        metrics = Metrics()
+        backend = await start_replica(config, store, None, metrics, max_queued_requests=64)
+        app = create_app(backend, store, settings, metrics)
         grpc_server = await start_grpc_server(app.state.v2, f"127.0.0.1:{grpc_port}")
         state["server"] = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning"))
         await state["server"].serve()

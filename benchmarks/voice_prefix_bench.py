@@ -1,7 +1,7 @@
 """Time to first frame with a voice prompt, with and without the engine's prefix cache.
 
 A voice is a reference clip (here `--voice-s` seconds of seeded random Mimi codes) plus its
-transcript. Without the cache every request prefills that context; with it (Engine.add_prefix,
+transcript. Without the cache every request prefills that context; with it (Engine.compute_prefix,
 done once per replica) a request prefills only its own text. Requests run one at a time.
 
 Run: `python -m benchmarks.voice_prefix_bench --help`.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.engine_bench import WORDS, device_name
-from models import Engine, EngineConfig, GenerationParams, Segment, load_model
+from models import Engine, EngineConfig, GenerationParams, Prefix, Segment, load_model
 from models.params import CODEBOOK_SIZE, FRAME_RATE_HZ, NUM_CODEBOOKS
 
 
@@ -29,9 +29,10 @@ def make_voice(seconds: float, seed: int = 0) -> tuple[Segment, ...]:
     return (Segment(speaker=0, text=transcript, codes=codes),)
 
 
-def time_to_first_frame(engine: Engine, text: str, params: GenerationParams, voice: tuple[Segment, ...]) -> float:
+def time_to_first_frame(engine: Engine, text: str, params: GenerationParams, voice: tuple[Segment, ...],
+                        prefix: Prefix | None = None) -> float:
     t0 = time.perf_counter()
-    engine.add_request("r", text, params, voice)
+    engine.add_request("r", text, params, voice, prefix)
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.frames:
@@ -57,9 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     time_to_first_frame(engine, text, params, voice)  # warm-up
     cold = [time_to_first_frame(engine, text, params, voice) for _ in range(args.repeats)]
     t0 = time.perf_counter()
-    prefix_len = engine.add_prefix(voice)
+    prefix = engine.compute_prefix(voice)
+    prefix_len = prefix.length
     prefix_s = time.perf_counter() - t0
-    warm = [time_to_first_frame(engine, text, params, voice) for _ in range(args.repeats)]
+    warm = [time_to_first_frame(engine, text, params, voice, prefix) for _ in range(args.repeats)]
     report = {
         "model": args.model, "device": device_name(loaded), "dtype": str(loaded.dtype).removeprefix("torch."),
         "voice_s": args.voice_s, "prefix_positions": prefix_len, "prefix_compute_s": round(prefix_s, 3),

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from clients.wyoming import server as wyoming_server
 from serve.audio import FORMATS, make_encoder
-from serve.wyoming_tts import server as wyoming_server
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -39,13 +39,11 @@ def _serve(args: argparse.Namespace) -> None:
 async def _say(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from models import EngineConfig, GenerationParams, build_engine
-    from models.frontend.speech import SpeechPipeline
+    from models import EngineConfig, GenerationParams
     from models.params import FRAME_S, SAMPLES_PER_FRAME
+    from replica.replica import Replica
+    from replica.voice_store import VoiceStore
     from serve.text import split_text
-    from serve.voices import VoiceStore
-
-    from .voices import EngineVoices
 
     fmt = args.format or Path(args.output).suffix.lstrip(".").lower()
     if fmt not in FORMATS:
@@ -54,20 +52,19 @@ async def _say(args: argparse.Namespace) -> int:
     store = VoiceStore(args.voices_dir)
     voice = store.resolve(args.voice)
     params = GenerationParams(speaker=voice.speaker, seed=args.seed, max_frames=args.max_frames)
-    pipeline = SpeechPipeline.start(build_engine(EngineConfig(model=args.model, device=args.device, max_num_seqs=1)))
+    replica = Replica.build(EngineConfig(model=args.model, device=args.device, max_num_seqs=1), store)
     try:
-        context = await EngineVoices(pipeline, store).context(voice)
-        segments = split_text(args.text)
-        with open(args.output, "wb") as out, tqdm(total=len(segments), unit="segment", desc="speaking") as bar:
+        prefix = await replica.voices.prefix(voice)
+        texts = split_text(args.text)
+        with open(args.output, "wb") as out, tqdm(total=len(texts), unit="segment", desc="speaking") as bar:
             frames = 0
-            stream = pipeline.stream("say", segments, context, params, lambda i: bar.update(1))
-            async for pcm in stream:
+            async for pcm in replica.pipeline.stream("say", texts, prefix, params, on_segment_done=lambda i, _: bar.update(1)):
                 out.write(encoder.encode(pcm))
                 frames += len(pcm) // SAMPLES_PER_FRAME
                 bar.set_postfix(audio_s=f"{frames * FRAME_S:.1f}")
             out.write(encoder.flush())
     finally:
-        pipeline.shutdown()
+        replica.shutdown()
     print(f"wrote {args.output}: {frames * FRAME_S:.2f} s of audio")
     return 0
 

@@ -15,6 +15,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from models import EngineConfig
+from replica.config import ReplicaConfig
 
 Card = Literal["auto", "npu", "gpu", "none"]
 
@@ -24,6 +25,7 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
     server: dict = Field(default_factory=dict, description="ServerSettings fields")
     card: Card = Field("auto", description="the card each engine replica asks Ray for; auto: from engine.device")
     cpus_per_engine: float = Field(2, gt=0, description="CPU cores per engine replica without a card")

@@ -60,9 +60,9 @@ def sim_cluster(nodes: int, cards_per_node: int, http_port: int, head_cpus: int 
         cluster.shutdown()
 
 
-def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True, timeout_s: float = 240) -> None:
+def deploy(args: dict, replica_options: dict | None = None, blocking: bool = True, timeout_s: float = 240) -> None:
     """Deploy the csm application as KubeRay does, from a Serve config (the builder in
-    serve_config.yaml with `args`), with extra TTSEngine options (num_replicas or
+    serve_config.yaml with `args`), with extra SpeechReplica options (num_replicas or
     autoscaling_config) and the ingress kept on the head. Serve derives the code version from
     the config: with the same args a new replica count or autoscaling policy is a light update
     (replicas added, or drained and stopped, as when the autoscaler acts); new args restart them."""
@@ -73,7 +73,7 @@ def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True
     config = ServeDeploySchema.parse_obj({"applications": [{
         "name": "csm", "route_prefix": "/", "import_path": "deployments.app:build_app", "args": args,
         "deployments": [
-            {"name": "TTSEngine", **(engine_options or {})},
+            {"name": "SpeechReplica", **(replica_options or {})},
             {"name": "SpeechIngress", "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}},
         ]}]})
     applied_at = time.time()
@@ -81,7 +81,7 @@ def deploy(args: dict, engine_options: dict | None = None, blocking: bool = True
     deadline = time.monotonic() + timeout_s
     while True:  # this config taken, built (the deployments exist) and, when blocking, running
         app = serve.status().applications.get("csm")
-        if (app is not None and app.last_deployed_time_s >= applied_at and "TTSEngine" in app.deployments
+        if (app is not None and app.last_deployed_time_s >= applied_at and "SpeechReplica" in app.deployments
                 and (not blocking or app.status == "RUNNING")):
             return
         if (app is not None and app.status == "DEPLOY_FAILED") or time.monotonic() > deadline:

@@ -52,7 +52,7 @@ COMMON: dict = {
                 "server": {"voices_dir": VOICES_DIR},
             },
             "deployments": {
-                "TTSEngine": {
+                "SpeechReplica": {
                     # target_ongoing_requests stays as in serve_config.yaml (0.75 x max_num_seqs).
                     "autoscaling_config": {"min_replicas": 1, "max_replicas": MAX_ENGINE_REPLICAS},
                 },
@@ -81,7 +81,7 @@ OVERLAY_OVERRIDES: dict[str, dict] = {
         "applications": {
             APP: {
                 "args": {"engine": {"model": "csm-tiny", "device": "cpu"}},
-                "deployments": {"TTSEngine": {"autoscaling_config": {"max_replicas": 2}}},
+                "deployments": {"SpeechReplica": {"autoscaling_config": {"max_replicas": 2}}},
             }
         },
     },

@@ -1,8 +1,7 @@
 """Framework-free CSM engine: no ray, no fastapi (a guard test keeps it so).
 
 Sub-packages, in the order a request meets them:
-    frontend/  asyncio front: AsyncEngine (the step-loop thread), SpeechPipeline (segments ->
-               PCM), voice registry, batched Mimi decode, admission (the capacity policy)
+    frontend/  asyncio front: EngineLoop (the step-loop thread), batched Mimi decode worker
     engine.py  Engine: schedule -> run -> update, one thread owns it
     runner/    everything that touches tensors: ModelRunner (KV slots, batched backbone),
                attention, frame sampler (depth loop), sampler, captured steps (graphs.py)
@@ -20,8 +19,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "AsyncEngine": "models.frontend.async_engine",
     "Engine": "models.engine",
+    "EngineLoop": "models.frontend.engine_loop",
     "EngineConfig": "models.core.config",
     "EngineDeadError": "models.errors",
     "EngineStepError": "models.errors",
@@ -30,6 +29,7 @@ _EXPORTS = {
     "EngineStats": "models.params",
     "FinishReason": "models.params",
     "GenerationParams": "models.params",
+    "Prefix": "models.core.prompt",
     "Segment": "models.params",
     "StepOutput": "models.params",
     "LoadedModel": "models.loading.loader",

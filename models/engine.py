@@ -1,7 +1,7 @@
 """The synchronous engine: one thread owns it; `step()` is schedule -> run -> update.
 
 Threading contract: `prepare` reads only immutable state (tokenizer, config) and may run on
-any thread; every other method runs on the owning thread (the AsyncEngine's loop thread).
+any thread; every other method runs on the owning thread (the EngineLoop's thread).
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 
 from .core.config import EngineConfig
-from .core.prompt import build_prompt, encode_segments
+from .core.prompt import Prefix, build_prompt, encode_segments
 from .core.request import Request
-from .core.scheduler import RunnerOutput, Scheduler
+from .core.scheduler import RunnerOutput, Scheduler, SchedulerOutput
 from .errors import RequestError
 from .loading.loader import LoadedModel, load_model
 from .params import FRAME_RATE_HZ, EngineStats, GenerationParams, Segment, StepOutput
@@ -21,15 +22,21 @@ from .runner.graphs import resolve_capture
 from .runner.runner import ModelRunner
 
 
+StepHook = Callable[[SchedulerOutput], None]
+
+
 class Engine:
     """Iteration-level batching CSM engine. Requests join and leave at frame boundaries."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, before_step: StepHook | None = None) -> None:
+        """`before_step(scheduled)` (optional) sees each step's schedule before the runner runs
+        it: the seam for fault injection, where what it raises fails the step as a device
+        error would."""
         self.config = config
         self.loaded = loaded
         self.scheduler = Scheduler(config.max_num_seqs, config.max_prefill_tokens)
         self.runner = ModelRunner(loaded.model, loaded.special_ids, config.max_num_seqs, config.max_seq_len)
-        self._prefixes: dict[tuple[Segment, ...], object] = {}
+        self._before_step = before_step
         self._last_step_s = 0.0
         self._last_batch_size = 0
         self._num_steps = 0
@@ -37,15 +44,22 @@ class Engine:
 
     # ---- requests in ------------------------------------------------------------------------
     def prepare(
-        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = ()
+        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = (),
+        prefix: Prefix | None = None, frame_cap: int | None = None,
     ) -> Request:
         """Validate and tokenize a request without touching engine state (any thread may call).
 
-        Raises RequestError naming the field when the text or lengths are unusable."""
+        `context`: earlier segments the text follows (a voice, earlier turns). `prefix`: a
+        computed prefix that `context` starts with; the request then skips its positions.
+        `frame_cap`: at most this many frames (the caller's audio budget); the request ends
+        with reason `length` there. Raises RequestError naming the field when the text or
+        lengths are unusable, ValueError for a prefix that `context` does not start with."""
         params = params or GenerationParams()
         if not isinstance(text, str) or not text.strip():
             raise RequestError("input", "the text to speak must be a non-empty string")
         context = tuple(context)
+        if prefix is not None and not prefix.covers(context):
+            raise ValueError("prefix: the request's context does not start with the prefix's segments")
         tokens = build_prompt(self.loaded.tokenizer, self.loaded.special_ids, text, params.speaker, context)
         room = self.config.max_seq_len - len(tokens) + 1  # frames that still fit in a KV slot
         if room < 1:
@@ -58,24 +72,24 @@ class Engine:
                 "max_frames", f"{params.max_frames} exceeds the limit {limit} for this prompt (max_frames_cap "
                 f"{self.config.max_frames_cap}, max_seq_len {self.config.max_seq_len})")
         max_frames = params.max_frames or min(self.default_max_frames(text), limit)
+        if frame_cap is not None:
+            max_frames = max(1, min(max_frames, frame_cap))
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return Request(request_id, tokens, params, seed, max_frames, context=context)
+        request = Request(request_id, tokens, params, seed, max_frames, context=context)
+        if prefix is not None:
+            request.use_prefix(prefix.kv, prefix.length)
+        return request
 
     def add_request(
-        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = ()
+        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = (),
+        prefix: Prefix | None = None, frame_cap: int | None = None,
     ) -> None:
-        """Validate and queue a request (FIFO). Raises RequestError for unusable input and
-        ValueError for an id already in the engine."""
-        self.add_prepared(self.prepare(request_id, text, params, context))
+        """Validate and queue a request (FIFO); arguments as `prepare`. Raises RequestError for
+        unusable input and ValueError for an id already in the engine."""
+        self.add_prepared(self.prepare(request_id, text, params, context, prefix, frame_cap))
 
     def add_prepared(self, request: Request) -> None:
-        """Queue a request from `prepare()`, starting from the longest cached prefix of its
-        context. Raises ValueError for an id already in the engine."""
-        for k in range(len(request.context), 0, -1):
-            prefix = self._prefixes.get(request.context[:k])
-            if prefix is not None:
-                request.use_prefix(prefix, prefix.length)
-                break
+        """Queue a request from `prepare()`. Raises ValueError for an id already in the engine."""
         self.scheduler.add(request)
         self._num_prefix_hits += request.prefix is not None
 
@@ -88,21 +102,21 @@ class Engine:
         """End every request at once (after a failed step); returns their ids. No outputs follow."""
         return self.scheduler.abort_all()
 
-    # ---- voice prompts ----------------------------------------------------------------------
-    def add_prefix(self, context: tuple[Segment, ...]) -> int:
-        """Prefill a voice prompt (context segments) once. Requests whose context starts with
-        it skip those positions, with identical results. Returns its length in positions."""
+    # ---- context prefixes -------------------------------------------------------------------
+    def compute_prefix(self, context: tuple[Segment, ...], base: Prefix | None = None) -> Prefix:
+        """Prefill context segments (a voice prompt, a conversation so far) once, for requests
+        that start with them (`prepare(..., prefix=)`). With `base`, a prefix `context` starts
+        with, only the positions after it are computed. The engine keeps no reference: the
+        caller owns the result. Raises RequestError when it does not fit a KV slot."""
         context = tuple(context)
         tokens = encode_segments(self.loaded.tokenizer, self.loaded.special_ids, context)
         if not context or len(tokens) >= self.config.max_seq_len:
             raise RequestError("context", f"the voice prompt takes {len(tokens)} positions, more than the model's "
                                f"max_seq_len {self.config.max_seq_len}", "context_length_exceeded")
-        self._prefixes[context] = self.runner.compute_prefix(tokens, self.config.max_prefill_tokens)
-        return len(tokens)
-
-    def remove_prefix(self, context: tuple[Segment, ...]) -> None:
-        """Forget a cached prefix (requests already holding it keep their copy)."""
-        self._prefixes.pop(tuple(context), None)
+        if base is not None and not base.covers(context):
+            raise ValueError("base: the context does not start with the base prefix's segments")
+        kv = self.runner.compute_prefix(tokens, self.config.max_prefill_tokens, base.kv if base else None)
+        return Prefix(context, len(tokens), kv, kv.num_bytes)
 
     def default_max_frames(self, text: str) -> int:
         """A generous frame cap from the text: slow speech plus a margin (CSM may never emit EOS)."""
@@ -117,6 +131,8 @@ class Engine:
         output = RunnerOutput()
         if not scheduled.is_empty:
             t0 = time.perf_counter()
+            if self._before_step is not None:
+                self._before_step(scheduled)
             output = self.runner.execute(scheduled)
             self._last_step_s = time.perf_counter() - t0
             self._num_steps += 1
@@ -144,6 +160,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         sched = self.scheduler
+        decodes, frames = self.runner.num_replays()
         return EngineStats(
             num_running=len(sched.running),
             num_waiting=len(sched.waiting),
@@ -155,11 +172,14 @@ class Engine:
             num_frames_total=sched.num_frames_total,
             num_prompt_tokens_total=sched.num_prompt_tokens_total,
             num_prefix_hits=self._num_prefix_hits,
-            num_prefixes=len(self._prefixes),
+            num_cached_tokens_total=sched.num_cached_tokens_total,
             num_finished=tuple(sched.num_finished.items()),
+            capture_mode=self.runner.capture_mode,
+            num_captured_decodes=decodes,
+            num_captured_frames=frames,
         )
 
 
-def build_engine(config: EngineConfig) -> Engine:
-    """Load the configured model and build its engine."""
-    return Engine(load_model(config.model, config.device, config.dtype), config)
+def build_engine(config: EngineConfig, before_step: StepHook | None = None) -> Engine:
+    """Load the configured model and build its engine (`before_step`: see Engine)."""
+    return Engine(load_model(config.model, config.device, config.dtype), config, before_step)

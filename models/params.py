@@ -117,6 +117,9 @@ class EngineStats:
     num_steps: int
     num_frames_total: int
     num_prompt_tokens_total: int
-    num_prefix_hits: int = 0
-    num_prefixes: int = 0
+    num_prefix_hits: int = 0  # requests that started from a computed prefix
+    num_cached_tokens_total: int = 0  # prompt positions taken from prefixes (not prefilled)
     num_finished: tuple[tuple[str, int], ...] = ()  # (reason, count): eos, length, abort, error
+    capture_mode: str | None = None  # how decode steps run: "graphs", "compile", or None (eager)
+    num_captured_decodes: int = 0  # backbone decode steps that replayed a captured step
+    num_captured_frames: int = 0  # frame samplers (depth loops) that replayed a captured step

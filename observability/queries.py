@@ -51,7 +51,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
          f"sum by (reason, replica) (rate(ray_tts_engine_requests_finished_total{{{SEL}}}[$__rate_interval]))"),
     ]),
     ("Healthy engine replicas", "none", [
-        ("healthy", 'sum(ray_serve_deployment_replica_healthy{application=~"$application", deployment="TTSEngine"})'),
+        ("healthy", 'sum(ray_serve_deployment_replica_healthy{application=~"$application", deployment="SpeechReplica"})'),
     ]),
 ]
 
@@ -68,7 +68,7 @@ def _alert(name: str, value: str, condition: str, for_: str, severity: str, summ
             "severity": severity, "summary": summary}
 
 
-_HEALTHY = 'ray_serve_deployment_replica_healthy{deployment="TTSEngine"}'
+_HEALTHY = 'ray_serve_deployment_replica_healthy{deployment="SpeechReplica"}'
 _ALL_FINISHED = "sum by (application, replica) (rate(ray_tts_engine_requests_finished_total[15m]))"
 _LENGTH = 'sum by (application, replica) (rate(ray_tts_engine_requests_finished_total{reason="length"}[15m]))'
 ALERTS: list[dict] = [

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from observability.metrics import Metrics, MetricsSink
+from replica.voice_store import VoiceStore
 
 from .backend import SpeechBackend
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
-from .metrics import Metrics, MetricsSink, metrics_endpoint
 from .routes import health, models, playground, speech, voices
 from .settings import ServerSettings
+from .speech import SpeechService
 from .v2 import routes as v2_routes
-from .voices import VoiceStore
 
 
 def create_app(
     backend: SpeechBackend, store: VoiceStore, settings: ServerSettings, metrics: MetricsSink | None = None
 ) -> FastAPI:
-    """`metrics`: a serve.metrics.Metrics (then served at /metrics) or the Ray binding of the
-    same definitions (exported by Ray's metrics agent); default: a private registry."""
+    """`metrics`: an observability.metrics.Metrics (then served at /metrics) or the Ray binding
+    of the same definitions (exported by Ray's metrics agent); default: a private registry."""
     app = FastAPI(title="csm-serve", version="0.1.0", description="OpenAI-compatible speech API for Sesame CSM")
     metrics = metrics if metrics is not None else Metrics()
     app.state.backend, app.state.store, app.state.settings, app.state.metrics = backend, store, settings, metrics
+    app.state.speech = SpeechService(backend, store, settings, metrics)
     if isinstance(metrics, Metrics):
         app.add_api_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
     install_error_handlers(app)
@@ -32,3 +36,12 @@ def create_app(
     for router in (models.router, speech.router, voices.router):
         app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)
     return app
+
+
+def metrics_endpoint(registry: CollectorRegistry):
+    """A route handler serving the registry in Prometheus' text format."""
+
+    async def endpoint() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint

@@ -1,5 +1,5 @@
-"""Typed FastAPI dependencies: the backend, the voice store, the settings, metrics, the
-request id, API-key auth. All `async def`: FastAPI runs a plain `def` dependency on a worker
+"""Typed FastAPI dependencies: the backend, the speech service, the voice store, the settings,
+metrics, the request id, API-key auth. All `async def`: FastAPI runs a plain `def` dependency on a worker
 thread, a thread hop per dependency per request (measurable in a burst of refusals)."""
 
 from __future__ import annotations
@@ -9,15 +9,21 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from observability.metrics import MetricsSink
+from replica.voice_store import VoiceStore
+
 from .backend import SpeechBackend
 from .errors import APIError
-from .metrics import MetricsSink
 from .settings import ServerSettings
-from .voices import VoiceStore
+from .speech import SpeechService
 
 
 async def get_backend(request: Request) -> SpeechBackend:
     return request.app.state.backend
+
+
+async def get_speech(request: Request) -> SpeechService:
+    return request.app.state.speech
 
 
 async def get_store(request: Request) -> VoiceStore:
@@ -39,6 +45,7 @@ async def get_request_id(request: Request) -> str:
 BackendDep = Annotated[SpeechBackend, Depends(get_backend)]
 MetricsDep = Annotated[MetricsSink, Depends(get_metrics)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+SpeechDep = Annotated[SpeechService, Depends(get_speech)]
 StoreDep = Annotated[VoiceStore, Depends(get_store)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 

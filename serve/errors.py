@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .backend import INTERNAL_MESSAGE, ErrorInfo
-from .metrics import ERRORS
+from observability.metrics import ERRORS
+from replica.records import INTERNAL_MESSAGE, ErrorInfo, ErrorKind
+
 from .schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,17 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
-_STATUS = {"invalid_request": 400, "not_found": 404, "overloaded": 429, "unavailable": 503, "internal": 500}
+# The OpenAI API's status for each kind of failure (the v2 protocol has its own table:
+# serve/v2/protocol.py). Overload is 429 here, as OpenAI's rate limits are.
+STATUS: dict[ErrorKind, int] = {"invalid_request": 400, "not_found": 404, "overloaded": 429, "unavailable": 503,
+                                "internal": 500}
 
 
 def api_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> APIError:
-    """The HTTP response for a backend's ErrorInfo: its status, the client message (internal
+    """The HTTP response for a failure's ErrorInfo: its status, the client message (internal
     errors name the request id, so an operator can find the logged traceback), and
     Retry-After where retrying helps."""
-    status = _STATUS[info.kind]
+    status = STATUS[info.kind]
     message = f"{info.message} (request id {request_id})" if info.kind == "internal" else info.message
     headers = {"Retry-After": str(retry_after_s)} if status in (429, 503) else None
     return APIError(status, message, info.param, info.code, headers)

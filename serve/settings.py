@@ -1,4 +1,5 @@
-"""HTTP-edge settings, from the environment (CSM_*) or the deployment config."""
+"""The edges' settings (the ingress process), from the environment (CSM_*) or the deployment
+config's `server:`; a replica's own are replica.ReplicaConfig (`replica:`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ class ServerSettings(BaseSettings):
     )
     api_keys: list[str] = Field(default_factory=list, description="if set, Bearer keys every route but health needs")
     voices_dir: str | None = Field(None, description="where voices live; custom voices need it")
-    max_sample_bytes: int = 10 * 2**20
-    segment_max_chars: int = Field(250, ge=20, le=1000)
-    chunk_s: float = Field(0.24, ge=0.08, le=2.0, description="audio per streamed chunk")
+    max_sample_bytes: int = Field(10 * 2**20, description="largest voice sample upload")
+    segment_max_chars: int = Field(250, ge=20, le=1000, description="long input is spoken in pieces of at most this")
     retry_after_s: int = Field(2, ge=1, description="Retry-After on 429/503")

@@ -22,8 +22,10 @@ def tiny():
 
 @pytest.fixture
 def make_engine(tiny):
-    def make(**overrides) -> Engine:
-        return Engine(tiny, EngineConfig(**{"max_num_seqs": 4, **overrides}))
+    """make_engine(before_step=None, **EngineConfig overrides): an engine over the tiny model."""
+
+    def make(before_step=None, **overrides) -> Engine:
+        return Engine(tiny, EngineConfig(**{"max_num_seqs": 4, **overrides}), before_step)
 
     return make
 
@@ -90,13 +92,13 @@ def ray_serve():
         yield runtime
 
 
-def wait_engine_idle(backend, timeout_s: float = 5) -> None:
-    """An in-process backend's engine stays idle (no KV slot, nothing waiting) for half a
+def wait_engine_idle(replica, timeout_s: float = 5) -> None:
+    """An in-process replica's engine stays idle (no KV slot, nothing waiting) for half a
     second: a long text's segments follow each other, so one idle sample between two of them
     proves nothing."""
     deadline, idle_since = time.monotonic() + timeout_s, None
     while True:
-        stats = backend.pipeline.engine.stats()
+        stats = replica.stats().engine
         now = time.monotonic()
         if stats.num_kv_slots_used or stats.num_waiting:
             idle_since = None

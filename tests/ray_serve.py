@@ -33,14 +33,14 @@ def ray_runtime(free_port):
 
 
 @contextlib.contextmanager
-def deployed(runtime: RayServe, app_args: dict, engine_deployment=None):
-    """The csm application with these args (and optionally another engine deployment),
-    deleted again on exit. Yields the base URL."""
+def deployed(runtime: RayServe, app_args: dict, before_step=None):
+    """The csm application with these args (and optionally a fault-injection hook in every
+    replica's engine), deleted again on exit. Yields the base URL."""
     from ray import serve
 
-    from deployments.app import build_app, build_app_with
+    from deployments.app import build_app_with
 
-    app = build_app(app_args) if engine_deployment is None else build_app_with(app_args, engine_deployment)
+    app = build_app_with(app_args, before_step)
     serve.run(app, name="csm", route_prefix="/")
     try:
         yield runtime.url

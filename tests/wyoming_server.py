@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 from wyoming.client import AsyncTcpClient
 
-from serve.wyoming_tts.api import WyomingSettings
-from serve.wyoming_tts.server import run
+from clients.wyoming.api import WyomingSettings
+from clients.wyoming.server import run
 from tests.conftest import free_port
 
 

@@ -9,6 +9,7 @@ chat template produces; no torch here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..params import EOS_FRAME, Segment
 
@@ -31,6 +32,24 @@ class PromptTokens:
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+
+@dataclass(frozen=True, eq=False)
+class Prefix:
+    """Context segments whose backbone KV is computed once (`Engine.compute_prefix`): a request
+    whose context starts with `context` skips those `length` positions, with identical
+    results. `kv` is the runner's (opaque here); `num_bytes` is what it holds in memory.
+    Immutable, so any thread may hold one; whoever caches it decides how long it lives."""
+
+    context: tuple[Segment, ...]
+    length: int
+    kv: Any
+    num_bytes: int
+
+    def covers(self, context: tuple[Segment, ...]) -> bool:
+        """Whether `context` starts with this prefix's segments."""
+        n = len(self.context)
+        return context[:n] is self.context or tuple(context[:n]) == self.context
 
 
 def encode_segments(tokenizer, ids: SpecialIds, segments: tuple[Segment, ...]) -> PromptTokens:

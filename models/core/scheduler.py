@@ -59,7 +59,8 @@ class Scheduler:
         self._free_slots = list(range(num_slots))
         self._aborted: list[Request] = []
         self.num_frames_total = 0
-        self.num_prompt_tokens_total = 0
+        self.num_prompt_tokens_total = 0  # prompt positions prefilled
+        self.num_cached_tokens_total = 0  # prompt positions taken from a computed prefix instead
         self.num_finished = {"eos": 0, "length": 0, "abort": 0, "error": 0}  # how requests ended
 
     @property
@@ -75,6 +76,7 @@ class Scheduler:
             raise ValueError(f"request_id: {request.request_id!r} is already in the engine")
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        self.num_cached_tokens_total += request.num_cached
 
     def abort(self, request_id: str) -> None:
         """End a request now (slot freed); the next update reports it. Unknown ids are ignored."""

@@ -1,3 +1,3 @@
-"""The asyncio front over the synchronous engine: the step-loop thread (AsyncEngine), and
-the speech pipeline built from four parts: admission (the capacity policy), the voice
-registry, segment chaining, and batched Mimi decoding on its own thread."""
+"""The asyncio front over the synchronous engine: the step-loop thread (EngineLoop) and
+batched streaming Mimi decoding on its own thread (MimiDecodeWorker). What a replica builds
+from them (admission, segment chaining, the context cache) lives in the `replica` package."""

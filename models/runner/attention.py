@@ -40,11 +40,15 @@ class KVAccess:
 
 @dataclass(frozen=True)
 class PrefixKV:
-    """Backbone keys/values of a prompt prefix (a voice's context), computed once."""
+    """Backbone keys/values of a prompt prefix (a voice's or a conversation's context), computed once."""
 
     length: int
     keys: torch.Tensor  # [layers, kvh, length, hd]
     values: torch.Tensor
+
+    @property
+    def num_bytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
 
 
 def rows_of(slots: list[int]) -> slice | torch.Tensor:

@@ -8,10 +8,24 @@ scratch slot that pads captured batches.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .attention import KVAccess, all_pairs, decoder_layer
-from .sampler import sample, seed_key
+from .sampler import RowSampling, sample, seed_key
+
+
+@dataclass(frozen=True)
+class DepthView:
+    """What one depth step at position p reads: the first `kv_len` depth positions (with
+    `mask` over them, or None when all are visible), the RoPE rows of p and codebook p's head."""
+
+    kv_len: int
+    mask: torch.Tensor | None
+    cos: torch.Tensor
+    sin: torch.Tensor
+    head: torch.Tensor  # [Hd, V]
 
 
 class FrameSampler:
@@ -50,51 +64,49 @@ class FrameSampler:
 
     def sample_frame(self, hidden, slots, frame_idx, max_top_k: int, depth_step=None) -> torch.Tensor:
         """hidden [N, H] backbone last states; slots, frame_idx [N] -> codes [N, 32].
-        `depth_step(prev, p, temp, top_k, keys, counter, max_top_k)` runs codebooks 2..31:
-        `depth_step_at` by default; captured steps may pass a compiled step."""
+        `depth_step(prev, p, rows)` runs codebooks 2..31: `depth_step_at` by default;
+        captured steps may pass a compiled step."""
         depth_step = depth_step or self.depth_step_at
         N = hidden.shape[0]
-        temp, top_k, keys = self.temperature[slots], self.top_k[slots], self.keys[slots]
-        counter = frame_idx * self.num_codebooks
-        code = sample(self.lm_head(hidden), temp, top_k, keys, counter, max_top_k)
+        rows = RowSampling(self.temperature[slots], self.top_k[slots], self.keys[slots],
+                           frame_idx * self.num_codebooks, max_top_k)
+        code = sample(self.lm_head(hidden), rows, 0)
         codes = [code]
         # Depth positions 0 and 1 (the backbone state, codebook 0) in one forward...
         x = self.depth.inputs_embeds_projector(torch.stack([hidden, self.depth.embed_tokens(code)], dim=1))
-        rows = torch.arange(N, device=self.device)
-        kv = KVAccess(rows.repeat_interleave(2), self.positions[:2].repeat(N), all_pairs(N, 2, self.device), slice(0, N),
-                      2, self._causal2)
+        batch = torch.arange(N, device=self.device)
+        kv = KVAccess(batch.repeat_interleave(2), self.positions[:2].repeat(N), all_pairs(N, 2, self.device),
+                      slice(0, N), 2, self._causal2)
         cos, sin = self.rope[0][:, :2], self.rope[1][:, :2]
         for i, layer in enumerate(self.depth.layers):
             x = decoder_layer(layer, x, cos, sin, self.dk_cache[i, :N], self.dv_cache[i, :N], kv)
-        code = sample(self.depth.norm(x[:, -1]) @ self.heads[0], temp, top_k, keys, counter + 1, max_top_k)
+        code = sample(self.depth.norm(x[:, -1]) @ self.heads[0], rows, 1)
         codes.append(code)
         # ...then one step per codebook 2..31.
         for p in range(2, self.num_codebooks):
-            code = depth_step(code, p, temp, top_k, keys, counter, max_top_k)
+            code = depth_step(code, p, rows)
             codes.append(code)
         return torch.stack(codes, dim=1)
 
-    def depth_step_at(self, prev, p: int, temp, top_k, keys, counter, max_top_k: int) -> torch.Tensor:
+    def depth_step_at(self, prev, p: int, rows: RowSampling) -> torch.Tensor:
         """Depth decoder at position p for codebook p, given codebook p-1's codes prev [N]:
         attends to the p + 1 positions written so far (views, exact lengths). Returns [N]."""
-        cos, sin = self.rope[0][:, p : p + 1], self.rope[1][:, p : p + 1]
-        return self._depth_step(prev, self.positions[p], p + 1, None, cos, sin, self.heads[p - 1],
-                                temp, top_k, keys, counter, max_top_k)
+        view = DepthView(p + 1, None, self.rope[0][:, p : p + 1], self.rope[1][:, p : p + 1], self.heads[p - 1])
+        return self._depth_step(prev, self.positions[p], view, rows)
 
-    def depth_step_masked(self, prev, p: torch.Tensor, temp, top_k, keys, counter, max_top_k: int) -> torch.Tensor:
+    def depth_step_masked(self, prev, p: torch.Tensor, rows: RowSampling) -> torch.Tensor:
         """The same step with p a 0-d tensor and one shape for every p (attention over all 32
         positions, the later ones masked), so one torch.compile graph serves codebooks 2..31.
         index_select, not x[p]: indexing with a 0-d tensor reads it on the host."""
         at = p.view(1)
-        cos, sin = self.rope[0].index_select(1, at), self.rope[1].index_select(1, at)
-        mask = (self.positions <= p)[None, None, None]
-        return self._depth_step(prev, p, self.num_codebooks, mask, cos, sin, self.heads.index_select(0, at - 1)[0],
-                                temp, top_k, keys, counter, max_top_k)
+        view = DepthView(self.num_codebooks, (self.positions <= p)[None, None, None], self.rope[0].index_select(1, at),
+                         self.rope[1].index_select(1, at), self.heads.index_select(0, at - 1)[0])
+        return self._depth_step(prev, p, view, rows)
 
-    def _depth_step(self, prev, pos, kv_len, mask, cos, sin, head, temp, top_k, keys, counter, max_top_k):
+    def _depth_step(self, prev, pos, view: DepthView, rows: RowSampling) -> torch.Tensor:
         N = prev.shape[0]
         x = self.depth.inputs_embeds_projector(self.depth.embed_tokens(prev + (pos - 1) * self.vocab_size)[:, None])
-        kv = KVAccess(torch.arange(N, device=self.device), pos.expand(N), None, slice(0, N), kv_len, mask)
+        kv = KVAccess(torch.arange(N, device=self.device), pos.expand(N), None, slice(0, N), view.kv_len, view.mask)
         for i, layer in enumerate(self.depth.layers):
-            x = decoder_layer(layer, x, cos, sin, self.dk_cache[i, :N], self.dv_cache[i, :N], kv)  # [N, 1, Hd]
-        return sample(self.depth.norm(x[:, -1]) @ head, temp, top_k, keys, counter + pos, max_top_k)
+            x = decoder_layer(layer, x, view.cos, view.sin, self.dk_cache[i, :N], self.dv_cache[i, :N], kv)  # [N, 1, Hd]
+        return sample(self.depth.norm(x[:, -1]) @ view.head, rows, pos)

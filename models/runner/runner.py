@@ -90,12 +90,19 @@ class ModelRunner:
         self.frames.set_slot(req.slot, req.seed, req.params.temperature, req.params.top_k)
 
     @torch.inference_mode()
-    def compute_prefix(self, prompt: PromptTokens, chunk: int) -> PrefixKV:
-        """Prefill `prompt` in the scratch slot, `chunk` positions per forward; keep its KV."""
-        req = Request("prefix", prompt, GenerationParams(), 0, 1, slot=self.scratch_slot)
-        for start in range(0, len(prompt), chunk):
-            self._prefill([PrefillChunk(req, start, min(chunk, len(prompt) - start))])
-        n, s = len(prompt), self.scratch_slot
+    def compute_prefix(self, prompt: PromptTokens, chunk: int, base: PrefixKV | None = None) -> PrefixKV:
+        """Prefill `prompt` in the scratch slot, `chunk` positions per forward, and keep its KV.
+        With `base` (the KV of the prompt's first base.length positions), only the positions
+        after it are computed."""
+        s, start = self.scratch_slot, 0
+        req = Request("prefix", prompt, GenerationParams(), 0, 1, slot=s)
+        if base is not None:
+            start = base.length
+            self.k_cache[:, s, :, :start] = base.keys
+            self.v_cache[:, s, :, :start] = base.values
+        for pos in range(start, len(prompt), chunk):
+            self._prefill([PrefillChunk(req, pos, min(chunk, len(prompt) - pos))])
+        n = len(prompt)
         return PrefixKV(n, self.k_cache[:, s, :, :n].clone(), self.v_cache[:, s, :, :n].clone())
 
     # ---- captured steps -----------------------------------------------------------------
@@ -207,11 +214,11 @@ class ModelRunner:
 
 
 def _same_shape_depth_step(compiled, positions: torch.Tensor):
-    """Adapts a compiled `depth_step_masked` to the `depth_step(prev, p: int, ...)` call:
+    """Adapts a compiled `depth_step_masked` to the `depth_step(prev, p: int, rows)` call:
     p as a 0-d tensor (one graph for every p), and a copy of each output (reduce-overhead
     reuses a graph's output memory on the next replay)."""
 
-    def step(prev, p: int, *args):
-        return compiled(prev, positions[p], *args).clone()
+    def step(prev, p: int, rows):
+        return compiled(prev, positions[p], rows).clone()
 
     return step

@@ -6,16 +6,33 @@ which rows share its batch, nor on when it joined. Sampling is Gumbel-max (argma
 logits/T + Gumbel noise), which draws exactly from softmax(logits/T) restricted to the
 top-k, like transformers' temperature + top-k + multinomial. Temperature 0 is greedy.
 The noise is always finite (`uniform` stays strictly inside (0, 1)), so no draw can leave
-the top-k; tests/models/test_sampler.py checks both over 100k+ draws per setting. All ops are plain tensor ops: graph-capturable, nothing read back to the host.
+the top-k; tests/models/test_sampler.py checks both over 100k+ draws per setting. All ops
+are plain tensor ops: graph-capturable, nothing read back to the host.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 _MASK32 = 0xFFFFFFFF
 # Multipliers below 2**31 keep every product of a 32-bit value under 2**63 (no int64 overflow).
 _MULS = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39)
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """How each row of a batch samples one frame. All [B] tensors on the device:
+    `temperature` float32, `top_k` int64, `key` int64 (the request's seed folded to 32 bits,
+    `seed_key`), `counter` int64 (frame index x codebooks: codebook c draws at counter + c);
+    `max_top_k` is top_k.max(), known on the host (topk needs a static k)."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    key: torch.Tensor
+    counter: torch.Tensor
+    max_top_k: int
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
@@ -51,21 +68,14 @@ def uniform(bits: torch.Tensor) -> torch.Tensor:
     return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
-def sample(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    keys: torch.Tensor,
-    counters: torch.Tensor,
-    max_top_k: int,
-) -> torch.Tensor:
-    """Sample one id per row. logits [B, V]; temperature [B] float; top_k [B] int64;
-    keys, counters [B] int64; max_top_k is top_k.max() known on the host. Returns [B] int64."""
+def sample(logits: torch.Tensor, rows: RowSampling, codebook: int | torch.Tensor) -> torch.Tensor:
+    """Sample one id per row for `codebook` (an int, or a 0-d tensor in a compiled step).
+    logits [B, V]. Returns [B] int64."""
     logits = logits.float()
-    kth = torch.topk(logits, max_top_k, dim=-1).values.gather(1, (top_k - 1)[:, None])  # [B, 1]
+    kth = torch.topk(logits, rows.max_top_k, dim=-1).values.gather(1, (rows.top_k - 1)[:, None])  # [B, 1]
     masked = logits.masked_fill(logits < kth, float("-inf"))
-    is_greedy = temperature <= 0
-    inv_t = torch.where(is_greedy, torch.ones_like(temperature), 1.0 / temperature)[:, None]
-    noise = gumbel_noise(keys, counters, logits.shape[-1])
+    is_greedy = rows.temperature <= 0
+    inv_t = torch.where(is_greedy, torch.ones_like(rows.temperature), 1.0 / rows.temperature)[:, None]
+    noise = gumbel_noise(rows.key, rows.counter + codebook, logits.shape[-1])
     scores = torch.where(is_greedy[:, None], logits, masked * inv_t + noise)
     return scores.argmax(dim=-1)

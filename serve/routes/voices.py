@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from models.params import Speaker
+from replica.records import ReplicaError
+from replica.voice_store import VoiceError, VoiceNotFound
 
-from ..audio import AudioDecodeError
-from ..backend import BackendError
+from ..audio import AudioDecodeError, decode_audio
 from ..deps import BackendDep, RequestIdDep, SettingsDep, StoreDep
 from ..errors import APIError, api_error
 from ..schemas import VoiceList, VoiceObject
-from ..voices import VoiceError, VoiceNotFound
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["voices"])
@@ -35,19 +35,21 @@ async def create_voice(
     consent: str | None = Form(None),
     speaker: Annotated[Speaker, Form()] = 0,
 ) -> VoiceObject:
-    data = await audio_sample.read(store.max_sample_bytes + 1)
-    if len(data) > store.max_sample_bytes:
-        raise APIError(413, f"audio_sample is larger than {store.max_sample_bytes} bytes.", "audio_sample", "file_too_large")
+    max_bytes = settings.max_sample_bytes
+    data = await audio_sample.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise APIError(413, f"audio_sample is larger than {max_bytes} bytes.", "audio_sample", "file_too_large")
     try:
-        voice = await asyncio.to_thread(store.create, name, data, transcript, speaker)
+        store.check_new(name, transcript)
+        pcm = await asyncio.to_thread(decode_audio, data, store.max_sample_s + 1)
+        voice = await asyncio.to_thread(store.create, name, pcm, transcript, speaker)
     except AudioDecodeError as e:
         raise APIError(400, f"audio_sample: {e}", "audio_sample", "invalid_audio") from e
     except VoiceError as e:
         raise APIError(400, str(e), e.param, "invalid_voice") from e
-    clips = [(await asyncio.to_thread(store.load_clip, voice, c), c.transcript) for c in voice.clips]
     try:
-        await backend.add_voice(voice, clips)
-    except BackendError as e:  # e.g. the sample and its transcript are longer than the model's context
+        await backend.add_voice(voice)
+    except ReplicaError as e:  # e.g. the sample and its transcript are longer than the model's context
         await asyncio.to_thread(store.delete, voice.id)
         if e.info.kind == "invalid_request":
             raise APIError(400, f"transcript: the sample and its transcript do not fit the model: {e.info.message}",
@@ -68,7 +70,7 @@ async def delete_voice(voice_id: str, backend: BackendDep, store: StoreDep) -> d
     except VoiceNotFound as e:
         raise APIError(404, str(e), "voice_id", "voice_not_found") from e
     try:
-        await backend.remove_voice(voice)
-    except BackendError as e:  # the files are gone; a replica that kept the prompt forgets it on restart
+        await backend.forget_voice(voice.id)
+    except ReplicaError as e:  # the files are gone; the replicas follow the store and forget it anyway
         log.warning("voice %s deleted, but an engine did not forget it: %s", voice.id, e.info.message)
     return {"id": voice.id, "object": "audio.voice.deleted", "deleted": True}

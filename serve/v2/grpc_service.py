@@ -1,6 +1,8 @@
-"""Triton's `inference.GRPCInferenceService` over the v2 service: `InferenceRPC` answers each
-RPC from a request message and the call's metadata (so the in-process grpc.aio server and the
-Ray Serve ingress share it); `GrpcServicer` is its grpc.aio face.
+"""Triton's `inference.GRPCInferenceService` over the v2 service. `InferenceRPC` is the one
+adapter: it answers each RPC from a request message and the call's metadata, with
+authorization and the mapping of failures to gRPC statuses written once (`unary`,
+`authorize`, `stream`). It has two faces that only deliver its answers: `GrpcServicer` here
+(grpc.aio, in-process) and the Ray Serve ingress's RPC methods (deployments/app.py).
 
 ModelStreamInfer is decoupled: one response per audio chunk, sent as the engine produces it,
 the last marked `triton_final_response: true` (or, when the client asked for it with
@@ -15,13 +17,15 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from models.params import SAMPLE_RATE_HZ
 
-from ..backend import INTERNAL_MESSAGE
+from replica.records import INTERNAL_MESSAGE
+
 from ..deps import is_authorized
 from .grpc_messages import (
     add_servicer,
@@ -35,19 +39,63 @@ from .grpc_messages import (
 )
 from .protocol import TextInference, V2Error, text_inference
 from .records import model_config, model_metadata, model_statistics, server_metadata
-from .service import InferTiming, V2Service
+from .service import V2Service
 
 log = logging.getLogger(__name__)
+UNARY = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+         "ModelStatistics", "ModelInfer")
+
+
+@dataclass(frozen=True)
+class RpcStatus:
+    """How a call failed: its gRPC status code and the details the client gets."""
+
+    code: grpc.StatusCode
+    details: str
 
 
 class InferenceRPC:
     def __init__(self, service: V2Service) -> None:
         self.service = service
 
-    def authorize(self, metadata: Iterable[tuple[str, str]]) -> None:
+    # ---- what both faces call ------------------------------------------------------------------
+    def authorize(self, metadata: Iterable[tuple[str, str]]) -> RpcStatus | None:
+        """None when the call's metadata carries an accepted key (or none is needed)."""
         given = dict((k.lower(), v) for k, v in metadata).get("authorization", "")
-        if not is_authorized(given, self.service.settings.api_keys):
-            raise V2Error(401, "Incorrect or missing API key: send metadata authorization: Bearer <key>.")
+        if is_authorized(given, self.service.settings.api_keys):
+            return None
+        return RpcStatus(grpc.StatusCode.UNAUTHENTICATED,
+                         "Incorrect or missing API key: send metadata authorization: Bearer <key>.")
+
+    async def unary(self, name: str, request, metadata: Iterable[tuple[str, str]]):
+        """The response to unary RPC `name`, or the RpcStatus it fails with (never a traceback:
+        an unexpected error is logged and answered INTERNAL with a generic message)."""
+        if (denied := self.authorize(metadata)) is not None:
+            return denied
+        try:
+            return await getattr(self, name)(request)
+        except V2Error as e:
+            return RpcStatus(e.grpc_code, e.message)
+        except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
+            log.exception("gRPC %s failed", name)
+            return RpcStatus(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    async def stream(self, requests: AsyncIterator[pb.ModelInferRequest]
+                     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """ModelStreamInfer after `authorize`: each request's responses in order; a failure is
+        an in-band error_message and the stream goes on serving, as Triton does."""
+        async for request in requests:
+            try:
+                inference = self._inference(request)
+                async for response in self._responses(inference, request.id):
+                    yield response
+            except V2Error as e:
+                yield pb.ModelStreamInferResponse(error_message=e.message)
+            except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
+                log.exception("gRPC stream request %r failed", request.id)
+                yield pb.ModelStreamInferResponse(error_message=INTERNAL_MESSAGE)
+
+    # ---- the RPCs --------------------------------------------------------------------------
 
     async def ServerLive(self, request) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -68,7 +116,7 @@ class InferenceRPC:
 
     async def ModelConfig(self, request) -> pb.ModelConfigResponse:
         self.service.check_model(request.name, request.version)
-        instances = await self.service.backend.instances()
+        instances = await self.service.instances()
         return parse({"config": model_config(request.name, instances)}, pb.ModelConfigResponse())
 
     async def ModelStatistics(self, request) -> pb.ModelStatisticsResponse:
@@ -78,53 +126,39 @@ class InferenceRPC:
             stats = {request.name: stats[request.name]}
         return parse(model_statistics(stats), pb.ModelStatisticsResponse())
 
-    def _inference(self, request: pb.ModelInferRequest) -> tuple[TextInference, InferTiming]:
-        timing = InferTiming(time.monotonic_ns())
+    def _inference(self, request: pb.ModelInferRequest) -> TextInference:
+        arrived_ns = time.monotonic_ns()
         self.service.check_model(request.model_name, request.model_version)
         check_outputs(request)
         text = request_text(request)
-        inference = text_inference(request.model_name, request.id, f"grpc_{uuid.uuid4().hex}", text,
-                                   parameter_values(request.parameters), "v2-grpc")
-        timing.input_ns = time.monotonic_ns() - timing.start_ns
-        return inference, timing
+        return text_inference(request.model_name, request.id, f"grpc_{uuid.uuid4().hex}", text,
+                              parameter_values(request.parameters), "v2-grpc", arrived_ns)
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        inference, timing = self._inference(request)
-        chunks = [c async for c in self.service.infer(inference, timing)]
+        inference = self._inference(request)
+        stream = await self.service.start(inference)
+        chunks = [c async for c in self.service.audio(inference, stream)]
         t = time.monotonic_ns()
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         response = infer_response(inference.model, request.id, pcm, sample_rate=SAMPLE_RATE_HZ)
-        timing.output_ns = time.monotonic_ns() - t
-        self.service.record_success(inference.model, timing)
+        self.service.record_success(inference, stream.timing, time.monotonic_ns() - t)
         return response
 
-    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest]
-                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for request in requests:
-            try:
-                inference, timing = self._inference(request)
-                async for response in self._responses(inference, timing, request.id):
-                    yield response
-                self.service.record_success(inference.model, timing)
-            except V2Error as e:
-                yield pb.ModelStreamInferResponse(error_message=e.message)
-            except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
-                log.exception("gRPC stream request %r failed", request.id)
-                yield pb.ModelStreamInferResponse(error_message=INTERNAL_MESSAGE)
-
-    async def _responses(self, inference: TextInference, timing: InferTiming, request_id: str
+    async def _responses(self, inference: TextInference, request_id: str
                          ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One response per chunk, held back by one so the last can carry the final flag."""
-        model, previous = inference.model, None
+        model, previous, output_ns = inference.model, None, 0
 
         def response(pcm, final: bool) -> pb.ModelStreamInferResponse:
+            nonlocal output_ns
             t = time.monotonic_ns()
             rate = SAMPLE_RATE_HZ if pcm is not None else None
             message = _stream(infer_response(model, request_id, pcm, final, rate))
-            timing.output_ns += time.monotonic_ns() - t
+            output_ns += time.monotonic_ns() - t
             return message
 
-        async for chunk in self.service.infer(inference, timing):
+        stream = await self.service.start(inference)
+        async for chunk in self.service.audio(inference, stream):
             if previous is not None:
                 yield response(previous, False)
             previous = chunk
@@ -132,44 +166,35 @@ class InferenceRPC:
             yield response(previous, not inference.wants_empty_final)
         if inference.wants_empty_final or previous is None:
             yield response(None, True)
+        self.service.record_success(inference, stream.timing, output_ns)
 
 
 def _stream(response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
     return pb.ModelStreamInferResponse(infer_response=response)
 
 
-UNARY = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
-         "ModelStatistics", "ModelInfer")
-
-
 class GrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """grpc.aio servicer: every RPC authorizes from the call's metadata, then InferenceRPC
-    answers; a V2Error aborts the call with its status code. The RPCs this server does not
-    offer (model repository, shared memory, trace, log settings) answer UNIMPLEMENTED."""
+    """InferenceRPC's grpc.aio face: a failure aborts the call with its status. The RPCs this
+    server does not offer (model repository, shared memory, trace, log settings) answer
+    UNIMPLEMENTED."""
 
     def __init__(self, rpc: InferenceRPC) -> None:
         self.rpc = rpc
         for name in UNARY:
-            setattr(self, name, self._unary(getattr(rpc, name)))
+            setattr(self, name, self._unary(name))
 
-    def _unary(self, method):
+    def _unary(self, name: str):
         async def call(request, context: grpc.aio.ServicerContext):
-            try:
-                self.rpc.authorize(context.invocation_metadata() or ())
-                return await method(request)
-            except V2Error as e:
-                await context.abort(e.grpc_code, e.message)
-            except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
-                log.exception("gRPC %s failed", method.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            reply = await self.rpc.unary(name, request, context.invocation_metadata() or ())
+            if isinstance(reply, RpcStatus):
+                await context.abort(reply.code, reply.details)
+            return reply
         return call
 
     async def ModelStreamInfer(self, requests, context: grpc.aio.ServicerContext):
-        try:
-            self.rpc.authorize(context.invocation_metadata() or ())
-        except V2Error as e:
-            await context.abort(e.grpc_code, e.message)
-        async for response in self.rpc.ModelStreamInfer(requests):
+        if (denied := self.rpc.authorize(context.invocation_metadata() or ())) is not None:
+            await context.abort(denied.code, denied.details)
+        async for response in self.rpc.stream(requests):
             yield response
 
 

@@ -11,6 +11,7 @@ API's extensions carry (`voice`, `seed`, `temperature`, `top_k`, `speaker`,
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -18,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.utils import deserialize_bytes_tensor
 
 from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
+from replica.records import ErrorInfo, ErrorKind
 
-from ..backend import ErrorInfo
 from ..schemas import SpeechRequest
 
 TEXT, AUDIO = "text", "audio"
@@ -49,12 +50,16 @@ class V2Error(Exception):
         return self._GRPC.get(self.status, grpc.StatusCode.INTERNAL)
 
 
-# Backend failures: overload is 503 + Retry-After here (Triton's answer), UNAVAILABLE over gRPC.
-_STATUS = {"invalid_request": 400, "not_found": 404, "overloaded": 503, "unavailable": 503, "internal": 500}
+# The v2 protocol's status for each kind of failure (the OpenAI API has its own table:
+# serve/errors.py). Overload is 503 + Retry-After here (Triton's answer; UNAVAILABLE over gRPC).
+STATUS: dict[ErrorKind, int] = {"invalid_request": 400, "not_found": 404, "overloaded": 503, "unavailable": 503,
+                                "internal": 500}
 
 
-def backend_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> V2Error:
-    status = _STATUS[info.kind]
+def v2_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> V2Error:
+    """The protocol's error for a failure's ErrorInfo (internal errors name the request id,
+    so an operator can find the logged traceback)."""
+    status = STATUS[info.kind]
     message = f"{info.message} (request id {request_id})" if info.kind == "internal" else info.message
     return V2Error(status, message, retry_after_s if status == 503 else None)
 
@@ -77,13 +82,16 @@ class InferParams(BaseModel):
 class TextInference:
     """One inference, as both edges hand it on: the model asked for, the client's `id` (echoed,
     any string), the server's unique `request_id` (engine and logs), the text and its
-    parameters, as the OpenAI schema that validated them."""
+    parameters, as the OpenAI schema that validated them, and when the request arrived and
+    was validated (monotonic ns, for Triton's statistics)."""
 
     model: str
     id: str
     request_id: str
     speech: SpeechRequest
     protocol: str  # the tts_requests_total label: v2-http or v2-grpc
+    arrived_ns: int
+    validated_ns: int
     wants_empty_final: bool = False
 
 
@@ -127,7 +135,7 @@ def utf8_text(data: bytes) -> str:
 
 
 def text_inference(model: str, client_id: str, request_id: str, text: str, parameters: dict,
-                   protocol: str) -> TextInference:
+                   protocol: str, arrived_ns: int) -> TextInference:
     """Validate the parameters and the text with the OpenAI edge's own schema (same limits,
     same messages); raises V2Error(400) naming the parameter."""
     try:
@@ -139,7 +147,8 @@ def text_inference(model: str, client_id: str, request_id: str, text: str, param
         speech = SpeechRequest(model=model, input=text, voice=params.voice, response_format="pcm", **extensions)
     except ValidationError as e:
         raise V2Error(400, _first_error(e, None, rename={"input": f"input '{TEXT}'"})) from None
-    return TextInference(model, client_id, request_id, speech, protocol, params.triton_enable_empty_final_response)
+    return TextInference(model, client_id, request_id, speech, protocol, arrived_ns, time.monotonic_ns(),
+                         params.triton_enable_empty_final_response)
 
 
 def _first_error(e: ValidationError, prefix: str | None, rename: dict[str, str] | None = None) -> str:

@@ -14,12 +14,13 @@ from pydantic import BaseModel
 
 from models.params import SAMPLE_RATE_HZ
 
-from .. import metrics as m
+from observability import metrics as m
+
 from ..deps import get_request_id, require_api_key
 from ..errors import APIError
-from .protocol import V2Error, text_inference
+from .protocol import TextInference, V2Error, text_inference
 from .records import model_config, model_metadata, model_statistics, server_metadata
-from .service import InferTiming, V2Service
+from .service import V2Service
 from .tensors import infer_response, parse_infer
 
 DISCONNECT_POLL_S = 0.25
@@ -79,7 +80,7 @@ async def model_ready(model: str, request: Request, version: str | None = None) 
 async def config(model: str, request: Request, version: str | None = None) -> dict:
     service = _service(request)
     service.check_model(model, version)
-    return model_config(model, await service.backend.instances())
+    return model_config(model, await service.instances())
 
 
 @router.get("/v2/models/{model}/stats")
@@ -93,14 +94,13 @@ async def statistics(model: str, request: Request, version: str | None = None) -
 @router.post("/v2/models/{model}/infer")
 @router.post("/v2/models/{model}/versions/{version}/infer")
 async def infer(model: str, request: Request, version: str | None = None) -> Response:
+    arrived_ns = time.monotonic_ns()
     service = _service(request)
     service.check_model(model, version)
-    timing = InferTiming(time.monotonic_ns())
     parsed = parse_infer(await request.body(), request.headers.get("inference-header-content-length"))
     request_id = await get_request_id(request)
-    inference = text_inference(model, parsed.id, request_id, parsed.text, parsed.parameters, "v2-http")
-    timing.input_ns = time.monotonic_ns() - timing.start_ns
-    collect = asyncio.ensure_future(_collect(service, inference, timing))
+    inference = text_inference(model, parsed.id, request_id, parsed.text, parsed.parameters, "v2-http", arrived_ns)
+    collect = asyncio.ensure_future(_collect(service, inference))
     try:  # a client that goes away (or a cancelled handler, as Serve's proxy does) aborts the generation
         while not collect.done():
             await asyncio.wait([collect], timeout=DISCONNECT_POLL_S)
@@ -109,19 +109,19 @@ async def infer(model: str, request: Request, version: str | None = None) -> Res
     finally:
         if not collect.done():
             collect.cancel()
-    pcm = collect.result()
+    pcm, timing = collect.result()
     t1 = time.monotonic_ns()
     body, headers = infer_response(model, parsed.id, pcm, parsed.binary_audio,
                                    {"sample_rate": SAMPLE_RATE_HZ, "audio_seconds": len(pcm) / SAMPLE_RATE_HZ})
-    timing.output_ns = time.monotonic_ns() - t1
-    service.record_success(model, timing)
+    service.record_success(inference, timing, time.monotonic_ns() - t1)
     media = "application/octet-stream" if parsed.binary_audio else "application/json"
     return Response(body, media_type=media, headers=headers)
 
 
-async def _collect(service: V2Service, inference, timing: InferTiming) -> np.ndarray:
-    chunks = [c async for c in service.infer(inference, timing)]
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+async def _collect(service: V2Service, inference: TextInference):
+    stream = await service.start(inference)
+    chunks = [c async for c in service.audio(inference, stream)]
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), stream.timing
 
 
 async def _v2_error(request: Request, exc: V2Error) -> JSONResponse:
@@ -131,6 +131,6 @@ async def _v2_error(request: Request, exc: V2Error) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    app.state.v2 = V2Service(app.state.backend, app.state.store, app.state.settings, app.state.metrics)
+    app.state.v2 = V2Service(app.state.speech)
     app.add_exception_handler(V2Error, _v2_error)
     app.include_router(router)

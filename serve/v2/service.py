@@ -1,34 +1,29 @@
 """What both v2 edges (HTTP routes, gRPC servicer) call: the models this server offers (the ids
-of GET /v1/models, one version each), readiness, and inference over the shared request path,
-with Triton's statistics kept per model.
+of GET /v1/models, one version each), readiness, and inference over the shared request path
+(serve/speech.py), with Triton's statistics kept per model.
 
 Statistics are this ingress process's view (a Ray deployment with several ingress replicas
 reports per replica). Triton's fields, as measured here: `queue` is from the request to its
 first audio (admission and the prompt's prefill), `compute_infer` from the first audio to the
-last, `compute_input` the request's validation, `compute_output` the response's encoding
-(HTTP). The engine batches every running request into each frame's step, so Triton's batch
-counts have no analogue per request: `execution_count` equals `inference_count`, and the
-engine's own batch sizes are in the `tts_engine_*` metrics.
+last, `compute_input` the request's validation, `compute_output` the response's encoding.
+The engine batches every running request into each frame's step, so Triton's batch counts
+have no analogue per request: `execution_count` equals `inference_count`, and the engine's
+own batch sizes are in the `tts_engine_*` metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.params import SAMPLE_RATE_HZ
+from replica.records import Instances, ReplicaError
 
 from ..audio import as_mono_float
-from ..backend import BackendError, SpeechBackend
-from ..metrics import INPUT_CHARS, MetricsSink, RequestTally, outcome_of
-from ..settings import ServerSettings
-from ..synthesis import start_speech
-from ..voices import OPENAI_VOICES, VoiceNotFound, VoiceStore
-from .protocol import VERSION, TextInference, V2Error, backend_error
+from ..speech import SpeechService, SpeechStream, StreamTiming
+from .protocol import VERSION, TextInference, V2Error, v2_error
 
 
 @dataclass
@@ -57,25 +52,10 @@ class ModelStats:
         return self.inference_count
 
 
-@dataclass
-class InferTiming:
-    """One inference's clock (monotonic ns), kept by its edge: the request arrived at
-    `start_ns`; validation took `input_ns`; `infer` sets the first and last audio; the edge adds
-    the time it spent encoding responses. Recorded once, when the inference has succeeded, so
-    every duration's count moves together (perf_analyzer requires it)."""
-
-    start_ns: int
-    input_ns: int = 0
-    first_ns: int = 0
-    end_ns: int = 0
-    output_ns: int = 0
-
-
 class V2Service:
-    def __init__(self, backend: SpeechBackend, store: VoiceStore, settings: ServerSettings,
-                 metrics: MetricsSink) -> None:
-        self.backend, self.store, self.settings, self.metrics = backend, store, settings, metrics
-        self.models = [settings.model_id, *settings.model_aliases]
+    def __init__(self, speech: SpeechService) -> None:
+        self.speech, self.settings = speech, speech.settings
+        self.models = list(speech.models)
         self.stats = {name: ModelStats() for name in self.models}
 
     def check_model(self, model: str, version: str | None = None) -> None:
@@ -85,66 +65,45 @@ class V2Service:
             raise V2Error(404, f"unknown version '{version}' of model '{model}'; it has version {VERSION}")
 
     async def is_ready(self) -> bool:
-        return await self.backend.is_ready()
+        return await self.speech.backend.is_ready()
 
-    def record_success(self, model: str, timing: InferTiming) -> None:
-        stats = self.stats[model]
-        stats.success.add(time.monotonic_ns() - timing.start_ns)
-        stats.queue.add(timing.first_ns - timing.start_ns)
-        stats.compute_input.add(timing.input_ns)
-        stats.compute_infer.add(timing.end_ns - timing.first_ns)
-        stats.compute_output.add(timing.output_ns)
+    async def instances(self) -> Instances:
+        return await self.speech.backend.instances()
+
+    async def start(self, inference: TextInference) -> SpeechStream:
+        """Start the inference; raises V2Error (bad voice, overload, ...), recording the failure."""
+        try:
+            return await self.speech.start(inference.speech, inference.protocol, inference.request_id, "fp32")
+        except ReplicaError as e:
+            self._record_failure(inference)
+            raise v2_error(e.info, inference.request_id, self.settings.retry_after_s) from None
+
+    async def audio(self, inference: TextInference, stream: SpeechStream) -> AsyncIterator[np.ndarray]:
+        """The stream's audio as the `audio` tensor's values (float32, -1..1). Raises V2Error
+        mid-stream (rarely: a failed engine); a stream that does not end well is recorded as
+        a failure, and on success the edge calls `record_success` once its responses are out.
+        Closing the iterator early aborts the generation."""
+        try:
+            async for chunk in stream.audio():
+                yield as_mono_float(chunk)  # -1..1, as the OpenAI edge's encoders send it
+        except ReplicaError as e:
+            raise v2_error(e.info, inference.request_id, self.settings.retry_after_s) from None
+        finally:
+            await stream.aclose()
+            if stream.outcome != "ok":
+                self._record_failure(inference)
+
+    def record_success(self, inference: TextInference, timing: StreamTiming, output_ns: int) -> None:
+        """Count a successful inference: every duration at once (perf_analyzer requires their
+        counts to move together). `output_ns`: what the edge spent encoding responses."""
+        stats = self.stats[inference.model]
+        stats.success.add(time.monotonic_ns() - inference.arrived_ns)
+        stats.queue.add(timing.first_ns - inference.arrived_ns if timing.first_ns else 0)
+        stats.compute_input.add(inference.validated_ns - inference.arrived_ns)
+        stats.compute_infer.add(timing.end_ns - timing.first_ns if timing.first_ns else 0)
+        stats.compute_output.add(output_ns)
         stats.inference_count += 1
         stats.last_inference_ms = time.time_ns() // 1_000_000
 
-    def record_failure(self, model: str, timing: InferTiming) -> None:
-        self.stats[model].fail.add(time.monotonic_ns() - timing.start_ns)
-
-    async def infer(self, inference: TextInference, timing: InferTiming) -> AsyncIterator[np.ndarray]:
-        """The audio as float32 chunks, cut at max_audio_seconds. Raises V2Error before the
-        first chunk (bad voice, overload, ...) or, rarely, mid-stream (a failed engine), and
-        records the failure; on success the edge calls `record_success` once its responses are
-        out. Closing the iterator early aborts the generation."""
-        speech = inference.speech
-        voice_label = speech.voice_key if speech.voice_key in OPENAI_VOICES else "custom"
-        tally = RequestTally(self.metrics, inference.protocol, "fp32", voice_label)
-        self.metrics.inc(INPUT_CHARS, len(speech.input))
-        try:
-            started = await start_speech(speech, self.backend, self.store, self.settings, inference.request_id)
-        except VoiceNotFound as e:
-            error = V2Error(400, f"parameter voice: {e}")
-        except BackendError as e:
-            error = backend_error(e.info, inference.request_id, self.settings.retry_after_s)
-        else:
-            error = None
-        if error is not None:
-            self.record_failure(inference.model, timing)
-            tally.done(outcome_of(error.status))
-            raise error
-        timing.first_ns = time.monotonic_ns()
-        if started.first is not None:
-            tally.first_audio()
-        max_samples = round(speech.max_audio_seconds * SAMPLE_RATE_HZ) if speech.max_audio_seconds else None
-        total, outcome = 0, "error"
-        try:
-            chunk = started.first
-            while chunk is not None:
-                if max_samples is not None:
-                    chunk = chunk[: max_samples - total]
-                total += len(chunk)
-                yield as_mono_float(chunk)  # -1..1, as the OpenAI edge's encoders send it
-                if max_samples is not None and total >= max_samples:
-                    break
-                chunk = await anext(started.rest, None)
-            outcome = "ok"
-        except (GeneratorExit, asyncio.CancelledError):
-            outcome = "cancelled"
-            raise
-        except BackendError as e:
-            raise backend_error(e.info, inference.request_id, self.settings.retry_after_s) from None
-        finally:
-            await started.rest.aclose()
-            tally.done(outcome, total)
-            timing.end_ns = time.monotonic_ns()
-            if outcome != "ok":
-                self.record_failure(inference.model, timing)
+    def _record_failure(self, inference: TextInference) -> None:
+        self.stats[inference.model].fail.add(time.monotonic_ns() - inference.arrived_ns)

@@ -35,14 +35,14 @@ def drain_on_downscale(sim, voices_dir: str) -> dict:
     deploy(app_args(voices_dir), {"num_replicas": 4})
     wait_running(4)
     time.sleep(2)  # the router has heard of every replica
-    handle = serve.get_deployment_handle("TTSEngine", app_name="csm")
+    handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
     with ThreadPoolExecutor(12) as pool:
         streams = []
         for i in range(12):  # staggered: a simultaneous burst can meet Serve's queue limit
             streams.append(pool.submit(long_speak, sim.url, 7000 + i, 5.0))
             time.sleep(0.15)
         time.sleep(1.0)
-        per_replica = sorted(s["num_running"] for s in replica_stats(handle).values())
+        per_replica = sorted(s.engine.num_running for s in replica_stats(handle).values())
         deploy(app_args(voices_dir), {"num_replicas": 1}, blocking=False)
         stopping = 0
         while not all(f.done() for f in streams):
@@ -63,8 +63,8 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
 
     deploy(app_args(voices_dir), {"autoscaling_config": autoscaling(cards, downscale_s=4.0)})
     wait_running(1)
-    handle = serve.get_deployment_handle("TTSEngine", app_name="csm")
-    before = {pid: (s["num_steps"], s["num_frames_total"]) for pid, s in replica_stats(handle, 8).items()}
+    handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
+    before = {pid: (s.engine.num_steps, s.engine.num_frames_total) for pid, s in replica_stats(handle, 8).items()}
     stop, results, timeline = threading.Event(), [], []
     t0 = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
@@ -85,7 +85,7 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
     batch = {}
     for pid, s in under_load.items():
         steps0, frames0 = before.get(pid, (0, 0))
-        batch[pid] = round((s["num_frames_total"] - frames0) / max(1, s["num_steps"] - steps0), 2)
+        batch[pid] = round((s.engine.num_frames_total - frames0) / max(1, s.engine.num_steps - steps0), 2)
     down_t0 = time.monotonic()  # idle now: Serve goes back to min_replicas after downscale_s
     back_in_s = wait_running(1, timeout_s=120)
     return {"timeline": timeline, "to_full_s": round(full_at - t0, 1) if full_at else -1,

@@ -17,12 +17,12 @@ def replica_stats(handle, calls: int = 40) -> dict[int, dict]:
     spreads the calls, so 40 reach each of 4)."""
     with ThreadPoolExecutor(3) as pool:  # within the slots (3+ replicas x 4): no backpressure
         stats = list(pool.map(lambda _: handle.stats.remote().result(timeout_s=60), range(calls)))
-    return {s["pid"]: s for s in stats}
+    return {s.pid: s for s in stats}
 
 
 def placement(handle, calls: int = 40) -> dict[int, dict]:
     """pid -> {card, node_id} of every engine replica the router reached."""
-    return {pid: {"card": s["card"], "node_id": s["node_id"]} for pid, s in replica_stats(handle, calls).items()}
+    return {pid: {"card": s.card, "node_id": s.node_id} for pid, s in replica_stats(handle, calls).items()}
 
 
 def speak(url: str, seed: int) -> int:
@@ -71,14 +71,14 @@ def voices_across(url: str, handle, replicas: int) -> dict:
         with ThreadPoolExecutor(replicas * 2) as pool:
             responses = list(pool.map(lambda _: speak_as(voice_id), range(replicas * 2)))
         bodies += [np.frombuffer(r.content, "<i2").astype(int) for r in responses if r.status_code == 200]
-        holders = {pid: voice_id in s["voices"] for pid, s in replica_stats(handle).items()}
+        holders = {pid: voice_id in s.voices for pid, s in replica_stats(handle).items()}
         if len(holders) == replicas and all(holders.values()):
             break
     deleted = httpx.delete(f"{url}/v1/audio/voices/{voice_id}", timeout=60).status_code
     t0, forgotten_in_s = time.monotonic(), -1.0
     while time.monotonic() - t0 < 10:
         after = replica_stats(handle)
-        if len(after) == replicas and not any(voice_id in s["voices"] for s in after.values()):
+        if len(after) == replicas and not any(voice_id in s.voices for s in after.values()):
             forgotten_in_s = round(time.monotonic() - t0, 2)
             break
         time.sleep(0.2)
@@ -93,7 +93,7 @@ def voices_across(url: str, handle, replicas: int) -> dict:
 def engine_states() -> dict[str, int]:
     from ray import serve
 
-    return dict(serve.status().applications["csm"].deployments["TTSEngine"].replica_states)
+    return dict(serve.status().applications["csm"].deployments["SpeechReplica"].replica_states)
 
 
 def wait_running(n: int, timeout_s: float = 180) -> float:
@@ -163,7 +163,7 @@ def over_capacity(sim, voices_dir: str) -> dict:
     from deployments.sim_cluster import app_args, deploy
 
     deploy(app_args(voices_dir), {"num_replicas": 5}, blocking=False)
-    handle = serve.get_deployment_handle("TTSEngine", app_name="csm")
+    handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
     deadline = time.time() + 180
     while time.time() < deadline:
         states = engine_states()
@@ -193,7 +193,7 @@ def main(voices_dir: str, port: int) -> dict:
     with sim_cluster(nodes=2, cards_per_node=2, http_port=port) as sim:
         out["nodes"] = [n.node_id for n in sim.worker_nodes]
         deploy(app_args(voices_dir), {"num_replicas": 4})
-        handle = serve.get_deployment_handle("TTSEngine", app_name="csm")
+        handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
         out["placement"] = timed("placement", list(placement(handle, 60).values()))
         out["voices"] = timed("voices", voices_across(sim.url, handle, replicas=4))
         out["drain"] = timed("drain", drain_on_downscale(sim, voices_dir))

@@ -1,5 +1,4 @@
-"""The Ray Serve application each Ray test module deploys (csm-tiny: 4 slots, 2 queued), and an
-in-process speech pipeline (2 slots) for the tests below HTTP."""
+"""The Ray Serve application each Ray test module deploys (csm-tiny: 4 slots, 2 queued)."""
 
 import pytest
 
@@ -22,17 +21,8 @@ def app_url(ray_serve, app_args):
         yield url
 
 
-def engine_stats() -> dict:
-    """The engine replica's stats (engine counters, pid, threads), through its handle."""
+def replica_stats():
+    """A replica's stats (ReplicaStats: engine counters, pid, threads, card), through its handle."""
     from ray import serve
 
-    return serve.get_deployment_handle("TTSEngine", app_name="csm").stats.remote().result()
-
-
-@pytest.fixture
-def pipeline(make_engine):
-    from models.frontend.speech import SpeechPipeline
-
-    pipeline = SpeechPipeline.start(make_engine(max_num_seqs=2), chunk_frames=4)
-    yield pipeline
-    pipeline.shutdown()
+    return serve.get_deployment_handle("SpeechReplica", app_name="csm").stats.remote().result()

@@ -20,17 +20,17 @@ BACKENDS = ["local", pytest.param("ray", marks=pytest.mark.slow)]
 @pytest.fixture(scope="module")
 def local_url(tmp_path_factory):
     with local_server(str(tmp_path_factory.mktemp("voices")), EngineConfig(**ENGINE),
-                      on_engine=fail_steps_with_fault_seed) as (url, _):
+                      before_step=fail_steps_with_fault_seed) as (url, _):
         yield url
 
 
 @pytest.fixture(scope="module")
 def ray_url(ray_serve, tmp_path_factory):
-    from tests.faults import faulty_engine_deployment
+    from tests.faults import ray_fault_hook
     from tests.ray_serve import deployed
 
     args = {"engine": ENGINE, "server": {"voices_dir": str(tmp_path_factory.mktemp("voices"))}, "cpus_per_engine": 1}
-    with deployed(ray_serve, args, faulty_engine_deployment()) as url:
+    with deployed(ray_serve, args, ray_fault_hook()) as url:
         yield url
 
 

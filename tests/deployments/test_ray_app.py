@@ -15,7 +15,7 @@ import yaml
 
 from serve.audio import FORMATS, decode_audio
 from tests.conftest import fan_out, free_port
-from tests.deployments.conftest import engine_stats
+from tests.deployments.conftest import replica_stats
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -64,7 +64,7 @@ def test_speech_through_ray(app_url):
 def test_16_concurrent_requests_all_complete_batched(app_url):
     """More clients than slots + queue: the SDK retries 429s (honouring Retry-After), every
     request completes with the right audio, and requests shared forward passes."""
-    before = engine_stats()
+    before = replica_stats()
 
     def one(i):
         client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=8)
@@ -73,9 +73,9 @@ def test_16_concurrent_requests_all_complete_batched(app_url):
 
     results = fan_out(one, range(16))
     assert all(r is not None and len(r) == 10 * 1920 * 2 for r in results)
-    after = engine_stats()
-    frames = after["num_frames_total"] - before["num_frames_total"]
-    steps = after["num_steps"] - before["num_steps"]
+    after = replica_stats()
+    frames = after.engine.num_frames_total - before.engine.num_frames_total
+    steps = after.engine.num_steps - before.engine.num_steps
     assert frames / steps > 1.5  # average batch size
 
 

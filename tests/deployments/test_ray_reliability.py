@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.deployments.conftest import engine_stats
+from tests.deployments.conftest import replica_stats
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -33,7 +33,7 @@ def _serve_pids() -> dict[str, int]:
                 name = f.read().split(b"\0")[0].decode()
         except (OSError, ValueError):
             continue
-        for actor in ("SpeechIngress", "TTSEngine", "ProxyActor"):
+        for actor in ("SpeechIngress", "SpeechReplica", "ProxyActor"):
             if name.startswith("ray::") and actor in name:
                 pids[actor] = int(entry)
     return pids
@@ -90,13 +90,13 @@ def test_overload_gets_429_quickly_and_admitted_requests_finish(app_url):
     # one machine, 204-315 ms on another (the same code before and after the typed-error change).
     assert probe_s[len(probe_s) // 2] < 0.1 and burst_s[len(burst_s) // 2] < 0.5 and burst_s[-1] < 1.0
     deadline = time.time() + 15
-    while engine_stats()["num_kv_slots_used"] and time.time() < deadline:
+    while replica_stats().engine.num_kv_slots_used and time.time() < deadline:
         time.sleep(0.2)
-    stats = engine_stats()
-    assert stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0 and stats["num_running"] == 0
+    stats = replica_stats()
+    assert stats.engine.num_kv_slots_used == 0 and stats.engine.num_waiting == 0 and stats.engine.num_running == 0
     rss_after = {name: _rss_mib(pid) for name, pid in pids.items()}
     print("RSS MiB before/after the second burst:", {n: f"{rss_before[n]:.0f}/{rss_after[n]:.0f}" for n in pids})
-    assert set(pids) >= {"SpeechIngress", "TTSEngine"}
+    assert set(pids) >= {"SpeechIngress", "SpeechReplica"}
     assert all(rss_after[n] - rss_before[n] < 32 for n in pids), (rss_before, rss_after)
 
 
@@ -106,16 +106,16 @@ def test_disconnect_frees_the_slot(app_url):
     }) as r:
         next(r.iter_bytes())
     deadline = time.time() + 15
-    while engine_stats()["num_kv_slots_used"] and time.time() < deadline:
+    while replica_stats().engine.num_kv_slots_used and time.time() < deadline:
         time.sleep(0.2)
-    assert engine_stats()["num_kv_slots_used"] == 0
+    assert replica_stats().engine.num_kv_slots_used == 0
 
 
 def test_clients_vanishing_before_during_and_after_generation_leak_nothing(app_url):
     """Clients that give up before the first byte, mid-stream, or right after the end leave
     no slot, queued request or thread behind."""
     body = {"model": "tts-1", "voice": "alloy", "input": "Going away.", "response_format": "pcm", "max_audio_seconds": 3}
-    threads_before = engine_stats()["num_threads"]
+    threads_before = replica_stats().num_threads
     for _ in range(3):
         with pytest.raises(httpx.TimeoutException):  # before: gone before any audio
             httpx.post(app_url + "/v1/audio/speech", json=body, timeout=httpx.Timeout(0.05, connect=5))
@@ -126,19 +126,19 @@ def test_clients_vanishing_before_during_and_after_generation_leak_nothing(app_u
             r.read()
     deadline = time.time() + 20
     while time.time() < deadline:
-        stats = engine_stats()
-        if stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0:
+        stats = replica_stats()
+        if stats.engine.num_kv_slots_used == 0 and stats.engine.num_waiting == 0:
             break
         time.sleep(0.2)
-    stats = engine_stats()
-    assert stats["num_kv_slots_used"] == 0 and stats["num_waiting"] == 0 and stats["num_running"] == 0
-    assert stats["num_threads"] <= threads_before + 2  # no thread per request left behind
+    stats = replica_stats()
+    assert stats.engine.num_kv_slots_used == 0 and stats.engine.num_waiting == 0 and stats.engine.num_running == 0
+    assert stats.num_threads <= threads_before + 2  # no thread per request left behind
 
 
 def test_redeploy_drains_in_flight_requests(app_url, app_args):
     """`serve.run` of a changed config replaces the engine replica; a request streaming at
     that moment still completes in full (graceful shutdown), and new requests succeed."""
-    old_pid = engine_stats()["pid"]
+    old_pid = replica_stats().pid
 
     def long_request():
         r = httpx.post(app_url + "/v1/audio/speech", timeout=120, json={
@@ -152,7 +152,7 @@ def test_redeploy_drains_in_flight_requests(app_url, app_args):
         changed = {**app_args, "engine": {**app_args["engine"], "max_prefill_tokens": 256}}
         serve.run(build_app(changed), name="csm", route_prefix="/")
         assert result.result(timeout=120) == {"status": 200, "bytes": 150 * 1920 * 2}
-    assert engine_stats()["pid"] != old_pid
+    assert replica_stats().pid != old_pid
     client = openai.OpenAI(base_url=app_url + "/v1", api_key="x", max_retries=2)
     assert len(client.audio.speech.create(model="tts-1", voice="alloy", input="New config.", response_format="pcm",
                                           extra_body={"max_audio_seconds": 0.48}).read()) == 6 * 1920 * 2
@@ -161,7 +161,7 @@ def test_redeploy_drains_in_flight_requests(app_url, app_args):
 def test_killed_engine_replica_fails_streams_fast_and_is_replaced(app_url):
     """Kill the engine replica's process mid-stream: the stream ends with an error promptly,
     readiness drops while Serve replaces the replica, and the next requests succeed."""
-    old_pid = engine_stats()["pid"]
+    old_pid = replica_stats().pid
     with httpx.stream("POST", app_url + "/v1/audio/speech", timeout=60, json={
         "model": "tts-1", "voice": "alloy", "input": "A long answer " * 20, "response_format": "pcm",
         "max_audio_seconds": 60,
@@ -181,7 +181,7 @@ def test_killed_engine_replica_fails_streams_fast_and_is_replaced(app_url):
         saw_unready |= ready == 503
         if ready == 200:
             try:
-                new_pid = serve.get_deployment_handle("TTSEngine", app_name="csm").stats.remote().result(timeout_s=5)["pid"]
+                new_pid = serve.get_deployment_handle("SpeechReplica", app_name="csm").stats.remote().result(timeout_s=5).pid
             except Exception:
                 new_pid = None
             if new_pid and new_pid != old_pid:

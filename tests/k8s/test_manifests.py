@@ -427,7 +427,7 @@ def test_serve_config_passes_ray_serve_and_app_schemas(overlay):
     ServerSettings(**args.server)
     # No ray_actor_options for the engine: a block in the config would replace build_app's
     # (and drop the card). See serve_config.yaml.
-    assert "ray_actor_options" not in deployment(config, "TTSEngine")
+    assert "ray_actor_options" not in deployment(config, "SpeechReplica")
     assert config["http_options"]["host"] == "0.0.0.0"
     expected_device = {"ascend": "npu", "nvidia": "cuda", "cpu": "cpu"}[overlay]
     assert args.engine.device == expected_device
@@ -437,7 +437,7 @@ def test_serve_config_passes_ray_serve_and_app_schemas(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_autoscaling_target_fits_the_batch(overlay):
     config = embedded_serve_config(overlay)
-    engine = deployment(config, "TTSEngine")
+    engine = deployment(config, "SpeechReplica")
     max_num_seqs = app(config)["args"]["engine"]["max_num_seqs"]
     autoscaling = engine["autoscaling_config"]
     assert engine["max_ongoing_requests"] == max_num_seqs
@@ -504,7 +504,7 @@ def test_one_engine_replica_per_worker_and_bounds_agree(overlay):
     options = engine_actor_options(args.engine, args.cpus_per_engine)  # explicit device: no cluster lookup
     demand = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0), **options.get("resources", {})}
     demand = {k: v for k, v in demand.items() if v}
-    autoscaling = deployment(config, "TTSEngine")["autoscaling_config"]
+    autoscaling = deployment(config, "SpeechReplica")["autoscaling_config"]
     groups = worker_groups(overlay)
     assert len(groups) == 1, "one worker group per accelerator kind"
     for group in groups:

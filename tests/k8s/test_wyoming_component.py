@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from serve.wyoming_tts.api import WyomingSettings
+from clients.wyoming.api import WyomingSettings
 from tests.k8s.test_manifests import K8S, K8S_VERSIONS, KUBECTL, OVERLAYS, needs_kubectl, rayservice
 
 

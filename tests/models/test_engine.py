@@ -1,8 +1,9 @@
 """Engine behaviour: batching invariance, slots, FIFO, EOS/length, aborts, bad params."""
 
 import pytest
+import torch
 
-from models import GenerationParams, RequestError, Segment
+from models import FinishReason, GenerationParams, RequestError, Segment
 from tests.conftest import run_to_end
 
 TEXT = "Batching must not change what a request says."
@@ -82,10 +83,10 @@ def test_fifo_waiting_when_slots_run_out(make_engine):
     engine = make_engine(max_num_seqs=2)
     for i in range(4):
         engine.add_request(f"r{i}", TEXT, GenerationParams(seed=i, max_frames=3 + i))
-    engine.step()
+    first = engine.step()
     stats = engine.stats()
     assert (stats.num_running, stats.num_waiting, stats.num_kv_slots_used) == (2, 2, 2)
-    assert [r.request_id for r in engine.scheduler.running] == ["r0", "r1"]
+    assert sorted(out.request_id for out in first) == ["r0", "r1"]  # the first two hold the slots
     order = []
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -178,37 +179,67 @@ def _voice():
 
 
 def test_voice_prefix_reuse_gives_identical_codes(make_engine):
-    """A request whose context is a cached prefix skips re-prefilling it, with the same codes."""
+    """A request whose context starts with a computed prefix skips re-prefilling it, with the
+    same codes; the engine keeps no reference to the prefix (its owner decides)."""
     params = GenerationParams(seed=21, max_frames=10)
     full = _alone(make_engine, TEXT, params, _voice())
     engine = make_engine(max_prefill_tokens=32)
-    length = engine.add_prefix(_voice())
-    req = engine.prepare("x", TEXT, params, _voice())
-    engine.add_prepared(req)  # the prefix is looked up when the engine's thread adds it
-    assert req.num_prefilled == req.num_cached == length > 30
-    engine.add_request("y", TEXT, GenerationParams(seed=22, max_frames=3), _voice())
+    prefix = engine.compute_prefix(_voice())
+    assert prefix.context == _voice() and prefix.length > 30 and prefix.num_bytes > 0
+    engine.add_request("x", TEXT, params, _voice(), prefix)
+    engine.add_request("y", TEXT, GenerationParams(seed=22, max_frames=3), _voice(), prefix)
     results = run_to_end(engine)
     assert results["x"] == full
     stats = engine.stats()
-    assert stats.num_prefix_hits == 2 and stats.num_prefixes == 1
-    assert stats.num_prompt_tokens_total < 2 * len(req.prompt) - length  # the prefix was not prefilled again
-    engine.remove_prefix(_voice())
-    engine.add_request("z", TEXT, params, _voice())
-    assert engine.scheduler.requests["z"].num_cached == 0
+    assert stats.num_prefix_hits == 2 and stats.num_cached_tokens_total == 2 * prefix.length
+    prompt = len(engine.prepare("q", TEXT, params, _voice()).prompt)
+    assert stats.num_prompt_tokens_total == 2 * (prompt - prefix.length)  # the prefix was not prefilled again
+    with pytest.raises(ValueError, match="prefix"):
+        engine.prepare("z", TEXT, params, (), prefix)  # a context that does not start with it
 
 
-def test_async_add_prefix(make_engine):
+def test_a_prefix_extended_from_a_base_equals_one_computed_whole(make_engine):
+    """compute_prefix(context, base) prefills only what follows the base (a conversation's next
+    turn), with the same KV and the same codes as computing the whole context."""
+    turn = Segment(speaker=1, text="And this is my answer.", codes=tuple(((11 * i) % 2048,) * 32 for i in range(12)))
+    context = (*_voice(), turn)
+    engine = make_engine(max_prefill_tokens=32)
+    base = engine.compute_prefix(_voice())
+    extended, whole = engine.compute_prefix(context, base), engine.compute_prefix(context)
+    assert extended.length == whole.length > base.length
+    torch.testing.assert_close(extended.kv.keys, whole.kv.keys, rtol=1e-5, atol=1e-5)
+    params = GenerationParams(seed=5, temperature=0.0, max_frames=8)
+    engine.add_request("from-base", TEXT, params, context, extended)
+    engine.add_request("whole", TEXT, params, context, whole)
+    engine.add_request("none", TEXT, params, context)
+    results = run_to_end(engine)
+    assert results["from-base"] == results["whole"] == results["none"]
+    with pytest.raises(ValueError, match="base"):
+        engine.compute_prefix((turn,), base)
+
+
+def test_prefixes_are_computed_on_the_loop_thread(make_engine):
     import asyncio
 
-    from models import AsyncEngine
+    from models import EngineLoop
 
-    engine = AsyncEngine(make_engine(), idle_wait_s=0.05)
+    loop = EngineLoop(make_engine(), idle_wait_s=0.05)
     try:
-        assert asyncio.run(engine.add_prefix(_voice())) > 30
-        with pytest.raises(ValueError, match="context"):
-            asyncio.run(engine.add_prefix(()))
+        assert asyncio.run(loop.compute_prefix(_voice())).length > 30
+        with pytest.raises(RequestError, match="context"):
+            asyncio.run(loop.compute_prefix(()))
     finally:
-        engine.shutdown()
+        loop.shutdown()
+
+
+def test_a_frame_cap_ends_a_request_with_length(make_engine):
+    """The caller's audio budget (frame_cap) bounds the text-derived cap: the request ends
+    there with reason length, not aborted."""
+    engine = make_engine()
+    engine.add_request("capped", TEXT, GenerationParams(seed=3), frame_cap=4)
+    frames, reason = run_to_end(engine)["capped"]
+    assert len(frames) == 4 and reason is FinishReason.LENGTH
+    assert dict(engine.stats().num_finished)["length"] == 1 and dict(engine.stats().num_finished)["abort"] == 0
 
 
 def test_warm_up_leaves_the_engine_idle(make_engine):

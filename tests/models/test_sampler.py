@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from models.runner.sampler import sample, uniform
+from models.runner.sampler import RowSampling, sample, uniform
 
 VOCAB = 2051
 NUM_DRAWS = 100_000
@@ -34,14 +34,9 @@ def _sample_many(logits: torch.Tensor, temperature: float, top_k: int, key: int)
     for start in range(0, NUM_DRAWS, CHUNK):
         counters = torch.arange(start, start + CHUNK, dtype=torch.int64)
         n = len(counters)
-        out.append(sample(
-            logits.expand(n, -1),
-            torch.full((n,), temperature),
-            torch.full((n,), top_k, dtype=torch.int64),
-            torch.full((n,), key, dtype=torch.int64),
-            counters,
-            top_k,
-        ))
+        rows = RowSampling(torch.full((n,), temperature), torch.full((n,), top_k, dtype=torch.int64),
+                           torch.full((n,), key, dtype=torch.int64), counters, top_k)
+        out.append(sample(logits.expand(n, -1), rows, 0))
     return torch.cat(out)
 
 
@@ -73,7 +68,7 @@ def test_draws_stay_in_top_k_and_follow_the_softmax(temperature, top_k):
 
 def test_greedy_rows_take_the_argmax_whatever_the_noise():
     logits = torch.randn(64, VOCAB, generator=torch.Generator().manual_seed(3))
-    ids = sample(logits, torch.zeros(64), torch.full((64,), 50), torch.arange(64), torch.arange(64), 50)
+    ids = sample(logits, RowSampling(torch.zeros(64), torch.full((64,), 50), torch.arange(64), torch.arange(64), 50), 0)
     assert torch.equal(ids, logits.argmax(-1))
 
 

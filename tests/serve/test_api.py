@@ -13,7 +13,7 @@ import pytest
 from serve.app import create_app
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
-from serve.voices import VoiceStore
+from replica.voice_store import VoiceStore
 from tests.conftest import fan_out, wav_bytes
 from tests.local_server import local_server
 
@@ -86,7 +86,7 @@ def test_custom_voice_lifecycle(server, client):
         audio = client.audio.speech.create(model="tts-1", voice=ref, input="In my voice.", response_format="wav",
                                            extra_body=EXTRA).read()
         assert len(decode_audio(audio)) == 6 * 1920
-    assert server[1].pipeline.engine.stats().num_prefix_hits >= 2
+    assert server[1].stats().engine.num_prefix_hits >= 2
     assert httpx.delete(url + f"/v1/audio/voices/{voice['id']}").status_code == 200
     assert httpx.delete(url + f"/v1/audio/voices/{voice['id']}").status_code == 404
 
@@ -189,7 +189,9 @@ def test_metrics_endpoint_reports_requests_latency_engine_and_memory(server, cli
     used, total = value("tts_device_memory_used_bytes", device="cpu"), value("tts_device_memory_total_bytes", device="cpu")
     assert 0 < used < total
     assert value("tts_model_info", model="csm-tiny", device="cpu", card="none") == 1 and value("tts_model_load_seconds") > 0
-    # requests cut at max_audio_seconds are aborted by the edge; none here ended by an error
-    assert value("tts_engine_requests_finished_total", reason="abort") >= 1
+    # requests capped by max_audio_seconds end in the engine at the cap (length), not aborted by
+    # the edge; none here ended by an error
+    assert value("tts_engine_requests_finished_total", reason="length") >= 1
+    assert value("tts_engine_requests_finished_total", reason="abort") == 0
     assert value("tts_engine_requests_finished_total", reason="error") == 0
     assert value("tts_requests_total", protocol="openai") >= 2

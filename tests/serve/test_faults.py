@@ -9,23 +9,22 @@ from tests.conftest import fan_out
 from tests.local_server import local_server
 
 
-def _fail_third_step(engine):
+def _fail_third_step():
     """Fault injection: the engine's third step after warm-up raises, as a device error would."""
-    real_execute, calls = engine.runner.execute, []
+    calls = []
 
-    def flaky_execute(sched):
+    def before_step(sched):
         ids = [r.request_id for r in sched.decodes] + [c.request.request_id for c in sched.prefills]
         if "__warm_up__" not in ids:
             calls.append(ids)
         if len(calls) == 3 and "__warm_up__" not in ids:
             raise RuntimeError("simulated device error")
-        return real_execute(sched)
 
-    engine.runner.execute = flaky_execute
+    return before_step
 
 
 def test_a_failing_engine_step_fails_its_requests_and_the_server_keeps_serving(tmp_path):
-    with local_server(str(tmp_path), on_engine=_fail_third_step) as (url, backend):
+    with local_server(str(tmp_path), before_step=_fail_third_step()) as (url, replica):
         body = {"model": "tts-1", "voice": "alloy", "input": "Fault.", "response_format": "pcm",
                 "max_audio_seconds": 0.24}
         results = fan_out(lambda i: httpx.post(url + "/v1/audio/speech", json={**body, "seed": i}, timeout=60),
@@ -40,18 +39,18 @@ def test_a_failing_engine_step_fails_its_requests_and_the_server_keeps_serving(t
         after = httpx.post(url + "/v1/audio/speech", json={**body, "seed": 9}, timeout=60)
         assert after.status_code == 200 and len(after.content) == 3 * 1920 * 2
         assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 200
-        deadline = time.monotonic() + 10  # a request cut at max_audio_seconds is aborted at the next step
-        while backend.pipeline.engine.stats().num_kv_slots_used and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while replica.stats().engine.num_kv_slots_used and time.monotonic() < deadline:
             time.sleep(0.05)
-        stats = backend.pipeline.engine.stats()
+        stats = replica.stats().engine
         assert stats.num_kv_slots_used == 0 and stats.num_waiting == 0
 
 
 def test_a_dead_engine_answers_503_with_retry_after(tmp_path):
     """An engine whose loop has stopped cannot serve: 503 (retry elsewhere or later), not 500,
     and readiness drops so the balancer stops sending traffic."""
-    with local_server(str(tmp_path)) as (url, backend):
-        backend.pipeline.engine.shutdown()
+    with local_server(str(tmp_path)) as (url, replica):
+        replica.shutdown()
         r = httpx.post(url + "/v1/audio/speech", timeout=30, json={
             "model": "tts-1", "voice": "alloy", "input": "Anyone there?", "response_format": "pcm"})
         assert r.status_code == 503 and r.headers["retry-after"]

@@ -23,7 +23,7 @@ from models import EngineConfig
 from serve.app import create_app
 from serve.audio import decode_audio
 from serve.settings import ServerSettings
-from serve.voices import VoiceStore
+from replica.voice_store import VoiceStore
 from tests.conftest import assert_no_leak, wav_bytes
 from tests.local_server import local_server
 

@@ -14,7 +14,7 @@ import pytest
 
 from models import EngineConfig
 from serve.routes.playground import CSP
-from serve.voices import OPENAI_VOICES
+from replica.voice_store import OPENAI_VOICES
 from tests.conftest import wav_bytes
 from tests.local_server import local_server
 

@@ -59,7 +59,7 @@ def test_steady_load_keeps_rss_fds_and_threads_flat(tmp_path):
             samples.append(round((_rss_bytes() - rss) / 2**20, 1))
         time.sleep(1)
         grown = (_rss_bytes() - rss) / 2**20, _fds() - fds, threading.active_count() - threads
-        stats = backend.pipeline.engine.stats()
+        stats = backend.stats().engine
     half = samples[len(samples) // 2 - 1]
     print(f"soak {SOAK_S:.0f} s: {len(outcomes)} requests, RSS {rss / 2**20:.0f} MiB -> +{grown[0]:.1f} MiB "
           f"(+{half:.1f} at half time; every tenth: {samples}), fds +{grown[1]}, threads +{grown[2]}")

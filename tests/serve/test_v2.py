@@ -144,7 +144,7 @@ def test_cancelled_stream_and_closed_connection_free_their_slots(server, tc):
     grpc_.start_stream(callback=lambda result, error: responses.put((result, error)))
     grpc_.async_stream_infer("csm-1b", [text_input(grpcclient, LONG)], parameters={"seed": 1})
     assert responses.get(timeout=60)[1] is None
-    assert backend.pipeline.engine.stats().num_kv_slots_used == 1
+    assert backend.stats().engine.num_kv_slots_used == 1
     grpc_.stop_stream(cancel_requests=True)
     wait_engine_idle(backend)
     body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [LONG]}]}).encode()
@@ -153,9 +153,9 @@ def test_cancelled_stream_and_closed_connection_free_their_slots(server, tc):
         s.sendall(b"POST /v2/models/csm-1b/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         deadline = time.monotonic() + 30
-        while not backend.pipeline.engine.stats().num_kv_slots_used and time.monotonic() < deadline:
+        while not backend.stats().engine.num_kv_slots_used and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert backend.pipeline.engine.stats().num_kv_slots_used == 1
+        assert backend.stats().engine.num_kv_slots_used == 1
     wait_engine_idle(backend)
 
 

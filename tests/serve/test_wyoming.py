@@ -20,7 +20,7 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from models import EngineConfig
-from serve.voices import OPENAI_VOICES
+from replica.voice_store import OPENAI_VOICES
 from tests.conftest import free_port, wait_engine_idle, wav_bytes
 from tests.local_server import local_server
 from tests.wyoming_server import wyoming_client
@@ -172,7 +172,7 @@ def test_a_client_that_vanishes_frees_its_slot(api, wyoming_port):
         await client.connect()
         await client.write_event(Synthesize(text=LONG_TEXT * 6).event())  # about 36 s of audio
         await _events_until(client, "audio-chunk")
-        assert backend.pipeline.engine.stats().num_kv_slots_used == 1
+        assert backend.stats().engine.num_kv_slots_used == 1
         await client.disconnect()  # gone in the middle of the audio
 
     run(go())

@@ -1,6 +1,8 @@
 """One definition of every metric (name, kind, labels, buckets) and two ways to record them:
 prometheus-client (the in-process server's /metrics) or Ray Serve's metrics (bound in
-deployments/, exported by Ray's metrics agent with a `ray_` prefix). No torch, no ray here.
+deployments/, exported by Ray's metrics agent with a `ray_` prefix). The edges record the
+request metrics, a replica the engine's (replica/recorder.py), and the dashboard and alerts
+(queries.py) read them. No torch, no ray here.
 
 Names follow Prometheus conventions: `tts_` prefix, base units, `_total` counters,
 `_seconds` histograms.
@@ -8,13 +10,10 @@ Names follow Prometheus conventions: `tts_` prefix, base units, `_total` counter
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-from models.params import SAMPLE_RATE_HZ
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 RTF_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
@@ -46,7 +45,10 @@ KV_TOTAL = MetricDef("tts_engine_kv_slots_total", "gauge", "KV cache slots (max_
 BATCH_SIZE = MetricDef("tts_engine_batch_size", "histogram", "Rows sampled per engine step.", (), BATCH_BUCKETS)
 STEP_SECONDS = MetricDef("tts_engine_step_duration_seconds", "histogram", "Wall time of one engine step.", (), STEP_BUCKETS)
 FINISHED = MetricDef("tts_engine_requests_finished_total", "counter", "Engine requests (text segments) by how they ended: eos (the model stopped), length (ran to its frame cap), abort (client gone or cut), error (a failed step).", ("reason",))
-PREFIX_HITS = MetricDef("tts_prefix_cache_hits_total", "counter", "Requests that started from a cached voice prefix.")
+CONTEXT_LOOKUPS = MetricDef("tts_context_cache_lookups_total", "counter", "Context prefix lookups by kind (voice, conversation) and result (hit: its KV was cached; miss: computed).", ("kind", "result"))
+CONTEXT_EVICTIONS = MetricDef("tts_context_cache_evictions_total", "counter", "Context prefixes evicted (least recently used) to stay within the cache's byte budget.")
+CONTEXT_BYTES = MetricDef("tts_context_cache_bytes", "gauge", "Bytes of prefix KV the context cache holds.")
+CONTEXT_ENTRIES = MetricDef("tts_context_cache_entries", "gauge", "Context prefixes (voices, conversations) the cache holds.")
 MEM_USED = MetricDef("tts_device_memory_used_bytes", "gauge", "Device memory in use (process RSS on CPU).", ("device",))
 MEM_TOTAL = MetricDef("tts_device_memory_total_bytes", "gauge", "Device memory capacity (physical RAM on CPU).", ("device",))
 RSS = MetricDef("tts_process_resident_memory_bytes", "gauge", "Resident memory of the engine process.")
@@ -54,32 +56,10 @@ LOAD_SECONDS = MetricDef("tts_model_load_seconds", "gauge", "Time to load the mo
 MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype, device and the card Ray gave this replica as labels.", ("model", "dtype", "device", "card"))
 
 ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
-       KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, FINISHED, PREFIX_HITS, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
-
-
-class RequestTally:
-    """One speech request's metrics, whichever protocol carried it: time to first audio,
-    duration, real-time factor, audio seconds, and its outcome."""
-
-    def __init__(self, metrics: MetricsSink, protocol: str, fmt: str, voice: str) -> None:
-        self.metrics, self.t0 = metrics, time.monotonic()
-        self.labels = {"format": fmt, "voice": voice, "protocol": protocol}
-
-    def first_audio(self) -> None:
-        self.metrics.observe(TTFA, time.monotonic() - self.t0)
-
-    def done(self, outcome: str, samples: int = 0) -> None:
-        elapsed = time.monotonic() - self.t0
-        self.metrics.inc(REQUESTS, labels={"outcome": outcome, **self.labels})
-        if samples:
-            audio_s = samples / SAMPLE_RATE_HZ
-            self.metrics.observe(DURATION, elapsed)
-            self.metrics.observe(RTF, elapsed / audio_s)
-            self.metrics.inc(AUDIO_SECONDS, audio_s)
-
-
-def outcome_of(status: int) -> str:
-    return "rejected" if status in (429, 503) else "client_error" if status < 500 else "error"
+       KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, FINISHED, CONTEXT_LOOKUPS, CONTEXT_EVICTIONS, CONTEXT_BYTES,
+       CONTEXT_ENTRIES, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
+REQUEST_METRICS = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, INPUT_CHARS)  # recorded by the edges
+REPLICA_METRICS = tuple(d for d in ALL if d not in REQUEST_METRICS)  # recorded by a replica
 
 
 class MetricsSink(Protocol):
@@ -133,13 +113,3 @@ class Metrics(InstrumentSink):
 
     def bind(self, instrument, labels: dict[str, str] | None):
         return instrument.labels(**labels) if labels else instrument
-
-
-def metrics_endpoint(registry: CollectorRegistry):
-    """A route handler serving the registry in Prometheus' text format."""
-    from fastapi import Response
-
-    async def endpoint() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return endpoint

@@ -1,17 +1,17 @@
-"""AsyncEngine: streaming, concurrency, cancellation frees slots, failed steps end requests."""
+"""EngineLoop: streaming, concurrency, cancellation frees slots, failed steps end requests."""
 
 import asyncio
 
 import pytest
 
-from models import AsyncEngine, EngineDeadError, EngineStepError, GenerationParams, RequestError
+from models import EngineDeadError, EngineLoop, EngineStepError, GenerationParams, RequestError
 
 TEXT = "Streaming frames as they come."
 
 
 @pytest.fixture
-def async_engine(make_engine):
-    engine = AsyncEngine(make_engine(max_num_seqs=4), idle_wait_s=0.05)
+def loop(make_engine):
+    engine = EngineLoop(make_engine(max_num_seqs=4), idle_wait_s=0.05)
     yield engine
     engine.shutdown()
 
@@ -31,18 +31,18 @@ async def _wait_for(predicate, timeout_s=10.0):
         await asyncio.sleep(0.01)
 
 
-def test_generate_streams_until_finished(async_engine):
-    frames, last = asyncio.run(_collect(async_engine, "a", GenerationParams(seed=3, max_frames=6)))
+def test_generate_streams_until_finished(loop):
+    frames, last = asyncio.run(_collect(loop, "a", GenerationParams(seed=3, max_frames=6)))
     assert len(frames) == 6 and last.is_finished and last.finish_reason.value == "length"
 
 
-def test_concurrent_requests_match_sync_engine(async_engine, make_engine):
+def test_concurrent_requests_match_sync_engine(loop, make_engine):
     """Eight concurrent streams (more than the 4 slots) all finish with the codes the
     synchronous engine gives each of them alone."""
 
     async def main():
         return await asyncio.gather(
-            *(_collect(async_engine, f"r{i}", GenerationParams(seed=i, max_frames=3 + i)) for i in range(8))
+            *(_collect(loop, f"r{i}", GenerationParams(seed=i, max_frames=3 + i)) for i in range(8))
         )
 
     results = asyncio.run(main())
@@ -54,71 +54,71 @@ def test_concurrent_requests_match_sync_engine(async_engine, make_engine):
             for out in engine.step():
                 alone += out.frames
         assert frames == alone and last.is_finished
-    assert async_engine.stats().num_kv_slots_used == 0
+    assert loop.stats().num_kv_slots_used == 0
 
 
-def test_cancelled_stream_frees_its_slot(async_engine):
+def test_cancelled_stream_frees_its_slot(loop):
     async def main():
-        agen = async_engine.generate("long", TEXT, GenerationParams(max_frames=500))
+        agen = loop.generate("long", TEXT, GenerationParams(max_frames=500))
         first = await agen.__anext__()
         assert first.frames
-        assert async_engine.stats().num_kv_slots_used == 1
+        assert loop.stats().num_kv_slots_used == 1
         await agen.aclose()  # what a disconnecting client's cancelled task does
-        await _wait_for(lambda: async_engine.stats().num_kv_slots_used == 0)
-        await _wait_for(lambda: async_engine.stats().num_running == async_engine.stats().num_waiting == 0)
+        await _wait_for(lambda: loop.stats().num_kv_slots_used == 0)
+        await _wait_for(lambda: loop.stats().num_running == loop.stats().num_waiting == 0)
 
     asyncio.run(main())
 
 
-def test_cancelled_task_frees_its_slot(async_engine):
+def test_cancelled_task_frees_its_slot(loop):
     async def main():
-        task = asyncio.create_task(_collect(async_engine, "t", GenerationParams(max_frames=500)))
-        await _wait_for(lambda: async_engine.stats().num_frames_total > 2)
+        task = asyncio.create_task(_collect(loop, "t", GenerationParams(max_frames=500)))
+        await _wait_for(lambda: loop.stats().num_frames_total > 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await _wait_for(lambda: async_engine.stats().num_kv_slots_used == 0)
+        await _wait_for(lambda: loop.stats().num_kv_slots_used == 0)
 
     asyncio.run(main())
 
 
-def test_bad_request_raises_before_queueing(async_engine):
+def test_bad_request_raises_before_queueing(loop):
     async def main():
         with pytest.raises(RequestError, match="non-empty"):
-            async for _ in async_engine.generate("bad", "", None):
+            async for _ in loop.generate("bad", "", None):
                 pass
 
     asyncio.run(main())
-    stats = async_engine.stats()
+    stats = loop.stats()
     assert stats.num_running == stats.num_waiting == 0
 
 
-def test_failed_step_ends_requests_and_engine_keeps_serving(async_engine, monkeypatch):
-    runner = async_engine.engine.runner
-    real_execute = runner.execute
+def test_failed_step_ends_requests_and_engine_keeps_serving(make_engine):
     calls = {"n": 0}
 
-    def flaky(sched):
+    def flaky(scheduled):  # the engine's fault-injection seam: the second step fails
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated device error")
-        return real_execute(sched)
 
-    monkeypatch.setattr(runner, "execute", flaky)
+    loop = EngineLoop(make_engine(before_step=flaky), idle_wait_s=0.05)
 
     async def main():
         with pytest.raises(EngineStepError, match="simulated device error"):
-            await _collect(async_engine, "doomed", GenerationParams(max_frames=20))
-        assert async_engine.stats().num_kv_slots_used == 0
-        return await _collect(async_engine, "next", GenerationParams(max_frames=3))
+            await _collect(loop, "doomed", GenerationParams(max_frames=20))
+        assert loop.stats().num_kv_slots_used == 0
+        return await _collect(loop, "next", GenerationParams(max_frames=3))
 
-    frames, last = asyncio.run(main())
-    assert len(frames) == 3 and last.is_finished
-    async_engine.check_health()
+    try:
+        frames, last = asyncio.run(main())
+        assert len(frames) == 3 and last.is_finished
+        loop.check_health()
+    finally:
+        loop.shutdown()
 
 
 def test_shutdown_fails_health_check(make_engine):
-    engine = AsyncEngine(make_engine())
+    engine = EngineLoop(make_engine())
     engine.check_health()
     engine.shutdown()
     with pytest.raises(RuntimeError, match="not running"):
@@ -128,7 +128,7 @@ def test_shutdown_fails_health_check(make_engine):
 def test_requests_sent_as_the_loop_stops_are_answered_not_left_waiting(make_engine):
     """A request whose command reaches the inbox after the loop thread stopped gets
     EngineDeadError instead of waiting forever."""
-    engine = AsyncEngine(make_engine(), idle_wait_s=0.05)
+    engine = EngineLoop(make_engine(), idle_wait_s=0.05)
     engine.shutdown()
 
     async def main():
@@ -136,6 +136,6 @@ def test_requests_sent_as_the_loop_stops_are_answered_not_left_waiting(make_engi
         with pytest.raises(EngineDeadError):
             await asyncio.wait_for(_collect(engine, "late", GenerationParams(max_frames=2)), timeout=5)
         with pytest.raises(EngineDeadError):
-            await asyncio.wait_for(engine.add_prefix(()), timeout=5)
+            await asyncio.wait_for(engine.compute_prefix(()), timeout=5)
 
     asyncio.run(main())

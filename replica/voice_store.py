@@ -1,14 +1,17 @@
-"""Voices kept as files: one folder per voice with a `voice.json` manifest and its clips.
+"""Voices kept as files: one folder per voice with a `voice.json` manifest and its clips,
+shared by every replica and ingress (a shared volume on k8s).
 
 A voice is a CSM speaker id plus optional reference clips with transcripts (the model's
 "context"). The 13 OpenAI voice names always resolve: to a folder of that name if the
 operator configured one, else to a built-in voice that is only a speaker id (no clip).
-Uploaded samples are decoded with PyAV, resampled to 24 kHz mono, checked (size, 1-30 s)
-and stored as FLAC. No torch here: encoding clips to Mimi codes is the engine's job.
+A new voice's sample arrives decoded (24 kHz mono float32: the edge decodes uploads), is
+checked (1-30 s) and stored as FLAC. No torch here: encoding clips to Mimi codes is the
+replica's job (replica/voices.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import shutil
@@ -20,9 +23,8 @@ import numpy as np
 import soundfile
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
 from models.params import Speaker
-
-from .audio import SAMPLE_RATE, decode_audio
 
 OPENAI_VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx",
@@ -68,6 +70,11 @@ class Voice(BaseModel):
     clips: tuple[VoiceClip, ...] = ()
     is_builtin: bool = False
 
+    @property
+    def version(self) -> str:
+        """Changes whenever the stored record does (a folder replaced under the same id)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
@@ -76,15 +83,8 @@ def _check_name(name: str) -> str:
 
 
 class VoiceStore:
-    def __init__(
-        self,
-        voices_dir: str | Path | None,
-        max_sample_bytes: int = 10 * 2**20,
-        min_sample_s: float = 1.0,
-        max_sample_s: float = 30.0,
-    ) -> None:
+    def __init__(self, voices_dir: str | Path | None, min_sample_s: float = 1.0, max_sample_s: float = 30.0) -> None:
         self.dir = Path(voices_dir) if voices_dir else None
-        self.max_sample_bytes = max_sample_bytes
         self.min_sample_s, self.max_sample_s = min_sample_s, max_sample_s
         self._index: _Index | None = None  # replaced whole, never mutated: safe across threads
         if self.dir is not None:
@@ -138,17 +138,20 @@ class VoiceStore:
             raise VoiceError(None, f"clip {clip.audio!r} is {rate} Hz, expected {SAMPLE_RATE}")
         return pcm.mean(axis=1)
 
-    def create(self, name: str, audio: bytes, transcript: str, speaker: int = 0) -> Voice:
-        """Validate an uploaded sample and persist it as a new custom voice."""
+    def check_new(self, name: str, transcript: str) -> str:
+        """Raise VoiceError unless a voice of this name and transcript can be created (before
+        its sample is decoded); returns the transcript as it will be stored."""
         if self.dir is None:
             raise VoiceError(None, "custom voices are disabled: no voices directory is configured")
         _check_name(name)
         transcript = (transcript or "").strip()
         if not transcript or len(transcript) > 2000:
             raise VoiceError("transcript", "the words spoken in the sample are required (1-2000 characters)")
-        if len(audio) > self.max_sample_bytes:
-            raise VoiceError("audio_sample", f"larger than {self.max_sample_bytes} bytes")
-        pcm = decode_audio(audio, max_seconds=self.max_sample_s + 1)
+        return transcript
+
+    def create(self, name: str, pcm: np.ndarray, transcript: str, speaker: int = 0) -> Voice:
+        """Validate a sample (float32 mono PCM at 24 kHz) and persist it as a new custom voice."""
+        transcript = self.check_new(name, transcript)
         seconds = len(pcm) / SAMPLE_RATE
         if not self.min_sample_s <= seconds <= self.max_sample_s:
             raise VoiceError("audio_sample", f"{seconds:.1f} s long, must be {self.min_sample_s:g}-{self.max_sample_s:g} s")

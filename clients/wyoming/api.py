@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.params import MaxAudioSeconds
 
-from ..schemas import ErrorResponse, ModelList, SpeechRequest, VoiceList, VoiceObject
+from serve.schemas import ErrorResponse, ModelList, SpeechRequest, VoiceList, VoiceObject
 
 
 class WyomingSettings(BaseSettings):

@@ -5,8 +5,8 @@ A replica serves at most `num_rows` speech streams at once, where `num_rows` is 
 and, while one of its text segments is generating, one KV slot; since a stream has at most
 one segment in the engine at a time, rows = slots and the engine never queues behind
 itself. Up to `max_waiting` more streams wait for a row, first come first served; beyond
-that `Overloaded` is raised at once (the edges answer 429 + Retry-After, in one place:
-serve/backend.py).
+that `Overloaded` is raised at once (each protocol answers it from its error table: 429 +
+Retry-After on the OpenAI API, 503 + Retry-After / UNAVAILABLE on v2).
 
 Under Ray, Serve's router is the queue (`max_ongoing_requests` = max_num_seqs per replica,
 `max_queued_requests` beyond), so replicas run with `max_waiting = 0`; in-process, this is
@@ -21,7 +21,7 @@ import heapq
 from collections import deque
 from collections.abc import AsyncIterator
 
-from ..errors import Overloaded
+from models.errors import Overloaded
 
 
 class Admission:

@@ -1,7 +1,7 @@
-"""An asyncio front for the Engine: one background thread owns the engine and runs its step
-loop; callers `async for` over a request's StepOutputs. Cancelling (or leaving) the iterator
-aborts the request, and its slot is free at the next step. Framework-free: the Ray
-deployment and the in-process server wrap this.
+"""The engine's step loop on a thread of its own, with an asyncio face: the thread owns the
+Engine; callers `async for` over a request's StepOutputs. Cancelling (or leaving) the
+iterator aborts the request, and its slot is free at the next step. Framework-free: a
+replica (the `replica` package) builds on this.
 
 Ownership: the loop thread owns the engine, the map of open streams and the stats snapshot;
 the event loop talks to it only through typed commands in the inbox, and the loop thread
@@ -18,8 +18,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from ..engine import Engine
+from ..core.prompt import Prefix
 from ..core.request import Request
+from ..engine import Engine
 from ..errors import EngineDeadError, EngineStepError
 from ..params import EngineStats, GenerationParams, Segment, StepOutput
 
@@ -49,18 +50,18 @@ class AbortRequest:
 
 
 @dataclass(frozen=True)
-class ChangePrefix:
-    """Cache (is_add) or forget a voice prompt's KV; the result goes to `future`."""
+class ComputePrefix:
+    """Compute context segments' prefix (from `base` if given); the Prefix goes to `future`."""
 
     context: tuple[Segment, ...]
-    is_add: bool
+    base: Prefix | None
     future: concurrent.futures.Future
 
 
-Command = AddRequest | AbortRequest | ChangePrefix
+Command = AddRequest | AbortRequest | ComputePrefix
 
 
-class AsyncEngine:
+class EngineLoop:
     def __init__(
         self, engine: Engine, idle_wait_s: float = 0.5, on_step: Callable[[EngineStats], None] | None = None
     ) -> None:
@@ -96,12 +97,14 @@ class AsyncEngine:
             raise EngineDeadError(f"engine loop is not running: {self._error!r}")
 
     async def generate(
-        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = ()
+        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = (),
+        prefix: Prefix | None = None, frame_cap: int | None = None,
     ) -> AsyncIterator[StepOutput]:
         """Stream a request's outputs, one StepOutput per step that produced frames, the last
-        with is_finished. Bad input raises RequestError before anything is queued."""
+        with is_finished (arguments as Engine.prepare). Bad input raises RequestError before
+        anything is queued."""
         self.check_health()
-        request = self.engine.prepare(request_id, text, params, context)
+        request = self.engine.prepare(request_id, text, params, context, prefix, frame_cap)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._send(AddRequest(request, stream))
         finished = False
@@ -117,18 +120,11 @@ class AsyncEngine:
             if not finished:
                 self._send(AbortRequest(request_id))
 
-    async def add_prefix(self, context: tuple[Segment, ...]) -> int:
-        """Cache a voice prompt's KV on the engine thread (see Engine.add_prefix)."""
-        return await self._change_prefix(context, is_add=True)
-
-    async def remove_prefix(self, context: tuple[Segment, ...]) -> None:
-        """Forget a cached voice prompt on the engine thread (see Engine.remove_prefix)."""
-        await self._change_prefix(context, is_add=False)
-
-    async def _change_prefix(self, context: tuple[Segment, ...], is_add: bool):
+    async def compute_prefix(self, context: tuple[Segment, ...], base: Prefix | None = None) -> Prefix:
+        """Compute a context prefix on the engine thread, between steps (Engine.compute_prefix)."""
         self.check_health()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._send(ChangePrefix(tuple(context), is_add, future))
+        self._send(ComputePrefix(tuple(context), base, future))
         return await asyncio.wrap_future(future)
 
     def stats(self) -> EngineStats:
@@ -162,7 +158,7 @@ class AsyncEngine:
             match command:
                 case AddRequest(_, stream):
                     stream.put(error)
-                case ChangePrefix(_, _, future):
+                case ComputePrefix(_, _, future):
                     future.set_exception(error)
 
     def _drain_inbox(self) -> None:
@@ -173,15 +169,11 @@ class AsyncEngine:
                 case AbortRequest(request_id):
                     self._streams.pop(request_id, None)
                     self.engine.abort_request(request_id)
-                case ChangePrefix(context, is_add, future):
+                case ComputePrefix(context, base, future):
                     try:
-                        change = self.engine.add_prefix if is_add else self.engine.remove_prefix
-                        result = change(context)
+                        future.set_result(self.engine.compute_prefix(context, base))
                     except Exception as e:
                         future.set_exception(e)
-                    else:
-                        self._stats = self.engine.stats()
-                        future.set_result(result)
 
     def _add(self, request: Request, stream: _Stream) -> None:
         if request.request_id in self._streams:
@@ -232,7 +224,7 @@ class AsyncEngine:
 
     def _fail_all(self, error: BaseException) -> None:
         self.engine.abort_all()
+        self._stats = self.engine.stats()  # first: a caller that sees the error sees its slot freed
         streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
             stream.put(error)
-        self._stats = self.engine.stats()

@@ -26,8 +26,8 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from models.params import SAMPLE_RATE_HZ
 
-from ..schemas import MAX_INPUT_CHARS
-from ..text import split_text
+from serve.schemas import MAX_INPUT_CHARS
+from serve.text import split_text
 from .api import SpeechAPI, SpeechAPIError
 
 log = logging.getLogger(__name__)

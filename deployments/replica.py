@@ -1,0 +1,143 @@
+"""The replica deployment: Ray's thin shell around one `replica.Replica` per card, and the
+ingress's `SpeechBackend` over its handle (`RayReplicas`).
+
+The deployment asks Ray for one card (placement.py), builds and warms up the replica in its
+constructor (Serve reports it ready only after that), and forwards each call. PCM crosses
+the handle as float32 bytes, a failure as the replica's ReplicaError (a typed record; never
+Ray's remote traceback), and a cancelled stream aborts its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+import numpy as np
+import ray
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from models import EngineConfig
+from models.engine import StepHook
+from models.errors import EngineDeadError, Overloaded
+from observability.metrics import REPLICA_METRICS
+from replica.config import ReplicaConfig
+from replica.records import ErrorInfo, Instances, ReplicaError, ReplicaStats, SpeechJob, error_info
+from replica.replica import Replica
+from replica.voice_store import Voice, VoiceStore
+
+from .metrics import RayMetrics
+
+log = logging.getLogger(__name__)
+REPLICA_NAME = "SpeechReplica"
+
+
+@serve.deployment(name=REPLICA_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
+class ReplicaDeployment:
+    """One Replica on one card. Serve's router is its queue (max_ongoing_requests =
+    max_num_seqs), so the replica admits no waiting streams of its own (admission.py)."""
+
+    def __init__(self, engine: dict, replica: dict, voices_dir: str | None, before_step: StepHook | None = None):
+        store = VoiceStore(voices_dir)
+        self.replica = Replica.build(EngineConfig(**engine), store, ReplicaConfig(**replica), RayMetrics(REPLICA_METRICS),
+                                     max_waiting=0, before_step=before_step)
+        self.replica.start_following_store()  # Serve runs constructors on the replica's event loop
+
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[bytes]:
+        try:
+            async for pcm in self.replica.synthesize(job):
+                yield pcm.astype(np.float32).tobytes()
+        except ReplicaError as e:
+            if e.info.kind == "overloaded":  # Serve's router sends at most max_num_seqs: a race to see
+                log.warning("request %s: the replica refused a request Serve had admitted", job.request_id)
+            raise
+
+    async def add_voice(self, voice: Voice) -> None:
+        await self.replica.add_voice(voice)
+
+    async def forget_voice(self, voice_id: str) -> None:
+        await self.replica.forget_voice(voice_id)
+
+    async def instances(self) -> Instances:
+        return await self.replica.instances()
+
+    def stats(self) -> ReplicaStats:
+        return dataclasses.replace(self.replica.stats(), node_id=ray.get_runtime_context().get_node_id())
+
+    def check_health(self) -> None:
+        self.replica.check_health()
+
+
+def ray_error_info(exc: BaseException, request_id: str) -> ErrorInfo:
+    """What crossing the handle can raise, as an ErrorInfo: the replica's own ReplicaError
+    (inside Ray's task error, whose text is a remote traceback and is never used), Serve's
+    backpressure, a replica that died; anything else is internal."""
+    if isinstance(exc, BackPressureError):
+        return error_info(Overloaded("replica queue is full"), request_id)
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, ReplicaError):
+        return exc.cause.info
+    if isinstance(exc, RayActorError):
+        return error_info(EngineDeadError(type(exc).__name__), request_id)
+    return error_info(exc, request_id)
+
+
+class RayReplicas:
+    """SpeechBackend over the replica deployment's handle."""
+
+    def __init__(self, replicas: DeploymentHandle) -> None:
+        self.replicas = replicas
+
+    async def is_ready(self) -> bool:
+        """Ready while Serve's controller reports at least one replica RUNNING: a lost node or
+        a replaced replica does not take the service out while another can serve; with none
+        left it is not ready. Asks the controller, so it takes no replica's slot."""
+        try:
+            return (await self._replica_states()).get("RUNNING", 0) > 0
+        except Exception:
+            return False
+
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
+        stream = None
+        try:
+            stream = self.replicas.options(stream=True).synthesize.remote(job)
+            async for data in stream:
+                yield np.frombuffer(data, dtype=np.float32)
+        except Exception as e:
+            raise ReplicaError(ray_error_info(e, job.request_id)) from None
+        finally:
+            if stream is not None:
+                with contextlib.suppress(Exception):  # cancel() re-raises a failed call's error
+                    stream.cancel()
+
+    async def add_voice(self, voice: Voice) -> None:
+        """One replica loads it now (and refuses what the model cannot take); the others load
+        it from the voices directory on first use."""
+        await self._call("add_voice", voice, request_id=f"voice {voice.id}")
+
+    async def forget_voice(self, voice_id: str) -> None:
+        """One replica forgets it now; the others follow the store within a second."""
+        await self._call("forget_voice", voice_id, request_id=f"voice {voice_id}")
+
+    async def instances(self) -> Instances:
+        """One replica describes its card; Serve's controller counts the running replicas."""
+        one = await self._call("instances", request_id="instances")
+        try:
+            running = (await self._replica_states()).get("RUNNING", 0)
+        except Exception as e:
+            raise ReplicaError(ray_error_info(e, "instances")) from None
+        return one.model_copy(update={"count": max(1, running)})
+
+    async def _call(self, method: str, *args, request_id: str):
+        try:
+            return await getattr(self.replicas, method).remote(*args)
+        except Exception as e:
+            raise ReplicaError(ray_error_info(e, request_id)) from None
+
+    async def _replica_states(self) -> dict[str, int]:
+        status = await asyncio.to_thread(serve.status)
+        return status.applications[serve.get_replica_context().app_name].deployments[REPLICA_NAME].replica_states

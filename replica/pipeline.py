@@ -1,0 +1,84 @@
+"""Texts in, PCM out: one speech stream = one voice, one decoder row.
+
+Each text is generated with the voice's context plus the previous text's audio codes (so the
+voice holds), starting from the voice's computed prefix, and every frame goes through the
+stream's one streaming Mimi row (so texts join without gaps, clicks or repeated audio). The
+stream's audio cap is the engine's too: each text's request may take only the frames left,
+ends there with reason `length`, and the last chunk is cut to the exact sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+
+from models.core.prompt import Prefix
+from models.frontend.decoder import MimiDecodeWorker
+from models.frontend.engine_loop import EngineLoop
+from models.params import CODEBOOK_SIZE, FRAME_RATE_HZ, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, GenerationParams, Segment
+
+from .admission import Admission
+
+
+def chunk_frames(chunk_s: float) -> int:
+    """Frames (80 ms each) per streamed PCM chunk for a target chunk duration."""
+    return max(1, round(chunk_s * FRAME_RATE_HZ))
+
+
+class SpeechPipeline:
+    def __init__(self, loop: EngineLoop, admission: Admission, decoder: MimiDecodeWorker, chunk_frames: int = 3) -> None:
+        self.loop, self.admission, self.decoder = loop, admission, decoder
+        self.chunk_frames = chunk_frames
+
+    async def stream(
+        self,
+        request_id: str,
+        texts: tuple[str, ...] | list[str],
+        voice: Prefix | None = None,
+        params: GenerationParams | None = None,
+        max_audio_s: float | None = None,
+        on_segment_done: Callable[[int, Segment], None] | None = None,
+    ) -> AsyncIterator[np.ndarray]:
+        """Yield float32 PCM chunks (24 kHz mono) of about `chunk_frames` frames each.
+
+        Text i runs with `params.for_segment(i)` (seed + i) and the context `voice` plus text
+        i-1's audio; the whole stream is at most `max_audio_s` long. Raises Overloaded (no row
+        free, wait line full) or RequestError before the first chunk. `on_segment_done(i,
+        segment)` gets each text as spoken once its audio is out (its codes are the context of
+        the next text)."""
+        params = params or GenerationParams()
+        max_samples = round(max_audio_s * SAMPLE_RATE_HZ) if max_audio_s else None
+        frame_budget = -(-max_samples // SAMPLES_PER_FRAME) if max_samples else None
+        voice_context = voice.context if voice is not None else ()
+        async with self.admission.row() as row:
+            is_first = True  # the row's first decode resets it
+            previous: tuple[Segment, ...] = ()
+            num_frames = num_samples = 0
+            for i, text in enumerate(texts):
+                frame_cap = None if frame_budget is None else frame_budget - num_frames
+                if frame_cap is not None and frame_cap <= 0:
+                    break
+                frames: list[list[int]] = []
+                pending: list[list[int]] = []
+                async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
+                                                    voice_context + previous, voice, frame_cap):
+                    frames += out.frames
+                    pending += out.frames
+                    if len(pending) >= self.chunk_frames or (out.is_finished and pending):
+                        pcm = await self.decoder.decode(row, is_first, pending)
+                        pending, is_first = [], False
+                        if max_samples is not None:
+                            pcm = pcm[: max_samples - num_samples]
+                        num_samples += len(pcm)
+                        yield pcm
+                num_frames += len(frames)
+                codes = tuple(tuple(min(c, CODEBOOK_SIZE - 1) for c in f) for f in frames)
+                spoken = Segment(speaker=params.speaker, text=text, codes=codes)
+                previous = (spoken,) if codes else ()
+                if on_segment_done is not None:
+                    on_segment_done(i, spoken)
+
+    def shutdown(self) -> None:
+        self.loop.shutdown()
+        self.decoder.close()

@@ -1,0 +1,114 @@
+"""What one card serves, end to end: the engine's step loop, the speech pipeline (admission,
+text chaining, batched streaming Mimi), the context cache with the voices in it, the
+metrics recorder, and engine errors turned into typed error records. Framework-free (no
+ray, no fastapi): the in-process server serves a Replica directly, and the Ray deployment
+(deployments/replica.py) is a thin shell around one per card.
+
+A Replica satisfies the edges' `SpeechBackend` protocol (serve/backend.py). Event-loop
+state: its async methods run on one asyncio loop; `stats()` may be read from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from models.codec.mimi_stream import StreamingMimiDecoder
+from models.core.config import EngineConfig
+from models.engine import Engine, StepHook, build_engine
+from models.frontend.decoder import MimiDecodeWorker
+from models.frontend.engine_loop import EngineLoop
+from observability.metrics import MetricsSink
+
+from .admission import Admission
+from .config import ReplicaConfig
+from .context_cache import ContextCache
+from .pipeline import SpeechPipeline, chunk_frames
+from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
+from .recorder import EngineRecorder, held_card
+from .voice_store import Voice, VoiceStore
+from .voices import VoiceContexts
+
+class Replica:
+    def __init__(self, engine: Engine, store: VoiceStore, config: ReplicaConfig | None = None,
+                 metrics: MetricsSink | None = None, max_waiting: int = 0) -> None:
+        """Serve a warmed-up engine: `max_waiting` streams may wait for one of its
+        `max_num_seqs` rows (0 under Ray, where Serve's router queues; see admission.py),
+        `metrics` (optional) gets the engine's and the cache's metrics."""
+        config = config or ReplicaConfig()
+        recorder = EngineRecorder(metrics, engine.loaded) if metrics is not None else None
+        self._loop = EngineLoop(engine, on_step=recorder.on_step if recorder else None)
+        codec, rows = engine.loaded.model.codec_model, engine.config.max_num_seqs
+        self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)
+        self.voices = VoiceContexts(store, self.contexts, self._loop, codec)
+        self.pipeline = SpeechPipeline(self._loop, Admission(rows, max_waiting),
+                                       MimiDecodeWorker(StreamingMimiDecoder(codec, rows)), chunk_frames(config.chunk_s))
+        self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows)
+        self._follow: asyncio.Task | None = None
+
+    @classmethod
+    def build(cls, engine_config: EngineConfig, store: VoiceStore, config: ReplicaConfig | None = None,
+              metrics: MetricsSink | None = None, max_waiting: int = 0,
+              before_step: StepHook | None = None) -> Replica:
+        """Load the configured model, warm its engine up (the replica is ready after this)
+        and serve it. `before_step`: the engine's fault-injection seam (tests)."""
+        engine = build_engine(engine_config, before_step)
+        engine.warm_up()
+        return cls(engine, store, config, metrics, max_waiting)
+
+    def start_following_store(self) -> None:
+        """Forget voices deleted or changed in the store within a second, with no request
+        needed (a task on the running loop, for the replica's life)."""
+        if self._follow is None:
+            self._follow = asyncio.get_running_loop().create_task(self.voices.follow_store())
+
+    # ---- the SpeechBackend protocol ------------------------------------------------------------
+    async def is_ready(self) -> bool:
+        return self._loop.is_alive
+
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
+        """Float32 24 kHz mono PCM chunks of the job's texts in its voice, at most
+        max_audio_s long. Every failure is a ReplicaError (before the first chunk for
+        overload and unusable input); closing the iterator aborts the generation."""
+        try:
+            prefix = await self.voices.prefix(job.voice)
+            async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s):
+                yield pcm
+        except Exception as e:
+            raise ReplicaError(error_info(e, job.request_id)) from None
+
+    async def add_voice(self, voice: Voice) -> None:
+        """Load a stored voice here now, so one the model cannot take is refused at upload
+        (ReplicaError, invalid_request)."""
+        try:
+            await self.voices.prefix(voice)
+        except Exception as e:
+            raise ReplicaError(error_info(e, f"voice {voice.id}")) from None
+
+    async def forget_voice(self, voice_id: str) -> None:
+        self.voices.forget(voice_id)
+
+    async def instances(self) -> Instances:
+        return self._instances
+
+    # ---- operating it --------------------------------------------------------------------------
+    def stats(self) -> ReplicaStats:
+        admission = self.pipeline.admission
+        return ReplicaStats(
+            engine=self._loop.stats(), contexts=self.contexts.stats(), num_streams=admission.num_active,
+            num_waiting_streams=admission.num_waiting, voices=tuple(self.voices.loaded), pid=os.getpid(),
+            num_threads=threading.active_count(), card=held_card())
+
+    def check_health(self) -> None:
+        """Raise EngineDeadError if the engine's loop has stopped."""
+        self._loop.check_health()
+
+    def shutdown(self) -> None:
+        """Stop the engine's loop (streams in flight end with EngineDeadError) and the decoder."""
+        if self._follow is not None:  # thread-safe: a test may stop a replica from another thread
+            self._follow.get_loop().call_soon_threadsafe(self._follow.cancel)
+        self.pipeline.shutdown()

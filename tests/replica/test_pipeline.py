@@ -1,0 +1,100 @@
+"""The replica's speech pipeline: admission (rows = slots, a bounded wait line), batched Mimi
+decodes, the audio cap stopping the engine itself. The long-text seams are tested end to end
+in test_long_text.py."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from models import GenerationParams, Overloaded
+from replica.config import ReplicaConfig
+from replica.pipeline import chunk_frames
+
+
+def test_streams_beyond_the_rows_wait_then_are_refused(make_replica):
+    """One row (= one KV slot), one place in the wait line: the second stream waits for the
+    first to end, a third is refused with Overloaded before any audio."""
+    replica = make_replica(max_waiting=1, max_num_seqs=1)
+    pipeline = replica.pipeline
+
+    async def run():
+        first = pipeline.stream("a", ["Hello there."], params=GenerationParams(max_frames=50))
+        await anext(first)
+        second = asyncio.ensure_future(anext(pipeline.stream("b", ["Hi."], params=GenerationParams(max_frames=2))))
+        await asyncio.sleep(0.05)
+        assert not second.done() and replica.stats().num_waiting_streams == 1
+        with pytest.raises(Overloaded):
+            await anext(pipeline.stream("c", ["Hi."]))
+        await first.aclose()  # frees the row: the waiting stream gets it
+        return await second
+
+    assert len(asyncio.run(run())) == 2 * 1920
+    stats = replica.stats()
+    assert stats.num_streams == 0 and stats.num_waiting_streams == 0
+
+
+def test_chunk_duration_maps_to_frames():
+    assert [chunk_frames(s) for s in (0.01, 0.1, 0.24, 0.4)] == [1, 1, 3, 5]
+
+
+def test_concurrent_streams_share_batched_mimi_decodes(make_replica, tiny):
+    """Six streams on four decoder rows (rows are reused): chunks due at the same time are
+    decoded in one batched call, and every stream's PCM still equals a whole Mimi decode of
+    its own frames."""
+    replica = make_replica(max_num_seqs=4)
+    pipeline, frames_of = replica.pipeline, {}
+
+    async def one(i, after=None):
+        if after is not None:
+            await after  # takes the decoder row that stream frees
+        spoken = frames_of.setdefault(i, [])
+        return [c async for c in pipeline.stream(f"s{i}", ["First part.", "Second part."],
+                                                 params=GenerationParams(seed=i, max_frames=5),
+                                                 on_segment_done=lambda _, seg: spoken.extend(seg.codes))]
+
+    async def run():
+        first = [asyncio.create_task(one(i)) for i in range(4)]
+        return await asyncio.gather(*first, one(4, first[0]), one(5, first[1]))
+
+    outputs = asyncio.run(run())
+    num_chunks = sum(len(chunks) for chunks in outputs)
+    assert num_chunks == 6 * 2 * 3 and pipeline.decoder.num_decode_calls < num_chunks  # 5 frames: chunks of 2, 2, 1
+    for i, chunks in enumerate(outputs):
+        with torch.no_grad():
+            whole = tiny.model.codec_model.decode(torch.tensor(frames_of[i]).T[None]).audio_values[0, 0].numpy()
+        np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("max_audio_s", [0.1, 0.24, 0.5])
+def test_the_audio_cap_stops_the_engine_at_the_exact_sample(make_replica, max_audio_s):
+    """A capped stream is cut to the exact sample, across texts, and the engine stops itself
+    there (reason `length`), instead of the edge aborting a request that runs on: no request
+    is counted as aborted, and later texts are never started."""
+    replica = make_replica(config=ReplicaConfig(chunk_s=0.08))
+
+    async def run():
+        return [c async for c in replica.pipeline.stream("capped", ["One.", "Two.", "Three."],
+                                                         params=GenerationParams(seed=1), max_audio_s=max_audio_s)]
+
+    pcm = np.concatenate(asyncio.run(run()))
+    assert len(pcm) == round(max_audio_s * 24_000)
+    finished = dict(replica.stats().engine.num_finished)
+    assert finished["abort"] == 0 and finished["length"] == 1 and finished["eos"] == 0
+    assert replica.stats().engine.num_frames_total == -(-round(max_audio_s * 24_000) // 1920)
+
+
+def test_the_cap_carries_over_to_the_next_text(make_replica):
+    """Texts of 2 frames each under a cap of 5 frames: 2 + 2 + 1, the third ended by the cap."""
+    replica = make_replica()
+    spoken = []
+
+    async def run():
+        return [c async for c in replica.pipeline.stream(
+            "carry", ["One.", "Two.", "Three.", "Four."], params=GenerationParams(seed=2, max_frames=2),
+            max_audio_s=5 * 0.08, on_segment_done=lambda i, seg: spoken.append(len(seg.codes)))]
+
+    assert sum(map(len, asyncio.run(run()))) == 5 * 1920
+    assert spoken == [2, 2, 1]
+    assert dict(replica.stats().engine.num_finished)["abort"] == 0
