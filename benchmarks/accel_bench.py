@@ -32,8 +32,8 @@ import torch
 import transformers
 
 from models import Engine, EngineConfig, GenerationParams, load_model
-from models.params import FRAME_RATE_HZ
 from models.core.prompt import build_prompt
+from models.params import FRAME_RATE_HZ
 from replica.replica import Replica
 from replica.voice_store import VoiceStore
 

@@ -28,7 +28,10 @@ from .replica import RayReplicas, ReplicaDeployment
 _EMPTY = {name: getattr(pb, f"{name}Response") for name in UNARY}
 
 
-@serve.deployment(name="SpeechIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)  # I/O-bound
+# I/O-bound: no CPU reserved. A stream passes through the ingress too, so it drains as long as
+# the replicas do (Serve's default of 20 s would cut long streams on every redeploy).
+@serve.deployment(name="SpeechIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512,
+                  graceful_shutdown_timeout_s=120)
 @serve.ingress()
 class SpeechIngress:
     """The FastAPI app from serve.app.create_app, built per replica after __init__; and

@@ -21,7 +21,6 @@ from .params import FRAME_RATE_HZ, EngineStats, GenerationParams, Segment, StepO
 from .runner.graphs import resolve_capture
 from .runner.runner import ModelRunner
 
-
 StepHook = Callable[[SchedulerOutput], None]
 
 

@@ -1,5 +1,5 @@
 """The PromQL of the dashboard and the alerts, in one place. Metric names are as Ray's metrics
-agent exports the definitions of serve/metrics.py: with a `ray_` prefix, and Serve's
+agent exports the definitions of observability/metrics.py: with a `ray_` prefix, and Serve's
 `application`, `deployment` and `replica` labels on every series."""
 
 from __future__ import annotations
@@ -46,11 +46,18 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Requests by protocol", "reqps", [
         ("{{protocol}}", f"sum by (protocol) (rate(ray_tts_requests_total{{{SEL}}}[$__rate_interval]))"),
     ]),
+    ("Context cache: bytes of prefix KV held per replica", "bytes", [
+        ("{{replica}}", f"max by (replica) (ray_tts_context_cache_bytes{{{SEL}}})"),
+    ]),
+    ("Context cache lookups (hit: the voice's KV was cached)", "reqps", [
+        ("{{kind}} {{result}}",
+         f"sum by (kind, result) (rate(ray_tts_context_cache_lookups_total{{{SEL}}}[$__rate_interval]))"),
+    ]),
     ("How engine requests end (length = ran to the frame cap)", "reqps", [
         ("{{reason}} {{replica}}",
          f"sum by (reason, replica) (rate(ray_tts_engine_requests_finished_total{{{SEL}}}[$__rate_interval]))"),
     ]),
-    ("Healthy engine replicas", "none", [
+    ("Healthy speech replicas", "none", [
         ("healthy", 'sum(ray_serve_deployment_replica_healthy{application=~"$application", deployment="SpeechReplica"})'),
     ]),
 ]
@@ -90,6 +97,6 @@ ALERTS: list[dict] = [
            "> 0.5", "15m", "warning",
            "Most of a replica's requests run to the frame cap instead of ending: the model is not saying EOS."),
     _alert("TTSNoHealthyReplica", f"sum by (application) ({_HEALTHY})", "", "1m", "critical",
-           "No healthy TTS engine replica: speech requests cannot be served.",
+           "No healthy speech replica: speech requests cannot be served.",
            expr=f"(sum by (application) ({_HEALTHY}) < 1) or absent({_HEALTHY})"),
 ]

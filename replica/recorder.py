@@ -37,6 +37,7 @@ class EngineRecorder:
         self._finished: dict[str, int] = {}
         self._lookups: dict[tuple[str, str], int] = {}
         self._evictions = 0
+        self._cache: ContextCacheStats | None = None  # the latest, re-exported with the memory gauges
         self._info = {"model": loaded.name, "dtype": str(loaded.dtype).removeprefix("torch."), "device": self.device,
                       "card": held_card()}
         self.record_memory()
@@ -55,6 +56,9 @@ class EngineRecorder:
             self.metrics.set(m.RSS, memory_bytes(torch.device("cpu"))[0])
         else:
             self.metrics.set(m.RSS, used)
+        if (cache := self._cache) is not None:
+            self.metrics.set(m.CONTEXT_BYTES, cache.num_bytes)
+            self.metrics.set(m.CONTEXT_ENTRIES, cache.num_entries)
         self._last_memory = time.monotonic()
 
     def on_step(self, stats: EngineStats) -> None:
@@ -74,6 +78,7 @@ class EngineRecorder:
             self.record_memory()
 
     def on_cache(self, stats: ContextCacheStats) -> None:
+        self._cache = stats
         for result, counts in (("hit", stats.num_hits), ("miss", stats.num_misses)):
             for kind, count in counts:
                 seen = self._lookups.get((kind, result), 0)

@@ -28,10 +28,11 @@ from .admission import Admission
 from .config import ReplicaConfig
 from .context_cache import ContextCache
 from .pipeline import SpeechPipeline, chunk_frames
-from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
 from .recorder import EngineRecorder, held_card
+from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
 from .voice_store import Voice, VoiceStore
 from .voices import VoiceContexts
+
 
 class Replica:
     def __init__(self, engine: Engine, store: VoiceStore, config: ReplicaConfig | None = None,
@@ -44,6 +45,8 @@ class Replica:
         self._loop = EngineLoop(engine, on_step=recorder.on_step if recorder else None)
         codec, rows = engine.loaded.model.codec_model, engine.config.max_num_seqs
         self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)
+        if recorder is not None:
+            recorder.on_cache(self.contexts.stats())
         self.voices = VoiceContexts(store, self.contexts, self._loop, codec)
         self.pipeline = SpeechPipeline(self._loop, Admission(rows, max_waiting),
                                        MimiDecodeWorker(StreamingMimiDecoder(codec, rows)), chunk_frames(config.chunk_s))

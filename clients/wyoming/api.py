@@ -9,7 +9,6 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.params import MaxAudioSeconds
-
 from serve.schemas import ErrorResponse, ModelList, SpeechRequest, VoiceList, VoiceObject
 
 

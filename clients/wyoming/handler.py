@@ -25,9 +25,9 @@ from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from models.params import SAMPLE_RATE_HZ
-
 from serve.schemas import MAX_INPUT_CHARS
 from serve.text import split_text
+
 from .api import SpeechAPI, SpeechAPIError
 
 log = logging.getLogger(__name__)

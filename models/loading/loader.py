@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from ..core.prompt import SpecialIds
 from .builtin import BUILTIN_MODELS, builtin_model, quiet_token_id_check
 from .device import resolve_device, resolve_dtype
-from ..core.prompt import SpecialIds
 
 log = logging.getLogger(__name__)
 

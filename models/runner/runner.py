@@ -22,7 +22,7 @@ from ..core.scheduler import PrefillChunk, RunnerOutput, SchedulerOutput
 from ..params import GenerationParams
 from .attention import KVAccess, PrefixKV, decoder_layer, rows_of
 from .frame import FrameSampler
-from .graphs import Capturer, CapturedStep, CaptureMode, allow_recompiles, bucket_for, host_buffer
+from .graphs import CapturedStep, CaptureMode, Capturer, allow_recompiles, bucket_for, host_buffer
 
 
 class ModelRunner:

@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from models.params import SAMPLE_RATE_HZ
-
 from observability import metrics as m
 
 from ..deps import get_request_id, require_api_key

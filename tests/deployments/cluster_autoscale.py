@@ -77,7 +77,7 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
                 timeline.append((round(time.monotonic() - t0, 1), running))
             if running == cards and full_at is None:
                 full_at = time.monotonic()
-            if full_at is not None and time.monotonic() - full_at > 5:  # every card busy for 5 s
+            if full_at is not None and time.monotonic() - full_at > 10:  # every card busy for 10 s
                 break
             time.sleep(0.5)
         under_load = replica_stats(handle)  # the clients use half the slots: these calls find room

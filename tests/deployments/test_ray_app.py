@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from serve.audio import FORMATS, decode_audio
-from tests.conftest import fan_out, free_port
+from tests.conftest import fan_out, free_port, wav_bytes
 from tests.deployments.conftest import replica_stats
 
 pytestmark = pytest.mark.slow
@@ -131,6 +131,9 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
         "memory": 'max(ray_tts_device_memory_used_bytes{device="cpu"})',
         "batch": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_engine_batch_size_bucket[1m])))",
     }
+    voice = httpx.post(app_url + "/v1/audio/voices", data={"name": "Metrics", "transcript": "Counted words."},
+                       files={"audio_sample": ("s.wav", wav_bytes(1.0), "audio/wav")}, timeout=120)
+    assert voice.status_code == 200, voice.text  # its prefix is computed: a context cache lookup
     values = {}
     deadline, seed = time.time() + 120, 100
     while time.time() < deadline and len(values) < len(checks):
