@@ -10,7 +10,9 @@ Steps, each in its own process with a time limit (logs and intermediate files in
             on PYTHONPATH before the host's own packages (its CUDA torch stays)
   env       torch / CUDA / card, and the SDPA kernel chosen for the real decode shapes
   tests     pytest -m accel tests/models/test_accel.py (greedy codes equal transformers' on
-            the card; captured steps equal eager steps)
+            the card; captured steps equal eager steps); on a card every one of them must
+            run and pass (a skipped test fails the step); in a dry run they are all skipped
+            (no accelerator), which the step says
   accuracy  first-frame logits, bf16 on the card vs float32 on the CPU, cosine > 0.9999
   bench     benchmarks.accel_bench: engine captured vs eager vs transformers' static-cache
             recipe; one 10 s request alone (RTF, time to first frame / audio) and 64 and 256
@@ -29,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +96,26 @@ class Check:
             return subprocess.run([self.python, "-c", CHECK_IMPORTS], env=env, stdout=f, stderr=subprocess.STDOUT,
                                   cwd=ROOT).returncode == 0
 
+    def judge_tests(self, report: Path, dry_run: bool) -> None:
+        """The tests step passes only if pytest ran them as it should: on a card every test
+        ran and passed (none skipped); in a dry run (no accelerator) every one was skipped."""
+        step = self.steps.get("tests")
+        if step is None or not report.is_file():
+            return
+        suite = ET.parse(report).getroot()
+        suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+        step.update(counts)
+        if not step["status"].startswith("ok"):
+            return
+        if dry_run:
+            ok = counts["tests"] > 0 and counts["skipped"] == counts["tests"]
+            step["status"] = f"ok (dry run: all {counts['tests']} skipped, no accelerator)" if ok else \
+                f"failed: a dry run must skip every accelerator test, got {counts}"
+        elif counts["tests"] == 0 or counts["passed"] != counts["tests"]:
+            step["status"] = f"failed: {counts['skipped']} skipped, {counts['passed']} of {counts['tests']} passed"
+
     def read(self, name: str) -> dict:
         path = self.work / name
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -123,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--device", args.device, "--model", args.model]
     if check.setup():
         check.run("env", ["-m", "benchmarks.device_steps", "env", *common, "--out", str(work / "env.json")], 60)
-        check.run("tests", ["-m", "pytest", "-m", "accel", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
-                            "tests/models/test_accel.py"], 150)
+        junit = work / "tests.xml"
+        check.run("tests", ["-m", "pytest", "-m", "accel", "-q", "-rs", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+                            "--junitxml", str(junit), "tests/models/test_accel.py"], 150)
+        check.judge_tests(junit, args.dry_run)
         check.run("accuracy", ["-m", "benchmarks.device_steps", "accuracy", *common,
                                "--out", str(work / "accuracy.json")], 120)
         bench_out = work / "accel.json"

@@ -36,6 +36,9 @@ def test_device_check_dry_run(tmp_path):
     report = json.loads((out / "device-check.json").read_text())
     assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "bench"]
     assert all(s["status"].startswith("ok") for s in report["steps"].values()), report["steps"]
+    tests = report["steps"]["tests"]  # no accelerator here: every accelerator test skipped, and said so
+    assert tests["tests"] >= 3 and tests["skipped"] == tests["tests"] and tests["passed"] == 0
+    assert tests["status"] == f"ok (dry run: all {tests['tests']} skipped, no accelerator)"
     assert report["accuracy"]["codebooks"] == 32 and report["accuracy"]["cosine_min"] > 0.99
     res = report["bench"]["results"]
     assert res["eager"]["capture"] == "eager" and res["captured"]["capture"] == "compile"
@@ -47,6 +50,26 @@ def test_device_check_dry_run(tmp_path):
     assert "===== bench =====" in (out / "device-check.log").read_text()
     assert proc.stdout.strip().splitlines()[-1].startswith("speedup")  # the table comes last
     assert "== device check: cpu ==" in proc.stdout
+
+
+def test_device_check_counts_a_skipped_accelerator_test_as_a_failure(tmp_path):
+    """On a card, the tests step fails unless every accelerator test ran and passed: a
+    junit report with one skipped test (what a card the tests cannot see looks like) fails
+    it; one with all passed keeps it ok; a dry run requires all skipped."""
+    from benchmarks.device_check import Check
+
+    def judged(dry_run: bool, skipped: int, tests: int = 3) -> str:
+        check = Check(tmp_path / "out", tmp_path / "work", budget_s=60)
+        check.steps["tests"] = {"status": "ok", "seconds": 1}
+        report = tmp_path / "tests.xml"
+        report.write_text(f'<testsuites><testsuite tests="{tests}" failures="0" errors="0" skipped="{skipped}"/></testsuites>')
+        check.judge_tests(report, dry_run)
+        return check.steps["tests"]["status"]
+
+    assert judged(False, skipped=1).startswith("failed: 1 skipped, 2 of 3 passed")
+    assert judged(False, skipped=0) == "ok"
+    assert judged(True, skipped=3) == "ok (dry run: all 3 skipped, no accelerator)"
+    assert judged(True, skipped=2).startswith("failed: a dry run must skip every accelerator test")
 
 
 def test_step_ab_runs_on_the_tiny_model():

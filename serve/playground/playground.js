@@ -123,13 +123,25 @@ function showStats(run) {
   $("used-seed").textContent = String(run.seed);
 }
 
+const FNV_OFFSET = 0x811c9dc5;
+
+/** FNV-1a (32-bit) continued over int16 samples as little-endian bytes: a fingerprint of the
+ * exact sample sequence handed to Web Audio (order and every value), for the browser tests. */
+function fnv1a(hash, ints) {
+  for (const v of ints) {
+    hash = Math.imul(hash ^ (v & 0xff), 0x01000193) >>> 0;
+    hash = Math.imul(hash ^ ((v >> 8) & 0xff), 0x01000193) >>> 0;
+  }
+  return hash;
+}
+
 async function speak() {
   clearError();
   if (state.abort) state.abort.abort();
   state.context ??= new AudioContext({ sampleRate: SAMPLE_RATE });
   await state.context.resume();
   const body = speechBody("pcm");
-  const run = { seed: body.seed, status: "running", chunks: 0, samples: 0, pcmSum: 0, firstAudioMs: null,
+  const run = { seed: body.seed, status: "running", chunks: 0, samples: 0, pcmHash: FNV_OFFSET, firstAudioMs: null,
                 elapsedMs: 0, webAudioSamplesAtFirstChunk: 0, message: null };
   hook.runs += 1;
   hook.last = run;
@@ -154,7 +166,7 @@ async function speak() {
       }
       run.chunks += 1;
       run.samples += ints.length;
-      for (const v of ints) run.pcmSum += v;
+      run.pcmHash = fnv1a(run.pcmHash, ints);
       run.elapsedMs = performance.now() - t0;
       showStats(run);
     }

@@ -66,12 +66,13 @@ async def metadata(model: str, request: Request, version: str | None = None) -> 
 
 @router.get("/v2/models/{model}/ready")
 @router.get("/v2/models/{model}/versions/{version}/ready")
-async def model_ready(model: str, request: Request, version: str | None = None) -> Response:
+async def model_ready(model: str, request: Request, version: str | None = None) -> JSONResponse:
+    """`{"name", "ready": true}` with 200; not ready: Triton's 400, with the protocol's error."""
     service = _service(request)
     service.check_model(model, version)
     if await service.is_ready():
-        return Response(status_code=200)
-    raise V2Error(400, f"model '{model}' is not ready", request.app.state.settings.retry_after_s)
+        return JSONResponse({"name": model, "ready": True})
+    return JSONResponse({"name": model, "ready": False, "error": f"model '{model}' is not ready"}, status_code=400)
 
 
 @router.get("/v2/models/{model}/config")
@@ -97,6 +98,7 @@ async def infer(model: str, request: Request, version: str | None = None) -> Res
     service = _service(request)
     service.check_model(model, version)
     parsed = parse_infer(await request.body(), request.headers.get("inference-header-content-length"))
+    parsed.check_model(model, version)
     request_id = await get_request_id(request)
     inference = text_inference(model, parsed.id, request_id, parsed.text, parsed.parameters, "v2-http", arrived_ns)
     collect = asyncio.ensure_future(_collect(service, inference))

@@ -32,7 +32,12 @@ class RequestOutput(BaseModel):
 
 
 class InferRequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The spec's fields, and `model_name` / `model_version`, which KServe's client puts in
+    the body beside them (they must name the URL's model)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_name: str | None = None
+    model_version: str | None = None
     id: str | None = None
     parameters: dict[str, Any] = {}
     inputs: list[RequestInput]
@@ -40,10 +45,22 @@ class InferRequestBody(BaseModel):
 
 
 class ParsedInfer(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model_name: str | None = None
+    model_version: str | None = None
     id: str
     text: str
     parameters: dict[str, Any]
     binary_audio: bool
+
+    def check_model(self, model: str, version: str | None) -> None:
+        """`model_name` / `model_version` in the body, when given, must name the URL's model."""
+        if self.model_name is not None and self.model_name != model:
+            raise V2Error(400, f"model_name '{self.model_name}' in the request body does not match the model "
+                               f"'{model}' in the URL")
+        if self.model_version not in (None, "", version or VERSION):
+            raise V2Error(400, f"model_version '{self.model_version}' in the request body does not match the "
+                               f"version '{version or VERSION}' in the URL")
 
 
 def parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
@@ -62,8 +79,8 @@ def parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
     all_binary = parameters.pop("binary_data_output", False)  # Triton's: every output in binary
     if not isinstance(all_binary, bool):
         raise V2Error(400, "parameter binary_data_output must be true or false")
-    return ParsedInfer(id=request.id or "", text=text, parameters=parameters,
-                       binary_audio=_wants_binary(request.outputs, all_binary))
+    return ParsedInfer(model_name=request.model_name, model_version=request.model_version, id=request.id or "",
+                       text=text, parameters=parameters, binary_audio=_wants_binary(request.outputs, all_binary))
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -121,8 +138,9 @@ def infer_response(model: str, request_id: str, pcm: np.ndarray, binary: bool,
         output["parameters"] = {"binary_data_size": len(raw)}
     else:
         output["data"] = pcm.astype(np.float32).tolist()
-    header = json.dumps({"model_name": model, "model_version": VERSION, "id": request_id,
-                         "parameters": parameters, "outputs": [output]}).encode()
+    body = {"model_name": model, "model_version": VERSION, **({"id": request_id} if request_id else {}),
+            "parameters": parameters, "outputs": [output]}  # the request's id echoed, if it had one
+    header = json.dumps(body).encode()
     if not binary:
         return header, {}
     return header + raw, {"Inference-Header-Content-Length": str(len(header))}

@@ -121,8 +121,10 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
 
 
 def test_health_routes(server):
-    assert httpx.get(server[0] + "/v2/health/live").json() == {"status": "ok"}
-    assert httpx.get(server[0] + "/v2/health/ready").status_code == 200
+    assert httpx.get(server[0] + "/health").json() == {"status": "ok"}
+    assert httpx.get(server[0] + "/v2/health/live").json() == {"live": True}  # the Open Inference Protocol's bodies
+    ready = httpx.get(server[0] + "/v2/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
 
 
 def test_api_keys_are_required_when_configured(server):

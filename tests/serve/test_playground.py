@@ -63,6 +63,14 @@ def open_page(driver, url: str) -> None:
     wait_for(driver, "return window.csmPlayground && window.csmPlayground.ready")
 
 
+def fnv1a(data: bytes) -> int:
+    """FNV-1a (32-bit), as the playground computes it over the bytes of the samples it plays."""
+    h = 0x811C9DC5
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
 def speak(driver, text: str, **fields) -> dict:
     box = driver.find_element(By.ID, "text")
     box.clear()
@@ -107,7 +115,7 @@ def test_speak_plays_pcm_through_web_audio_as_it_arrives(server, browser):
     body = {"model": "csm-1b", "input": "Hello from the browser.", "voice": "alloy", "response_format": "pcm",
             "speed": 1, "temperature": 0.9, "seed": 11}
     pcm = np.frombuffer(httpx.post(server + "/v1/audio/speech", json=body, timeout=60).content, "<i2")
-    assert run["pcmSum"] == int(pcm.astype(np.int64).sum())
+    assert run["pcmHash"] == fnv1a(pcm.tobytes())  # every sample, in order (a sum would miss a swap)
     assert browser.find_element(By.ID, "ttfa").text.endswith(" ms")
     assert float(browser.find_element(By.ID, "rtf").text) > 0
     assert browser.find_element(By.ID, "used-seed").text == "11"
@@ -160,6 +168,11 @@ def test_record_a_voice_from_the_microphone(server, browser):
                                  ".includes('mic-voice') && v")
     listed = {v["id"]: v["name"] for v in httpx.get(server + "/v1/audio/voices", timeout=10).json()["data"]}
     assert listed[voice_id] == "mic-voice"
+    run = speak(browser, "Said in the recorded voice.", seed=5)  # the recorded voice is selected: it speaks
+    assert run["status"] == "done" and run["samples"] > 0, run
+    body = {"model": "csm-1b", "input": "Said in the recorded voice.", "voice": voice_id, "response_format": "pcm",
+            "speed": 1, "temperature": 0.9, "seed": 5}
+    assert run["pcmHash"] == fnv1a(httpx.post(server + "/v1/audio/speech", json=body, timeout=60).content)
 
 
 def test_usable_at_desktop_and_phone_widths(server, browser):

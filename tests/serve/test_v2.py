@@ -1,14 +1,22 @@
 """The Open Inference Protocol with the official tritonclient (HTTP and gRPC) against a real
-csm-serve on loopback (uvicorn + the in-process gRPC server, in-process engine, csm-tiny):
-metadata, config, infer in binary and JSON tensors, the decoupled gRPC stream, statistics, the
-same audio as the OpenAI edge, cancellation, overload, auth, and hostile input."""
+csm-serve on loopback, twice: in-process (uvicorn + the in-process gRPC server, csm-tiny) and
+through Ray Serve's HTTP and gRPC proxies (slow-marked): metadata, config, infer in binary and
+JSON tensors, the decoupled gRPC stream, statistics, the same audio as the OpenAI edge,
+cancellation (a cancelled stream; a closed connection, which Serve's proxy turns into a
+cancelled handler), overload, auth, and hostile input. Every error any client gets also goes
+through the leak check (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -27,10 +35,33 @@ PARAMS = {"seed": 5, "voice": "nova", "max_audio_seconds": 0.96}  # 12 frames
 LONG = "One sentence to speak here. " * 100  # about 24 s of audio: longer than any wait here
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with local_server(str(tmp_path_factory.mktemp("voices")), engine=ENGINE) as (url, backend):
-        yield url, backend
+@dataclass(frozen=True)
+class Target:
+    """A running server: its HTTP base URL, its gRPC address, and a replica's stats."""
+
+    kind: str
+    url: str
+    grpc_address: str
+    stats: Callable
+
+
+@pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.slow)])
+def server(request, tmp_path_factory):
+    """The same server in-process (2 streams may wait for its 4 rows) and through Ray (4 slots,
+    2 queued in Serve's router)."""
+    voices = str(tmp_path_factory.mktemp("voices"))
+    if request.param == "local":
+        with local_server(voices, engine=ENGINE) as (url, replica):
+            yield Target("local", url, f"127.0.0.1:{replica.grpc_port}", replica.stats)
+        return
+    from tests.deployments.conftest import replica_stats
+    from tests.ray_serve import deployed
+
+    runtime = request.getfixturevalue("ray_serve")
+    args = {"engine": {**ENGINE.model_dump(), "dtype": "float32"}, "server": {"voices_dir": voices},
+            "cpus_per_engine": 1, "max_queued_requests": 2}
+    with deployed(runtime, args) as url:
+        yield Target("ray", url, f"127.0.0.1:{runtime.grpc_port}", replica_stats)
 
 
 def text_input(module, text: str = "Hello there.", binary: bool = True):
@@ -45,9 +76,8 @@ def text_input(module, text: str = "Hello there.", binary: bool = True):
 @pytest.fixture
 def tc(server):
     """tritonclient's HTTP and gRPC clients for the server (closed after the test)."""
-    url, backend = server
-    http = httpclient.InferenceServerClient(url.split("//")[1])
-    grpc_ = grpcclient.InferenceServerClient(f"127.0.0.1:{backend.grpc_port}")
+    http = httpclient.InferenceServerClient(server.url.split("//")[1])
+    grpc_ = grpcclient.InferenceServerClient(server.grpc_address)
     yield http, grpc_
     http.close()
     grpc_.close()
@@ -59,7 +89,7 @@ def test_metadata_and_config(server, tc):
     meta = http.get_server_metadata()
     assert meta["name"] == "csm-serve" and "binary_tensor_data" in meta["extensions"]
     assert list(grpc_.get_server_metadata().extensions) == meta["extensions"]
-    models = [m["id"] for m in httpx.get(server[0] + "/v1/models").json()["data"]]
+    models = [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]]
     for model in models:
         assert http.is_model_ready(model) and grpc_.is_model_ready(model)
         assert http.is_model_ready(model, "1") and not http.is_model_ready(model, "2")
@@ -75,6 +105,54 @@ def test_metadata_and_config(server, tc):
     assert grpc_config.model_transaction_policy.decoupled and grpc_config.instance_group[0].count == 1
 
 
+def test_health_and_ready_bodies_follow_the_open_inference_protocol(server):
+    """KServe's clients read the bodies, Triton's the status codes: both are satisfied."""
+    assert httpx.get(server.url + "/v2/health/live").json() == {"live": True}
+    assert httpx.get(server.url + "/v2/health/ready").json() == {"ready": True}
+    for path in ("/v2/models/tts-1/ready", "/v2/models/tts-1/versions/1/ready"):
+        r = httpx.get(server.url + path)
+        assert r.status_code == 200 and r.json() == {"name": "tts-1", "ready": True}
+    assert httpx.get(server.url + "/v2/models/tts-1/versions/2/ready").status_code == 404
+
+
+def test_model_name_and_version_in_the_body_must_match_the_url(server):
+    """KServe's client sends `model_name` beside the spec's fields: accepted when it names the
+    URL's model, refused with 400 naming the field when it does not."""
+    body = {"id": "b1", "model_name": "tts-1", "model_version": "1", "parameters": PARAMS,
+            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Hello there."]}]}
+    ok = httpx.post(server.url + "/v2/models/tts-1/infer", json=body, timeout=60)
+    assert ok.status_code == 200 and ok.json()["model_name"] == "tts-1" and ok.json()["id"] == "b1"
+    for field, value in (("model_name", "csm-1b"), ("model_version", "7")):
+        r = httpx.post(server.url + "/v2/models/tts-1/infer", json={**body, field: value}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"].startswith(f"{field} '{value}' in the request body")
+    no_id = {k: v for k, v in body.items() if k != "id"}
+    assert "id" not in httpx.post(server.url + "/v2/models/tts-1/infer", json=no_id, timeout=60).json()
+
+
+def test_kserve_clients_over_rest_and_grpc(server, tc):
+    """KServe's own SDK (kserve 0.21: the async REST client with protocol v2, the async gRPC
+    client), in a process of its own: live, ready, model ready, infer in JSON and binary
+    tensors and over gRPC with the same audio as tritonclient's, and errors as exceptions."""
+    proc = subprocess.run([sys.executable, "-m", "tests.serve.kserve_client", server.url, server.grpc_address],
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    rest, over_grpc = result["rest"], result["grpc"]
+    assert (rest["live"], rest["ready"], rest["model_ready"], rest["unknown_model_ready"]) == (True, True, True, False)
+    assert (over_grpc["live"], over_grpc["ready"], over_grpc["model_ready"]) == (True, True, True)
+    http, _ = tc
+    params = {"voice": "nova", "seed": 5, "max_audio_seconds": 1}
+    want = http.infer("csm-1b", [text_input(httpclient)], parameters=params).as_numpy("audio")
+    assert want.shape == (24_000,)  # 1 s, cut to the sample
+    for got in (rest["infer"], rest["infer_binary"], over_grpc["infer"]):
+        assert got["id"] == "kserve-1" and got["model_name"] in ("csm-1b", "tts-1")
+        assert np.array_equal(np.frombuffer(base64.b64decode(got["audio"]), "<f4"), want)
+    assert rest["bad_voice"]["status"] == 400 and "nobody" in rest["bad_voice"]["message"]  # the body's error
+    assert over_grpc["unknown_model"]["code"] == "NOT_FOUND" and "nope" in over_grpc["unknown_model"]["details"]
+    assert_no_leak(rest["bad_voice"]["body"] + over_grpc["unknown_model"]["details"])  # (the SDK adds the URL)
+
+
 def test_infer_binary_json_grpc_and_openai_give_the_same_audio(server, tc):
     http, grpc_ = tc
     binary = http.infer("tts-1", [text_input(httpclient)], parameters=PARAMS)
@@ -86,7 +164,7 @@ def test_infer_binary_json_grpc_and_openai_give_the_same_audio(server, tc):
     audio = binary.as_numpy("audio")
     assert audio.dtype == np.float32 and audio.shape == (12 * 1920,) and np.abs(audio).max() <= 1.0
     assert np.array_equal(audio, as_json.as_numpy("audio")) and np.array_equal(audio, over_grpc.as_numpy("audio"))
-    openai_pcm = httpx.post(server[0] + "/v1/audio/speech", timeout=60, json={
+    openai_pcm = httpx.post(server.url + "/v1/audio/speech", timeout=60, json={
         "model": "tts-1", "input": "Hello there.", "response_format": "pcm", **PARAMS}).content
     pcm = np.frombuffer(openai_pcm, "<i2").astype(int)
     assert len(pcm) == len(audio) and np.abs(np.rint(audio * 32767).astype(int) - pcm).max() <= 1
@@ -129,8 +207,10 @@ def test_statistics_count_inferences(server, tc):
     assert stats["success"]["ns"] > stats["queue"]["ns"] > 0 and after["last_inference"] > 0
     grpc_stats = grpc_.get_inference_statistics("tts-1-hd").model_stats[0]
     assert grpc_stats.inference_count == after["inference_count"]
+    if server.kind == "ray":  # Ray's metrics agent exports these: tests/deployments/test_ray_app.py
+        return
     # and in the tts_* metrics, with the protocol as a label
-    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server[0] + "/metrics").text)}
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
     counted = {(s.labels["protocol"], s.labels["outcome"]): s.value for s in families["tts_requests"].samples
                if s.name == "tts_requests_total"}
     assert counted[("v2-http", "ok")] >= 1 and counted[("v2-grpc", "ok")] >= 1
@@ -138,25 +218,56 @@ def test_statistics_count_inferences(server, tc):
 
 
 def test_cancelled_stream_and_closed_connection_free_their_slots(server, tc):
-    url, backend = server
+    """A cancelled gRPC stream, and an HTTP infer whose connection closes mid-generation (under
+    Ray: Serve's proxy cancels the ingress handler), each free their slot at once."""
     _, grpc_ = tc
     responses: queue.Queue = queue.Queue()
     grpc_.start_stream(callback=lambda result, error: responses.put((result, error)))
     grpc_.async_stream_infer("csm-1b", [text_input(grpcclient, LONG)], parameters={"seed": 1})
     assert responses.get(timeout=60)[1] is None
-    assert backend.stats().engine.num_kv_slots_used == 1
+    assert server.stats().engine.num_kv_slots_used == 1
     grpc_.stop_stream(cancel_requests=True)
-    wait_engine_idle(backend)
+    wait_engine_idle(server)
     body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [LONG]}]}).encode()
-    host, port = url.split("//")[1].split(":")
+    host, port = server.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port))) as s:
         s.sendall(b"POST /v2/models/csm-1b/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         deadline = time.monotonic() + 30
-        while not backend.stats().engine.num_kv_slots_used and time.monotonic() < deadline:
+        while not server.stats().engine.num_kv_slots_used and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert backend.stats().engine.num_kv_slots_used == 1
-    wait_engine_idle(backend)
+        assert server.stats().engine.num_kv_slots_used == 1
+    wait_engine_idle(server)
+
+
+def test_overload_is_503_over_http_and_unavailable_over_grpc(server, tc):
+    """4 rows + 2 waiting places (in-process) or 4 slots + 2 queued in Serve's router (Ray):
+    six streams are admitted, the seventh request is refused at once with the protocol's
+    overload answer, and once the streams are cancelled every slot is free."""
+    _, grpc_ = tc
+    clients, responses = [], queue.Queue()
+    for i in range(6):
+        client = grpcclient.InferenceServerClient(server.grpc_address)
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        client.async_stream_infer("csm-1b", [text_input(grpcclient, LONG)], parameters={"seed": 20 + i})
+        clients.append(client)
+    try:
+        for _ in range(4):  # the four running ones stream audio; two wait
+            assert responses.get(timeout=60)[1] is None
+        deadline = time.monotonic() + 30
+        while server.stats().engine.num_kv_slots_used < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the two waiting requests reached their queue
+        busy = httpx.post(server.url + "/v2/models/csm-1b/infer", timeout=30, json={
+            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Hi."]}]})
+        assert busy.status_code == 503 and busy.headers["retry-after"] and "capacity" in busy.json()["error"]
+        with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
+            grpc_.infer("csm-1b", [text_input(grpcclient)])
+    finally:
+        for client in clients:
+            client.stop_stream(cancel_requests=True)
+            client.close()
+    wait_engine_idle(server, timeout_s=30)
 
 
 def test_overload_and_api_keys(tmp_path):
@@ -225,7 +336,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("case", HOSTILE)
 def test_hostile_input_gets_a_4xx_and_the_server_keeps_serving(server, case):
-    url, backend = server
+    url = server.url
     path, body, headers, status = HOSTILE[case]
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = httpx.post(url + (path or "/v2/models/csm-1b/infer"), content=content, headers=headers or {}, timeout=30)
@@ -233,7 +344,7 @@ def test_hostile_input_gets_a_4xx_and_the_server_keeps_serving(server, case):
     assert isinstance(r.json()["error"], str) and r.json()["error"]
     assert_no_leak(r.text)
     assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 200
-    wait_engine_idle(backend)
+    wait_engine_idle(server)
 
 
 @pytest.mark.parametrize(("inputs", "params", "code"), [
