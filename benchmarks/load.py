@@ -15,6 +15,8 @@ seconds come from decoding it (lossy codecs add a little padding).
 Every request carries `seed` (`--seed` + its index in the level) and `max_audio_seconds`.
 
 Per level: sent, ok, rejected (429/503: with or without Retry-After, and how fast),
+listeners (pcm: each stream played back in real time from its first byte with no client
+buffer: gaps heard, streams with gaps, streams held in real time, least buffered audio),
 failed (other status, connection errors, timeouts), lost (sent, no outcome: should be 0),
 time to first audio p50/p95/p99, RTF p50/p95 (request wall time / audio seconds),
 throughput (audio seconds per second of wall time) and errors by status code or exception.
@@ -41,6 +43,7 @@ import httpx
 import numpy as np
 
 from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
+from serve.playback import PlaybackClock
 
 BYTES_PER_SAMPLE = 2  # s16le mono
 REJECTED = (429, 503)
@@ -60,6 +63,8 @@ class Result:
     retry_after: bool | None = None  # rejections only: was Retry-After present
     retry_after_s: float = 0.0  # its value in seconds (0 when absent or not a number)
     body: bytes = b""  # non-pcm formats: the whole body, decoded after the level
+    underruns: int = 0  # pcm: gaps a real-time listener heard (serve/playback.py, at the client)
+    min_slack_s: float | None = None  # pcm: the least audio it had buffered when the next bytes came
 
 
 def request_body(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -79,15 +84,19 @@ async def _exchange(client: httpx.AsyncClient, body: dict[str, Any], res: Result
                 res.retry_after_s = 0.0
             res.outcome = "rejected" if r.status_code in REJECTED else "failed"
             return
-        nbytes, chunks = 0, []
+        nbytes, chunks, listener = 0, [], PlaybackClock()
         async for chunk in r.aiter_bytes():
             if chunk and res.ttfa_s is None and stream:
                 res.ttfa_s = time.perf_counter() - res.start
+            if chunk and stream:  # plays from the first byte on, 24,000 samples a second
+                listener.delivered(time.monotonic(), (nbytes + len(chunk)) // BYTES_PER_SAMPLE - nbytes // BYTES_PER_SAMPLE)
             nbytes += len(chunk)
             if not stream:
                 chunks.append(chunk)
         if stream:
             res.audio_s = nbytes // BYTES_PER_SAMPLE / SAMPLE_RATE
+            heard = listener.summary()
+            res.underruns, res.min_slack_s = heard.underruns, heard.min_slack_s
         else:
             res.ttfa_s, res.body = time.perf_counter() - res.start, b"".join(chunks)
         res.outcome, res.error = ("ok", None) if nbytes else ("failed", "empty body")
@@ -185,6 +194,10 @@ def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
         "rtf": pct([r.wall_s / r.audio_s for r in ok if r.audio_s > 0 and r.wall_s is not None], (50, 95)),
         "audio_s": {"total": float(sum(audio)), "min": min(audio, default=None), "max": max(audio, default=None)},
         "throughput_audio_s_per_s": sum(audio) / wall_s if wall_s > 0 else 0.0,
+        # pcm: each ok stream played back in real time from its first byte, no client buffer
+        "listeners": {"underruns": sum(r.underruns for r in ok), "streams_with_underruns": sum(r.underruns > 0 for r in ok),
+                      "real_time_streams_held": sum(r.underruns == 0 for r in ok),
+                      "min_slack_s": pct([r.min_slack_s for r in ok if r.min_slack_s is not None], (5, 50))},
         "rejections": {
             "with_retry_after": sum(1 for r in rejected if r.retry_after),
             "without_retry_after": sum(1 for r in rejected if not r.retry_after),
@@ -217,8 +230,12 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for mode, value in levels:
         out.append(await run_level(args, mode, value))
-        counts = {k: out[-1][k] for k in ("sent", "ok", "rejected", "failed", "lost")}
-        print(f"{out[-1]['label']}: {counts}", file=sys.stderr)
+        level = out[-1]
+        counts = {k: level[k] for k in ("sent", "ok", "rejected", "failed", "lost")}
+        ttfa, heard = level["ttfa_s"], level["listeners"]
+        print(f"{level['label']}: {counts}; TTFA p50 {ttfa['p50']} p95 {ttfa['p95']}; rtf {level['rtf']}; "
+              f"real-time streams held {heard['real_time_streams_held']} of {level['ok']} "
+              f"({heard['underruns']} gaps)", file=sys.stderr)
     return out
 
 

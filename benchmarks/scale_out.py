@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import load
-from tests.deployments.cluster_check import engine_states, wait_running
+from deployments.sim_cluster import engine_states, wait_running
 
 
 def transformers_audio_s_per_s(requests: int = 4, seconds: float = 2.0) -> float:

@@ -30,8 +30,10 @@ _EMPTY = {name: getattr(pb, f"{name}Response") for name in UNARY}
 
 # I/O-bound: no CPU reserved. A stream passes through the ingress too, so it drains as long as
 # the replicas do (Serve's default of 20 s would cut long streams on every redeploy).
+# max_surge_percent: a new config starts the new ingress before the old one drains (no CPU
+# reserved, so it always fits): readiness and the API never drop during a rolling update.
 @serve.deployment(name="SpeechIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512,
-                  graceful_shutdown_timeout_s=120)
+                  graceful_shutdown_timeout_s=120, max_surge_percent=100)
 @serve.ingress()
 class SpeechIngress:
     """The FastAPI app from serve.app.create_app, built per replica after __init__; and

@@ -91,6 +91,7 @@ class RayReplicas:
 
     def __init__(self, replicas: DeploymentHandle) -> None:
         self.replicas = replicas
+        self._last_states: dict[str, int] | None = None
 
     async def is_ready(self) -> bool:
         """Ready while Serve's controller reports at least one replica RUNNING: a lost node or
@@ -139,5 +140,14 @@ class RayReplicas:
             raise ReplicaError(ray_error_info(e, request_id)) from None
 
     async def _replica_states(self) -> dict[str, int]:
+        """Replicas per state. While a new config is being built (a rolling update), Serve's
+        status can briefly list the application without its deployments: the replicas that
+        serve meanwhile are those last seen, not none."""
         status = await asyncio.to_thread(serve.status)
-        return status.applications[serve.get_replica_context().app_name].deployments[REPLICA_NAME].replica_states
+        app = status.applications[serve.get_replica_context().app_name]
+        deployment = app.deployments.get(REPLICA_NAME)
+        if deployment is not None:
+            self._last_states = dict(deployment.replica_states)
+        elif self._last_states is None:
+            raise LookupError(f"{REPLICA_NAME} is not deployed yet")
+        return self._last_states

@@ -89,6 +89,24 @@ def deploy(args: dict, replica_options: dict | None = None, blocking: bool = Tru
         time.sleep(0.5)
 
 
+def engine_states() -> dict[str, int]:
+    from ray import serve
+
+    return dict(serve.status().applications["csm"].deployments["SpeechReplica"].replica_states)
+
+
+def wait_running(n: int, timeout_s: float = 180) -> float:
+    """Seconds until exactly n engine replicas run (and no other is starting); -1 on timeout."""
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        states = engine_states()
+        if states.get("RUNNING", 0) == n and sum(states.values()) == n:
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    return -1.0
+
+
 def main(argv: list[str] | None = None) -> None:
     import signal
     import tempfile

@@ -33,8 +33,13 @@ APP = "csm"
 MODEL_DIR = "/models/csm-1b"  # the checkpoint directory on the read-only models PVC (mounted at /models)
 VOICES_DIR = "/voices"  # the ReadWriteMany voices PVC
 
-# One engine replica per card; KubeRay's worker group maxReplicas must allow as many workers.
+# One engine replica per card; KubeRay's worker group maxReplicas must allow as many workers,
+# plus the surge of a rolling update (SURGE_PERCENT of the replicas, rounded up).
 MAX_ENGINE_REPLICAS = 8
+# A changed Serve config (new model directory, batch size, ...) starts this share of new engine
+# replicas on spare cards before old ones drain, so capacity never drops during the update; with
+# no spare card the update waits while the old replicas keep serving (0: replace in place).
+SURGE_PERCENT = 25
 
 # Every production overlay.
 COMMON: dict = {
@@ -55,6 +60,7 @@ COMMON: dict = {
                 "SpeechReplica": {
                     # target_ongoing_requests stays as in serve_config.yaml (0.75 x max_num_seqs).
                     "autoscaling_config": {"min_replicas": 1, "max_replicas": MAX_ENGINE_REPLICAS},
+                    "max_surge_percent": SURGE_PERCENT,
                 },
             },
         }

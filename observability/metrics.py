@@ -35,6 +35,10 @@ ERRORS = MetricDef("tts_errors_total", "counter", "Error responses by HTTP statu
 TTFA = MetricDef("tts_time_to_first_audio_seconds", "histogram", "From request received to first audio chunk ready.", (), LATENCY_BUCKETS)
 DURATION = MetricDef("tts_request_duration_seconds", "histogram", "From request received to last audio chunk sent.", (), LATENCY_BUCKETS)
 RTF = MetricDef("tts_real_time_factor", "histogram", "Generation time / audio duration, per request (< 1 is faster than real time).", (), RTF_BUCKETS)
+SLACK_BUCKETS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # Ray's histograms take positive bounds only
+UNDERRUNS = MetricDef("tts_stream_underruns_total", "counter", "Gaps a real-time listener of a streamed response would hear: its next audio arrived after what it had was played (playback from the first chunk, 24 kHz, no client buffer).", ("protocol",))
+UNDERRUN_SECONDS = MetricDef("tts_stream_underrun_seconds_total", "counter", "Seconds of silence those gaps add up to.", ("protocol",))
+MIN_SLACK = MetricDef("tts_stream_min_slack_seconds", "histogram", "Per streamed response, the least audio its listener had buffered when the next chunk arrived (a gap, below 0, lands in the lowest bucket; tts_stream_underruns_total counts them).", ("protocol",), SLACK_BUCKETS)
 AUDIO_SECONDS = MetricDef("tts_audio_seconds_total", "counter", "Seconds of audio produced.")
 AUDIO_FRAMES = MetricDef("tts_audio_frames_total", "counter", "Audio frames (80 ms) produced by the engine.")
 INPUT_CHARS = MetricDef("tts_input_characters_total", "counter", "Characters of input text received.")
@@ -55,10 +59,11 @@ RSS = MetricDef("tts_process_resident_memory_bytes", "gauge", "Resident memory o
 LOAD_SECONDS = MetricDef("tts_model_load_seconds", "gauge", "Time to load the model.")
 MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype, device and the card Ray gave this replica as labels.", ("model", "dtype", "device", "card"))
 
-ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
+ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, UNDERRUNS, UNDERRUN_SECONDS, MIN_SLACK, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
        KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, FINISHED, CONTEXT_LOOKUPS, CONTEXT_EVICTIONS, CONTEXT_BYTES,
        CONTEXT_ENTRIES, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
-REQUEST_METRICS = (REQUESTS, ERRORS, TTFA, DURATION, RTF, AUDIO_SECONDS, INPUT_CHARS)  # recorded by the edges
+REQUEST_METRICS = (REQUESTS, ERRORS, TTFA, DURATION, RTF, UNDERRUNS, UNDERRUN_SECONDS, MIN_SLACK, AUDIO_SECONDS,
+                   INPUT_CHARS)  # recorded by the edges
 REPLICA_METRICS = tuple(d for d in ALL if d not in REQUEST_METRICS)  # recorded by a replica
 
 

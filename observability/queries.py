@@ -11,6 +11,8 @@ def quantile(q: float, metric: str, sel: str = SEL, window: str = "$__rate_inter
     return f"histogram_quantile({q}, sum by (le) (rate(ray_{metric}_bucket{{{sel}}}[{window}])))"
 
 
+_STREAMS = f"sum by (protocol) (rate(ray_tts_stream_min_slack_seconds_count{{{SEL}}}[$__rate_interval]))"
+
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     # (title, unit, [(legend, expr), ...])
     ("Real-time factor (p50 / p95; below 1 is faster than real time)", "none", [
@@ -21,6 +23,16 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Time to first audio (p50 / p95)", "s", [
         ("p50", quantile(0.5, "tts_time_to_first_audio_seconds")),
         ("p95", quantile(0.95, "tts_time_to_first_audio_seconds")),
+    ]),
+    ("Listeners hearing gaps: underruns per second (real-time playback from the first chunk)", "reqps", [
+        # the counter is exported from the first gap on: 0 until then, per protocol that streams
+        ("underruns {{protocol}}", f"sum by (protocol) (rate(ray_tts_stream_underruns_total{{{SEL}}}[$__rate_interval])) "
+         f"or {_STREAMS} * 0"),
+        ("streams {{protocol}}", _STREAMS),
+    ]),
+    ("Least buffered audio per stream (p05 / p50; the lowest bucket holds the gaps)", "s", [
+        ("p05", quantile(0.05, "tts_stream_min_slack_seconds")),
+        ("p50", quantile(0.5, "tts_stream_min_slack_seconds")),
     ]),
     ("Throughput: audio seconds per second", "none", [
         ("audio s/s", f"sum(rate(ray_tts_audio_seconds_total{{{SEL}}}[$__rate_interval]))"),
@@ -85,6 +97,13 @@ ALERTS: list[dict] = [
     _alert("TTSTimeToFirstAudioHigh",
            "histogram_quantile(0.95, sum by (le, application) (rate(ray_tts_time_to_first_audio_seconds_bucket[5m])))",
            "> 2", "5m", "warning", "Time to first audio p95 above 2 s for 5 minutes."),
+    _alert("TTSStreamsStutter",
+           "(sum by (application) (rate(ray_tts_stream_underruns_total[5m])) or sum by (application) "
+           "(rate(ray_tts_stream_min_slack_seconds_count[5m])) * 0) / sum by (application) "
+           "(rate(ray_tts_stream_min_slack_seconds_count[5m]))",
+           "> 0.01", "5m", "warning",
+           "Listeners hear gaps: more than 1 underrun per 100 streamed responses for 5 minutes (streams fall "
+           "behind real time: fewer streams per replica, or more replicas)."),
     _alert("TTSErrorRatioHigh",
            '(sum by (application) (rate(ray_tts_errors_total{code=~"5.."}[5m])) or sum by (application) '
            '(rate(ray_tts_requests_total[5m])) * 0) / sum by (application) (rate(ray_tts_requests_total[5m]))',

@@ -11,28 +11,6 @@ Modules, from the edges' side inwards:
     recorder.py       the engine's and the cache's metrics
     config.py         ReplicaConfig
 
-The edges import only the torch-free modules; names load lazily, so `import replica` or
-`from replica.records import SpeechJob` does not import torch.
+The edges import only the torch-free modules (records, voice_store, context_cache, config),
+so they never import torch; import each name from its module.
 """
-
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
-    "Replica": "replica.replica",
-    "ReplicaConfig": "replica.config",
-    "ReplicaError": "replica.records",
-    "ReplicaStats": "replica.records",
-    "SpeechJob": "replica.records",
-    "Voice": "replica.voice_store",
-    "VoiceStore": "replica.voice_store",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'replica' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)

@@ -8,9 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field
 class ReplicaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    chunk_s: float = Field(0.24, ge=0.08, le=2.0, description="audio per streamed chunk")
+    chunk_s: float = Field(0.24, ge=0.08, le=2.0, description=(
+        "audio per streamed chunk in steady state; a stream's first chunk is one frame (80 ms), the next ones double up to this"))
     context_cache_bytes: int = Field(
         512 * 2**20, ge=0,
         description="bytes of prefix KV the context cache keeps (voices, conversations); on a card this memory "
         "competes with the decode slots",
     )
+    engine_threads: int | None = Field(None, ge=1, le=256, description=(
+        "intra-op threads of the engine's step loop; default: 1 on an accelerator, on cpu the process's torch "
+        "threads (OMP_NUM_THREADS, or Ray's num_cpus) less one for the decoder and the event loop"))
+    decode_threads: int | None = Field(None, ge=1, le=256, description="intra-op threads of the Mimi decoder; default 1")

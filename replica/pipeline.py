@@ -40,7 +40,9 @@ class SpeechPipeline:
         max_audio_s: float | None = None,
         on_segment_done: Callable[[int, Segment], None] | None = None,
     ) -> AsyncIterator[np.ndarray]:
-        """Yield float32 PCM chunks (24 kHz mono) of about `chunk_frames` frames each.
+        """Yield float32 PCM chunks (24 kHz mono): the first one frame (80 ms, so first audio
+        costs prefill + one frame + one small decode), each next one twice as long, up to
+        `chunk_frames` frames (steady state: few, batched decodes).
 
         Text i runs with `params.for_segment(i)` (seed + i) and the context `voice` plus text
         i-1's audio; the whole stream is at most `max_audio_s` long. Raises Overloaded (no row
@@ -53,6 +55,7 @@ class SpeechPipeline:
         voice_context = voice.context if voice is not None else ()
         async with self.admission.row() as row:
             is_first = True  # the row's first decode resets it
+            chunk = 1  # frames in the next chunk: 1, 2, 4, ... up to chunk_frames
             previous: tuple[Segment, ...] = ()
             num_frames = num_samples = 0
             for i, text in enumerate(texts):
@@ -65,9 +68,9 @@ class SpeechPipeline:
                                                     voice_context + previous, voice, frame_cap):
                     frames += out.frames
                     pending += out.frames
-                    if len(pending) >= self.chunk_frames or (out.is_finished and pending):
+                    if len(pending) >= chunk or (out.is_finished and pending):
                         pcm = await self.decoder.decode(row, is_first, pending)
-                        pending, is_first = [], False
+                        pending, is_first, chunk = [], False, min(2 * chunk, self.chunk_frames)
                         if max_samples is not None:
                             pcm = pcm[: max_samples - num_samples]
                         num_samples += len(pcm)

@@ -113,6 +113,7 @@ class ReplicaStats:
     contexts: ContextCacheStats
     num_streams: int  # admitted speech streams (each holds a decoder row)
     num_waiting_streams: int  # streams waiting for a row (in-process only; under Ray, Serve queues)
+    streams: tuple[str, ...]  # request ids of the streams this replica is serving or holding
     voices: tuple[str, ...]  # ids of the voices whose context is cached here
     pid: int
     num_threads: int

@@ -11,6 +11,7 @@ state: its async methods run on one asyncio loop; `stats()` may be read from any
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import numpy as np
 
 from models.codec.mimi_stream import StreamingMimiDecoder
 from models.core.config import EngineConfig
+from models.core.threads import ThreadPlan
 from models.engine import Engine, StepHook, build_engine
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
@@ -33,6 +35,8 @@ from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_inf
 from .voice_store import Voice, VoiceStore
 from .voices import VoiceContexts
 
+log = logging.getLogger(__name__)
+
 
 class Replica:
     def __init__(self, engine: Engine, store: VoiceStore, config: ReplicaConfig | None = None,
@@ -42,16 +46,21 @@ class Replica:
         `metrics` (optional) gets the engine's and the cache's metrics."""
         config = config or ReplicaConfig()
         recorder = EngineRecorder(metrics, engine.loaded) if metrics is not None else None
-        self._loop = EngineLoop(engine, on_step=recorder.on_step if recorder else None)
+        self.threads = ThreadPlan.for_device(engine.loaded.device.type, engine=config.engine_threads,
+                                             decode=config.decode_threads)
+        log.info("intra-op threads: engine %d, decode %d", self.threads.engine, self.threads.decode)
+        self._loop = EngineLoop(engine, on_step=recorder.on_step if recorder else None, threads=self.threads.engine)
         codec, rows = engine.loaded.model.codec_model, engine.config.max_num_seqs
         self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)
         if recorder is not None:
             recorder.on_cache(self.contexts.stats())
         self.voices = VoiceContexts(store, self.contexts, self._loop, codec)
         self.pipeline = SpeechPipeline(self._loop, Admission(rows, max_waiting),
-                                       MimiDecodeWorker(StreamingMimiDecoder(codec, rows)), chunk_frames(config.chunk_s))
+                                       MimiDecodeWorker(StreamingMimiDecoder(codec, rows), self.threads.decode),
+                                       chunk_frames(config.chunk_s))
         self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows)
         self._follow: asyncio.Task | None = None
+        self._streams: set[str] = set()  # request ids inside synthesize (stats: which streams are here)
 
     @classmethod
     def build(cls, engine_config: EngineConfig, store: VoiceStore, config: ReplicaConfig | None = None,
@@ -77,12 +86,15 @@ class Replica:
         """Float32 24 kHz mono PCM chunks of the job's texts in its voice, at most
         max_audio_s long. Every failure is a ReplicaError (before the first chunk for
         overload and unusable input); closing the iterator aborts the generation."""
+        self._streams.add(job.request_id)
         try:
             prefix = await self.voices.prefix(job.voice)
             async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s):
                 yield pcm
         except Exception as e:
             raise ReplicaError(error_info(e, job.request_id)) from None
+        finally:
+            self._streams.discard(job.request_id)
 
     async def add_voice(self, voice: Voice) -> None:
         """Load a stored voice here now, so one the model cannot take is refused at upload
@@ -103,7 +115,8 @@ class Replica:
         admission = self.pipeline.admission
         return ReplicaStats(
             engine=self._loop.stats(), contexts=self.contexts.stats(), num_streams=admission.num_active,
-            num_waiting_streams=admission.num_waiting, voices=tuple(self.voices.loaded), pid=os.getpid(),
+            num_waiting_streams=admission.num_waiting, streams=tuple(sorted(self._streams)),
+            voices=tuple(self.voices.loaded), pid=os.getpid(),
             num_threads=threading.active_count(), card=held_card())
 
     def check_health(self) -> None:

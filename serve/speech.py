@@ -23,6 +23,7 @@ from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob
 from replica.voice_store import OPENAI_VOICES, VoiceNotFound, VoiceStore
 
 from .backend import SpeechBackend
+from .playback import PlaybackClock, PlaybackSummary
 from .schemas import SpeechRequest
 from .settings import ServerSettings
 from .text import split_text
@@ -53,6 +54,15 @@ class RequestTally:
     def first_audio(self) -> None:
         self.metrics.observe(m.TTFA, time.monotonic() - self.t0)
 
+    def playback(self, summary: PlaybackSummary) -> None:
+        """A streamed request's listener (serve/playback.py): its gaps and its lowest slack."""
+        labels = {"protocol": self.labels["protocol"]}
+        if summary.underruns:  # Ray's counters take positive increments only
+            self.metrics.inc(m.UNDERRUNS, summary.underruns, labels=labels)
+            self.metrics.inc(m.UNDERRUN_SECONDS, summary.gap_s, labels=labels)
+        if summary.min_slack_s is not None:
+            self.metrics.observe(m.MIN_SLACK, summary.min_slack_s, labels=labels)
+
     def done(self, outcome: str, samples: int = 0) -> None:
         elapsed = time.monotonic() - self.t0
         self.metrics.inc(m.REQUESTS, labels={"outcome": outcome, **self.labels})
@@ -66,7 +76,9 @@ class RequestTally:
 class SpeechStream:
     """A started speech job: iterate `audio()` once for its float32 24 kHz PCM chunks (a
     ReplicaError if it fails mid-way); leaving early, or `aclose()`, aborts the generation.
-    Its metrics are recorded once, when it ends."""
+    An edge that streams to a listener calls `sent(n)` each time it has handed a chunk's
+    audio to the transport (the listener's playback clock). Its metrics are recorded once,
+    when it ends."""
 
     def __init__(self, first: np.ndarray | None, rest: AsyncIterator[np.ndarray], tally: RequestTally,
                  start_ns: int, request_id: str) -> None:
@@ -74,6 +86,7 @@ class SpeechStream:
         self._start_ns, self._first_ns, self._end_ns = start_ns, time.monotonic_ns() if first is not None else 0, 0
         self.num_samples = 0
         self.outcome: str | None = None  # ok, cancelled or error, once ended
+        self._clock: PlaybackClock | None = None  # made by the first sent()
 
     @property
     def timing(self) -> StreamTiming:
@@ -98,6 +111,12 @@ class SpeechStream:
         finally:
             await self._end(outcome)
 
+    def sent(self, num_samples: int) -> None:
+        """`num_samples` of audio have just been handed to the transport."""
+        if self._clock is None:
+            self._clock = PlaybackClock()
+        self._clock.delivered(time.monotonic(), num_samples)
+
     async def aclose(self) -> None:
         """End the stream now if it has not ended (never iterated, or left early)."""
         await self._end("cancelled")
@@ -107,6 +126,8 @@ class SpeechStream:
             return
         self.outcome, self._end_ns = outcome, time.monotonic_ns()
         self._tally.done(outcome, self.num_samples)
+        if self._clock is not None:
+            self._tally.playback(self._clock.summary())
         await self._rest.aclose()
 
 

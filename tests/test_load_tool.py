@@ -42,6 +42,9 @@ def test_sweep_and_open_loop_account_for_every_request(server, tmp_path, capsys)
         assert 0 < lv["ttfa_s"]["p50"] <= lv["ttfa_s"]["p95"] <= lv["ttfa_s"]["p99"] < 20
         assert 0 < lv["rtf"]["p50"] <= lv["rtf"]["p95"] and lv["throughput_audio_s_per_s"] > 0
         assert lv["rejections"]["without_retry_after"] == 0  # every 429 carried Retry-After
+        heard = lv["listeners"]  # every ok stream was listened to: held in real time, or it had gaps
+        assert heard["real_time_streams_held"] + heard["streams_with_underruns"] == lv["ok"]
+        assert heard["underruns"] >= heard["streams_with_underruns"] and heard["min_slack_s"]["p50"] is not None
         assert set(lv["errors_by_status"]) <= {"429"} and lv["errors_by_status"].get("429", 0) == lv["rejected"]
     assert levels["c=1"]["sent"] == 6 and levels["c=1"]["rejected"] == 0
     overloaded = levels["c=6"]  # 6 at once against 2 slots + 1 queued

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..codec.mimi_stream import StreamingMimiDecoder
+from ..core.threads import apply as apply_threads
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,15 @@ class PendingDecode:
 
 
 class MimiDecodeWorker:
-    def __init__(self, decoder: StreamingMimiDecoder) -> None:
+    def __init__(self, decoder: StreamingMimiDecoder, threads: int | None = None) -> None:
+        """`threads`: the decode thread's intra-op thread count (models/core/threads.py)."""
         self.decoder = decoder
         device = decoder.device
         self._side_stream = torch.get_device_module(device).Stream() if device.type != "cpu" else None
         self._pending: list[PendingDecode] = []
         self._drainer: asyncio.Task | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="mimi-decode")
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="mimi-decode", initializer=apply_threads if threads else None,
+                                          initargs=(threads,) if threads else ())
         self.num_decode_calls = 0  # batched decoder calls (<= chunks decoded)
 
     async def decode(self, row: int, is_first: bool, frames: list[list[int]]) -> np.ndarray:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ..core.prompt import Prefix
 from ..core.request import Request
+from ..core.threads import apply as apply_threads
 from ..engine import Engine
 from ..errors import EngineDeadError, EngineStepError
 from ..params import EngineStats, GenerationParams, Segment, StepOutput
@@ -63,10 +64,13 @@ Command = AddRequest | AbortRequest | ComputePrefix
 
 class EngineLoop:
     def __init__(
-        self, engine: Engine, idle_wait_s: float = 0.5, on_step: Callable[[EngineStats], None] | None = None
+        self, engine: Engine, idle_wait_s: float = 0.5, on_step: Callable[[EngineStats], None] | None = None,
+        threads: int | None = None,
     ) -> None:
-        """`on_step(stats)` runs on the loop thread after every step (metrics); its errors are logged."""
+        """`on_step(stats)` runs on the loop thread after every step (metrics); its errors are
+        logged. `threads`: the loop thread's intra-op thread count (models/core/threads.py)."""
         self.engine = engine
+        self._threads = threads
         self._on_step = on_step
         self._idle_wait_s = idle_wait_s
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -188,6 +192,8 @@ class EngineLoop:
 
     def _run(self) -> None:
         try:
+            if self._threads:
+                apply_threads(self._threads)
             while not self._stop:
                 self._drain_inbox()
                 if not self.engine.has_unfinished_requests():

@@ -36,17 +36,19 @@ async def create_speech(body: SpeechRequest, speech: SpeechDep, settings: Settin
     if body.stream_format == "sse":
         events = _sse(stream, encoder, len(body.input), request_id, settings.retry_after_s)
         return StreamingResponse(events, media_type="text/event-stream")
-    return StreamingResponse(_encoded(stream.audio(), encoder), media_type=encoder.content_type)
+    return StreamingResponse(_encoded(stream, encoder), media_type=encoder.content_type)
 
 
-async def _encoded(chunks: AsyncIterator[np.ndarray], encoder: AudioEncoder) -> AsyncIterator[bytes]:
+async def _encoded(stream: SpeechStream, encoder: AudioEncoder) -> AsyncIterator[bytes]:
     """The stream's audio in the response format. A failure mid-stream (the status is sent
     already) cuts the response short, so the client sees an incomplete body, not a silently
-    shorter one."""
-    async for chunk in chunks:
+    shorter one. Each chunk counts as sent once the server has taken its bytes (the yield
+    returns); an encoder that holds a few ms back (mp3, opus, aac frames) is not told apart."""
+    async for chunk in stream.audio():
         data = encoder.encode(chunk)
         if data:
             yield data
+        stream.sent(len(chunk))
     tail = encoder.flush()
     if tail:
         yield tail
@@ -62,7 +64,7 @@ async def _sse(stream: SpeechStream, encoder: AudioEncoder, num_chars: int, requ
         return f"data: {json.dumps(payload.model_dump())}\n\n".encode()
 
     try:
-        async for data in _encoded(stream.audio(), encoder):
+        async for data in _encoded(stream, encoder):
             yield event(SpeechAudioDelta(audio=base64.b64encode(data).decode()))
     except ReplicaError as e:  # the status went out already: the stream ends with an error event
         error = api_error(e.info, request_id, retry_after_s)

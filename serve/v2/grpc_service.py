@@ -145,7 +145,9 @@ class InferenceRPC:
 
     async def _responses(self, inference: TextInference, request_id: str
                          ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One response per chunk, held back by one so the last can carry the final flag."""
+        """One response per chunk: the first at once (first audio is not held up), later ones
+        held back by one so the last can carry the final flag (on an empty response when the
+        first chunk was the only one, or when the client asks for one)."""
         model, previous, output_ns = inference.model, None, 0
 
         def response(pcm, final: bool) -> pb.ModelStreamInferResponse:
@@ -157,12 +159,20 @@ class InferenceRPC:
             return message
 
         stream = await self.service.start(inference)
+        first = True
         async for chunk in self.service.audio(inference, stream):
+            if first:
+                yield response(chunk, False)
+                stream.sent(len(chunk))
+                first = False
+                continue
             if previous is not None:
                 yield response(previous, False)
+                stream.sent(len(previous))
             previous = chunk
         if previous is not None:
             yield response(previous, not inference.wants_empty_final)
+            stream.sent(len(previous))
         if inference.wants_empty_final or previous is None:
             yield response(None, True)
         self.service.record_success(inference, stream.timing, output_ns)

@@ -1,7 +1,9 @@
 """Autoscaling on the simulated cluster (run from cluster_check.py): Serve's ongoing-requests
-policy scales the engine from 1 replica to one per card under sustained load and back to 1 when
-it ends, load spreads (every replica batches), and no admitted request is lost on the way up or
-down (a replica being removed finishes its streams first)."""
+policy (target 2 per replica) scales the engine from 1 replica to one per card under sustained
+load, load spreads (every replica batches), and no admitted request is lost on the way up;
+then the load falls to four long streams, the autoscaler itself decides to go from 4 replicas
+to 2 while they run, and the streams on the replicas it removes finish in full before those
+replicas stop; with no load it comes back to 1."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.deployments.cluster_check import engine_states, long_speak, replica_stats, wait_running
+from tests.deployments.cluster_check import engine_states, long_speak, replica_stats, stream_homes, wait_running
 
 
 def _client(url: str, stop: threading.Event, results: list, seed: int) -> None:
@@ -24,52 +26,49 @@ def _client(url: str, stop: threading.Event, results: list, seed: int) -> None:
             time.sleep(0.5)  # refused (429): back off as Retry-After asks
 
 
-def drain_on_downscale(sim, voices_dir: str) -> dict:
-    """Twelve long streams over 4 replicas (the router favours the less loaded: about three each),
-    then the engine is scaled down to 1 replica while they run: the 3 replicas Serve stops
-    finish their streams before they go (what an autoscaling downscale does to a busy replica)."""
-    from ray import serve
-
-    from deployments.sim_cluster import app_args, deploy
-
-    deploy(app_args(voices_dir), {"num_replicas": 4})
-    wait_running(4)
-    time.sleep(2)  # the router has heard of every replica
-    handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
-    with ThreadPoolExecutor(12) as pool:
+def _scale_down_with_streams(url: str, handle, clients_done) -> dict:
+    """Four long streams started as the closed-loop clients stop: 4 ongoing requests at target
+    2 is 2 replicas, so after downscale_delay_s the autoscaler stops two of the four while the
+    streams run. Where the streams ran (at least 3 of the 4 replicas hold one, so a stopped
+    replica held one), the lowest RUNNING count and the STOPPING replicas seen while every
+    stream was still live, and each stream's outcome."""
+    ids = [f"down-{i}" for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        clients_done()
         streams = []
-        for i in range(12):  # staggered: a simultaneous burst can meet Serve's queue limit
-            streams.append(pool.submit(long_speak, sim.url, 7000 + i, 5.0))
-            time.sleep(0.15)
+        for i, rid in enumerate(ids):
+            streams.append(pool.submit(long_speak, url, 9000 + i, 16.0, rid))
+            time.sleep(0.2)
         time.sleep(1.0)
-        per_replica = sorted(s.engine.num_running for s in replica_stats(handle).values())
-        deploy(app_args(voices_dir), {"num_replicas": 1}, blocking=False)
-        stopping = 0
-        while not all(f.done() for f in streams):
-            stopping = max(stopping, engine_states().get("STOPPING", 0))
+        homes = stream_homes(handle, ids, 4)
+        fewest_running, most_stopping = 4, 0
+        while not any(f.done() for f in streams):  # every stream still live
+            states = engine_states()
+            fewest_running = min(fewest_running, states.get("RUNNING", 0))
+            most_stopping = max(most_stopping, states.get("STOPPING", 0))
             time.sleep(0.25)
         results = [f.result() for f in streams]
-    return {"streams_per_replica": per_replica, "max_stopping": stopping,
-            "outcomes": [r["outcome"] for r in results], "running_after_s": round(wait_running(1), 1)}
+    return {"replicas_holding": len(set(homes.values())), "placed": len(homes),
+            "fewest_running_while_live": fewest_running, "most_stopping_while_live": most_stopping,
+            "outcomes": [r["outcome"] for r in results]}
 
 
 def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
-    """`clients` closed-loop streams (target 1 ongoing request per replica): time until every
-    card serves, each replica's average batch over the load, then the time Serve takes to
-    come back to 1 replica once the load is gone."""
+    """`clients` closed-loop streams (target 2 ongoing requests per replica): time until every
+    card serves, each replica's average batch over the load; then the scale-down with live
+    streams; then the time Serve takes to come back to 1 replica once the load is gone."""
     from ray import serve
 
     from deployments.sim_cluster import app_args, autoscaling, deploy
 
-    deploy(app_args(voices_dir), {"autoscaling_config": autoscaling(cards, downscale_s=4.0)})
+    deploy(app_args(voices_dir), {"autoscaling_config": autoscaling(cards, target=2.0, downscale_s=4.0)})
     wait_running(1)
     handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
     before = {pid: (s.engine.num_steps, s.engine.num_frames_total) for pid, s in replica_stats(handle, 8).items()}
     stop, results, timeline = threading.Event(), [], []
     t0 = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
-        for i in range(clients):
-            pool.submit(_client, sim.url, stop, results, 1000 + i)
+        loops = [pool.submit(_client, sim.url, stop, results, 1000 + i) for i in range(clients)]
         full_at = None
         while time.monotonic() - t0 < 150:
             running = engine_states().get("RUNNING", 0)
@@ -81,7 +80,13 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
                 break
             time.sleep(0.5)
         under_load = replica_stats(handle)  # the clients use half the slots: these calls find room
-        stop.set()
+
+        def clients_done() -> None:
+            stop.set()
+            for f in loops:
+                f.result()
+
+        down = _scale_down_with_streams(sim.url, handle, clients_done)
     batch = {}
     for pid, s in under_load.items():
         steps0, frames0 = before.get(pid, (0, 0))
@@ -91,6 +96,6 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
     return {"timeline": timeline, "to_full_s": round(full_at - t0, 1) if full_at else -1,
             "outcomes": sorted({r["outcome"] for r in results}), "requests": len(results),
             "complete": sum(r["outcome"] == "complete" for r in results),
-            "average_batch": list(batch.values()),
+            "average_batch": list(batch.values()), "scale_down_with_streams": down,
             "back_to_1_s": round(time.monotonic() - down_t0, 1) if back_in_s >= 0 else -1,
             "status_after": httpx.get(sim.url + "/v2/health/ready", timeout=10).status_code}

@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 
+from deployments.sim_cluster import engine_states, wait_running
+
 
 def replica_stats(handle, calls: int = 40) -> dict[int, dict]:
     """pid -> stats of every engine replica the router reached (idle replicas: the router
@@ -31,21 +33,34 @@ def speak(url: str, seed: int) -> int:
     return httpx.post(url + "/v1/audio/speech", json=body, timeout=120).status_code
 
 
-def long_speak(url: str, seed: int, seconds: float = 8.0) -> dict:
-    """One streamed request: complete, cut (the body ended early or broke), or refused."""
-    body = {"model": "tts-1", "voice": "alloy", "input": "A long answer to keep the card busy. " * 4,
+def long_speak(url: str, seed: int, seconds: float = 8.0, request_id: str | None = None) -> dict:
+    """One streamed request: complete, cut (the body ended early or broke), or refused.
+    `request_id` (sent as x-request-id) finds it in a replica's stats().streams."""
+    body = {"model": "tts-1", "voice": "alloy", "input": "A long answer to keep the card busy. " * 8,
             "response_format": "pcm", "seed": seed, "max_audio_seconds": seconds}
+    headers = {"x-request-id": request_id} if request_id else {}
     received = 0
     try:
-        with httpx.stream("POST", url + "/v1/audio/speech", json=body, timeout=120) as r:
+        with httpx.stream("POST", url + "/v1/audio/speech", json=body, headers=headers, timeout=120) as r:
             if r.status_code != 200:
-                return {"outcome": f"http_{r.status_code}", "end": time.monotonic()}
+                return {"outcome": f"http_{r.status_code}", "end": time.monotonic(), "id": request_id}
             for chunk in r.iter_bytes():
                 received += len(chunk)
     except httpx.HTTPError:
-        return {"outcome": "cut", "end": time.monotonic(), "bytes": received}
+        return {"outcome": "cut", "end": time.monotonic(), "bytes": received, "id": request_id}
     complete = received == round(seconds * 24_000) * 2
-    return {"outcome": "complete" if complete else "cut", "end": time.monotonic(), "bytes": received}
+    return {"outcome": "complete" if complete else "cut", "end": time.monotonic(), "bytes": received, "id": request_id}
+
+
+def stream_homes(handle, ids: list[str], replicas: int) -> dict[str, int]:
+    """request id -> pid of the replica serving it. A replica whose slots are all taken gets
+    no stats call (Serve's router would queue it): with exactly one replica unseen, the
+    streams no seen replica holds are its (pid -1)."""
+    seen = replica_stats(handle)
+    homes = {rid: pid for pid, s in seen.items() for rid in s.streams if rid in ids}
+    if len(seen) == replicas - 1:
+        homes.update({rid: -1 for rid in ids if rid not in homes})
+    return homes
 
 
 def voices_across(url: str, handle, replicas: int) -> dict:
@@ -90,44 +105,33 @@ def voices_across(url: str, handle, replicas: int) -> dict:
             "forgotten_everywhere_in_s": forgotten_in_s, "speak_deleted_status": speak_as(voice_id).status_code}
 
 
-def engine_states() -> dict[str, int]:
-    from ray import serve
-
-    return dict(serve.status().applications["csm"].deployments["SpeechReplica"].replica_states)
-
-
-def wait_running(n: int, timeout_s: float = 180) -> float:
-    """Seconds until exactly n engine replicas run (and no other is starting); -1 on timeout."""
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        states = engine_states()
-        if states.get("RUNNING", 0) == n and sum(states.values()) == n:
-            return time.monotonic() - t0
-        time.sleep(0.5)
-    return -1.0
-
-
 def node_loss(sim, handle, voices_dir: str) -> dict:
-    """Two engine replicas, one per card node (max_replicas_per_node: 1), eight long streams
-    (four each: the router fills free slots), then one node is removed (no graceful shutdown):
-    its streams end, the others finish, readiness stays up; the replacement waits for a card
-    on a node of its own until a new node joins (as KubeRay replaces a lost worker pod), then
-    serves there, and the next requests succeed."""
+    """Two engine replicas, one per card node (max_replicas_per_node: 1), six long streams
+    (three each: the router fills free slots; one slot each stays free for the stats calls
+    that say where each stream runs), then one node is removed (no graceful shutdown): its
+    streams end within seconds, the others finish, readiness stays up (sampled until Serve
+    reports the lost replica gone); the replacement waits for a card on a node of its own
+    until a new node joins (as KubeRay replaces a lost worker pod), then serves there, and
+    the next requests succeed."""
     from deployments.sim_cluster import app_args, deploy
 
     deploy(app_args(voices_dir), {"num_replicas": 2, "max_replicas_per_node": 1})
     wait_running(2)
     time.sleep(2)  # the routers have heard of both replicas
-    before = placement(handle)
-    nodes = {p["node_id"] for p in before.values()}
+    before = replica_stats(handle)
+    nodes = {s.node_id for s in before.values()}
+    node_of = {pid: s.node_id for pid, s in before.items()}
     victim = next(n for n in sim.worker_nodes if n.node_id in nodes)
-    with ThreadPoolExecutor(8) as pool:
+    ids = [f"loss-{i}" for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
         streams = []
-        for i in range(8):  # staggered: a simultaneous burst can meet Serve's queue limit
-            streams.append(pool.submit(long_speak, sim.url, 100 + i, 6.0))
+        for i, rid in enumerate(ids):  # staggered: a simultaneous burst can meet Serve's queue limit
+            streams.append(pool.submit(long_speak, sim.url, 100 + i, 8.0, rid))
             time.sleep(0.1)
-        time.sleep(2.0)  # every stream is under way
+        time.sleep(1.5)  # every stream is under way
+        homes = stream_homes(handle, ids, 2)
+        unseen = (nodes - {node_of[pid] for pid in homes.values() if pid in node_of}) or {None}
+        served_on = {rid: node_of.get(pid, next(iter(unseen))) for rid, pid in homes.items()}
         killed_at = time.monotonic()
         sim.cluster.remove_node(victim, allow_graceful=False)
         ready = []
@@ -137,9 +141,14 @@ def node_loss(sim, handle, voices_dir: str) -> dict:
         results = [f.result() for f in streams]
     for r in results:
         r["after_kill_s"] = round(r.pop("end") - killed_at, 2)
-    pending, detect_deadline = engine_states(), time.monotonic() + 30
-    while not (pending.get("RUNNING") == 1 and sum(pending.values()) == 2) and time.monotonic() < detect_deadline:
-        time.sleep(0.5)  # Serve notices the lost replica and starts a replacement that waits for a node
+        r["node"] = served_on.get(r["id"])
+    pending, detect_deadline, ready_while_gone = engine_states(), time.monotonic() + 30, []
+    while time.monotonic() < detect_deadline:  # Serve notices the lost replica, starts a replacement
+        if pending.get("RUNNING") == 1 and sum(pending.values()) == 2:  # ...that waits for a node
+            ready_while_gone.append(httpx.get(sim.url + "/v2/health/ready", timeout=10).status_code)
+            if len(ready_while_gone) >= 4:
+                break
+        time.sleep(0.5)
         pending = engine_states()
     detected_s = round(time.monotonic() - killed_at, 1)
     joined_at = time.monotonic()
@@ -151,7 +160,8 @@ def node_loss(sim, handle, voices_dir: str) -> dict:
         after.update(placement(handle, 12))
         time.sleep(1)
     return {"nodes_before": sorted(nodes), "victim": victim.node_id, "results": results, "ready_during": ready,
-            "states_before_new_node": pending, "replacement_asked_for_in_s": detected_s, "new_node": sim.worker_nodes[-1].node_id,
+            "ready_while_gone": ready_while_gone, "states_before_new_node": pending,
+            "replacement_asked_for_in_s": detected_s, "new_node": sim.worker_nodes[-1].node_id,
             "replaced_in_s": round(replaced_in_s, 1), "node_to_serving_s": round(time.monotonic() - joined_at, 1),
             "placement_after": list(after.values()), "statuses_after": [speak(sim.url, 200 + i) for i in range(3)]}
 
@@ -180,7 +190,8 @@ def main(voices_dir: str, port: int) -> dict:
     from ray import serve
 
     from deployments.sim_cluster import app_args, deploy, sim_cluster
-    from tests.deployments.cluster_autoscale import autoscale, drain_on_downscale
+    from tests.deployments.cluster_autoscale import autoscale
+    from tests.deployments.cluster_rollout import rolling_update
 
     out: dict = {"phase_s": {}}
     t0 = time.monotonic()
@@ -196,8 +207,8 @@ def main(voices_dir: str, port: int) -> dict:
         handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
         out["placement"] = timed("placement", list(placement(handle, 60).values()))
         out["voices"] = timed("voices", voices_across(sim.url, handle, replicas=4))
-        out["drain"] = timed("drain", drain_on_downscale(sim, voices_dir))
         out["autoscale"] = timed("autoscale", autoscale(sim, voices_dir, cards=4))
+        out["rollout"] = timed("rollout", rolling_update(sim, voices_dir))
         out["node_loss"] = timed("node_loss", node_loss(sim, handle, voices_dir))
         # last: Serve stops a replica that never got a card only after graceful_shutdown_timeout_s
         out.update(timed("over_capacity", over_capacity(sim, voices_dir)))

@@ -511,7 +511,8 @@ def test_one_engine_replica_per_worker_and_bounds_agree(overlay):
         supply = autoscaler_view(group)
         fits = min(math.floor(supply.get(k, 0) / v) for k, v in demand.items())
         assert fits == 1, f"{group['groupName']}: {supply} holds {fits} engine replicas asking {demand}"
-        assert group["maxReplicas"] >= autoscaling["max_replicas"] * fits
+        surge = math.ceil(autoscaling["max_replicas"] * deployment(config, "SpeechReplica")["max_surge_percent"] / 100)
+        assert group["maxReplicas"] >= (autoscaling["max_replicas"] + surge) * fits  # room for a rolling update
         assert group["minReplicas"] == autoscaling["min_replicas"]
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     head = autoscaler_view(head_group(overlay), is_head=True)

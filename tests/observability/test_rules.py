@@ -32,7 +32,7 @@ def test_dashboard_has_the_panels_and_variables_operators_need():
     dash = build.dashboard()
     titles = " ".join(p["title"] for p in dash["panels"])
     for word in ("Real-time factor", "first audio", "audio seconds per second", "batch size", "Running / waiting",
-                 "memory", "Error rate", "replicas"):
+                 "memory", "Error rate", "replicas", "underruns", "buffered audio"):
         assert word in titles
     assert {v["name"] for v in dash["templating"]["list"]} >= {"cluster", "application", "replica"}
     rtf = next(p for p in dash["panels"] if p["title"].startswith("Real-time factor"))

@@ -39,6 +39,25 @@ def test_chunk_duration_maps_to_frames():
     assert [chunk_frames(s) for s in (0.01, 0.1, 0.24, 0.4)] == [1, 1, 3, 5]
 
 
+def test_first_chunk_is_one_frame_then_chunks_double_up_to_the_chunk_size(make_replica, tiny):
+    """First audio after one frame: chunks of 1, 2, 4, 4 frames (chunk_s 0.32 s = 4 frames),
+    the rest at the end; the next text goes on at the full size; the PCM is still the
+    whole Mimi decode of the frames."""
+    replica = make_replica(config=ReplicaConfig(chunk_s=0.32))
+    frames = []
+
+    async def run():
+        return [c async for c in replica.pipeline.stream(
+            "schedule", ["First part.", "Second part."], params=GenerationParams(seed=4, max_frames=12),
+            on_segment_done=lambda _, seg: frames.extend(seg.codes))]
+
+    chunks = asyncio.run(run())
+    assert [len(c) // 1920 for c in chunks] == [1, 2, 4, 4, 1, 4, 4, 4]
+    with torch.no_grad():
+        whole = tiny.model.codec_model.decode(torch.tensor(frames).T[None]).audio_values[0, 0].numpy()
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4)
+
+
 def test_concurrent_streams_share_batched_mimi_decodes(make_replica, tiny):
     """Six streams on four decoder rows (rows are reused): chunks due at the same time are
     decoded in one batched call, and every stream's PCM still equals a whole Mimi decode of
@@ -60,7 +79,8 @@ def test_concurrent_streams_share_batched_mimi_decodes(make_replica, tiny):
 
     outputs = asyncio.run(run())
     num_chunks = sum(len(chunks) for chunks in outputs)
-    assert num_chunks == 6 * 2 * 3 and pipeline.decoder.num_decode_calls < num_chunks  # 5 frames: chunks of 2, 2, 1
+    # 5 frames a text: chunks of 1, 2, 2 (the stream's first is one frame), then 2, 2, 1
+    assert num_chunks == 6 * 2 * 3 and pipeline.decoder.num_decode_calls < num_chunks
     for i, chunks in enumerate(outputs):
         with torch.no_grad():
             whole = tiny.model.codec_model.decode(torch.tensor(frames_of[i]).T[None]).audio_values[0, 0].numpy()

@@ -197,3 +197,6 @@ def test_metrics_endpoint_reports_requests_latency_engine_and_memory(server, cli
     assert value("tts_engine_requests_finished_total", reason="abort") == 0
     assert value("tts_engine_requests_finished_total", reason="error") == 0
     assert value("tts_requests_total", protocol="openai") >= 2
+    # the streamed response's listener clock (6 frames: chunks of 1, 2, 2, 1 frames): one
+    # min-slack observation per stream; the underrun counter is exported once a gap happens
+    assert value("tts_stream_min_slack_seconds_count", protocol="openai") >= 1
