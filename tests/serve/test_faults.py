@@ -9,22 +9,24 @@ from tests.conftest import fan_out
 from tests.local_server import local_server
 
 
-def _fail_third_step():
-    """Fault injection: the engine's third step after warm-up raises, as a device error would."""
+def _fail_first_step():
+    """Fault injection: the engine's first step after warm-up raises, as a device error would.
+    The first: a stream's first chunk is one frame, so from the second step on its requests
+    have audio out already and would be cut mid-stream instead (tests/deployments/test_errors.py)."""
     calls = []
 
     def before_step(sched):
         ids = [r.request_id for r in sched.decodes] + [c.request.request_id for c in sched.prefills]
         if "__warm_up__" not in ids:
             calls.append(ids)
-        if len(calls) == 3 and "__warm_up__" not in ids:
+        if len(calls) == 1 and "__warm_up__" not in ids:
             raise RuntimeError("simulated device error")
 
     return before_step
 
 
 def test_a_failing_engine_step_fails_its_requests_and_the_server_keeps_serving(tmp_path):
-    with local_server(str(tmp_path), before_step=_fail_third_step()) as (url, replica):
+    with local_server(str(tmp_path), before_step=_fail_first_step()) as (url, replica):
         body = {"model": "tts-1", "voice": "alloy", "input": "Fault.", "response_format": "pcm",
                 "max_audio_seconds": 0.24}
         results = fan_out(lambda i: httpx.post(url + "/v1/audio/speech", json={**body, "seed": i}, timeout=60),
