@@ -60,8 +60,8 @@ class RequestTally:
         if summary.underruns:  # Ray's counters take positive increments only
             self.metrics.inc(m.UNDERRUNS, summary.underruns, labels=labels)
             self.metrics.inc(m.UNDERRUN_SECONDS, summary.gap_s, labels=labels)
-        if summary.min_slack_s is not None:
-            self.metrics.observe(m.MIN_SLACK, summary.min_slack_s, labels=labels)
+        if summary.min_slack_s is not None:  # a gap counts as 0: OpenTelemetry (Ray) drops negative observations
+            self.metrics.observe(m.MIN_SLACK, max(0.0, summary.min_slack_s), labels=labels)
 
     def done(self, outcome: str, samples: int = 0) -> None:
         elapsed = time.monotonic() - self.t0

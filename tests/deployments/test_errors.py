@@ -188,7 +188,8 @@ def test_ray_answers_exactly_like_in_process(local_url, ray_url, case):
 def _sse_error_event(server: Server) -> str:
     body = {"model": "tts-1", "voice": "alloy", "input": "Fail later.", "response_format": "pcm",
             "stream_format": "sse", "seed": LATE_FAULT_SEED, "max_audio_seconds": 2.0}
-    with httpx.stream("POST", server.url + "/v1/audio/speech", json=body, timeout=120) as r:
+    headers = {"x-request-id": "sse-fault"}  # the 500 message names it: the same on both servers
+    with httpx.stream("POST", server.url + "/v1/audio/speech", json=body, headers=headers, timeout=120) as r:
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert_no_leak("\n".join(lines))

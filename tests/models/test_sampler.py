@@ -17,7 +17,7 @@ from scipy import stats
 from models.runner.sampler import RowSampling, gumbel_noise, sample, uniform
 
 VOCAB = 2051
-NUM_DRAWS = 20_000  # per setting: the noise-scaled control is rejected at p ~ 1e-40, the off-by-one one by ~1900 draws outside the top-k
+NUM_DRAWS = 10_000  # per setting: the noise-scaled control is rejected at p < 1e-6, the off-by-one one by draws outside the top-k
 CHUNK = 8_000  # rows per batched call: [CHUNK, VOCAB] float32 scores stay small
 PAIRS = [(0.9, 50), (1.0, 5), (0.5, 200), (2.0, 2051)]  # (temperature, top-k), mixed in every call
 _cache: dict = {}
@@ -91,7 +91,7 @@ def _verdict(draws: dict[tuple[float, int], torch.Tensor]) -> tuple[int, float]:
     return outside, float(stats.chi2.sf(chi2, dof))
 
 
-@pytest.mark.slow  # ~30 s on 2 cores: 80k rows x 2051 hashed noise values per sampler
+@pytest.mark.slow  # ~15 s on 2 cores: 40k rows x 2051 hashed noise values per sampler
 def test_batched_rows_of_mixed_settings_follow_their_own_softmax():
     outside, p = _verdict(_draws("sample"))
     assert outside == 0, "a draw fell outside its row's top-k"
