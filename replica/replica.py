@@ -60,7 +60,7 @@ class Replica:
                                        chunk_frames(config.chunk_s))
         self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows)
         self._follow: asyncio.Task | None = None
-        self._streams: set[str] = set()  # request ids inside synthesize (stats: which streams are here)
+        self._streams: tuple[str, ...] = ()  # request ids inside synthesize; replaced, never mutated (stats())
 
     @classmethod
     def build(cls, engine_config: EngineConfig, store: VoiceStore, config: ReplicaConfig | None = None,
@@ -86,7 +86,7 @@ class Replica:
         """Float32 24 kHz mono PCM chunks of the job's texts in its voice, at most
         max_audio_s long. Every failure is a ReplicaError (before the first chunk for
         overload and unusable input); closing the iterator aborts the generation."""
-        self._streams.add(job.request_id)
+        self._streams = (*self._streams, job.request_id)
         try:
             prefix = await self.voices.prefix(job.voice)
             async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s):
@@ -94,7 +94,7 @@ class Replica:
         except Exception as e:
             raise ReplicaError(error_info(e, job.request_id)) from None
         finally:
-            self._streams.discard(job.request_id)
+            self._streams = tuple(r for r in self._streams if r != job.request_id)
 
     async def add_voice(self, voice: Voice) -> None:
         """Load a stored voice here now, so one the model cannot take is refused at upload
@@ -115,7 +115,7 @@ class Replica:
         admission = self.pipeline.admission
         return ReplicaStats(
             engine=self._loop.stats(), contexts=self.contexts.stats(), num_streams=admission.num_active,
-            num_waiting_streams=admission.num_waiting, streams=tuple(sorted(self._streams)),
+            num_waiting_streams=admission.num_waiting, streams=self._streams,
             voices=tuple(self.voices.loaded), pid=os.getpid(),
             num_threads=threading.active_count(), card=held_card())
 

@@ -39,7 +39,7 @@ def rolling_update(sim, voices_dir: str) -> dict:
     stop, ready = threading.Event(), []
     sampler = threading.Thread(target=_sample_ready, args=(sim.url, stop, ready), daemon=True)
     sampler.start()
-    most_replicas = 0
+    most_replicas, fewest_running = 0, 2
     with ThreadPoolExecutor(4) as pool:
         streams = []
         for i in range(4):
@@ -49,7 +49,9 @@ def rolling_update(sim, voices_dir: str) -> dict:
         started = time.monotonic()
         deploy(app_args(voices_dir, max_num_seqs=3), options, blocking=False)
         while not all(f.done() for f in streams):
-            most_replicas = max(most_replicas, sum(engine_states().values()))
+            states = engine_states()
+            most_replicas = max(most_replicas, sum(states.values()))
+            fewest_running = min(fewest_running, states.get("RUNNING", 0))
             time.sleep(0.25)
         results = [f.result() for f in streams]
         rolled_in_s = wait_running(2)
@@ -58,6 +60,7 @@ def rolling_update(sim, voices_dir: str) -> dict:
     after = replica_stats(handle, 12)
     return {"outcomes": [r["outcome"] for r in results], "ready": sorted(set(ready), key=str),
             "ready_samples": len(ready), "most_replicas_during": most_replicas,
+            "fewest_running_during": fewest_running,
             "rolled_in_s": round(time.monotonic() - started, 1) if rolled_in_s >= 0 else -1,
             "old_pids": sorted(old), "new": [{"pid": pid, "slots": s.engine.num_kv_slots_total}
                                              for pid, s in after.items()],
