@@ -25,7 +25,7 @@ import time
 import torch
 
 from models import Engine, EngineConfig, GenerationParams, build_engine
-from models.params import FRAME_RATE_HZ
+from models.params import FRAME_RATE_HZ, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from replica.config import ReplicaConfig
 from replica.records import SpeechJob
 from replica.replica import Replica
@@ -58,7 +58,7 @@ async def served(replica: Replica, store: VoiceStore, frames: int, seed: int) ->
             first = time.perf_counter() - t0
         samples += len(pcm)
     wall = time.perf_counter() - t0
-    return {"rtf": wall / (samples / 24_000), "first_s": first, "frames": samples // 1920}
+    return {"rtf": wall / (samples / SAMPLE_RATE_HZ), "first_s": first, "frames": samples // SAMPLES_PER_FRAME}
 
 
 def main(argv: list[str] | None = None) -> dict:
