@@ -17,10 +17,19 @@ Steps, each in its own process with a time limit (logs and intermediate files in
   bench     benchmarks.accel_bench: engine captured vs eager vs transformers' static-cache
             recipe; one 10 s request alone (RTF, time to first frame / audio) and 64 and 256
             at once (aggregate frames/s); partial results survive a timeout
+  listen    benchmarks.listen_check: what a real-time listener hears from the served API. The
+            one-process server (deployments.local, no Ray) with the bench's model on the card,
+            on a free loopback port; once ready, benchmarks/load.py's closed loop with pcm
+            listeners (each stream played back in real time from its first byte) at
+            --listen-concurrency 1 4 16, 2c requests of 4 s each; per level TTFA p50/p95, RTF,
+            gaps heard, streams with gaps, streams held in real time, least buffered audio
+            (min slack) and 429s. The bench leaves it --listen-s (120; 60 in a dry run: csm-tiny
+            on the CPU, c=1 and 2, 1 s streams); levels that ended survive a timeout
 Writes three files to OUT (few, so they all come back from a lent machine): device-check.json
-(every step's status, env, accuracy, benchmark), accel-<device>.json (the benchmark, to
-commit under benchmarks/results/) and device-check.log (all step logs); prints a short table
-last. This file imports only the standard library: it runs before anything is installed.
+(every step's status, env, accuracy, benchmark, listeners), accel-<device>.json (the
+benchmark and the listeners, to commit under benchmarks/results/) and device-check.log (all
+step logs); prints a short table last. This file imports only the standard library: it runs
+before anything is installed.
 """
 
 from __future__ import annotations
@@ -65,8 +74,8 @@ class Check:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(self.pythonpath), "PYTHONUNBUFFERED": "1"}
         with open(log, "w") as f:
             try:
-                rc = subprocess.run([self.python, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                    timeout=limit_s).returncode
+                rc = subprocess.run([self.python, *args], check=False, cwd=ROOT, env=env, stdout=f,
+                                    stderr=subprocess.STDOUT, timeout=limit_s).returncode
                 status = "ok" if rc == 0 else f"failed (exit {rc})"
             except subprocess.TimeoutExpired:
                 status = f"timed out after {limit_s:.0f} s"
@@ -93,8 +102,8 @@ class Check:
     def _imports_ok(self) -> bool:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(self.pythonpath)}
         with open(self.logs / "imports.log", "a") as f:
-            return subprocess.run([self.python, "-c", CHECK_IMPORTS], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                  cwd=ROOT).returncode == 0
+            return subprocess.run([self.python, "-c", CHECK_IMPORTS], check=False, env=env, stdout=f,
+                                  stderr=subprocess.STDOUT, cwd=ROOT).returncode == 0
 
     def judge_tests(self, report: Path, dry_run: bool) -> None:
         """The tests step passes only if pytest ran them as it should: on a card every test
@@ -123,8 +132,8 @@ class Check:
     def collect_logs(self) -> None:
         """All step logs, in step order, as one file in OUT."""
         with open(self.out / "device-check.log", "w") as f:
-            for log in sorted(self.logs.glob("*.log"), key=lambda p: p.stat().st_mtime):
-                f.write(f"===== {log.stem} =====\n{log.read_text(errors='replace')}\n")
+            f.writelines(f"===== {log.stem} =====\n{log.read_text(errors='replace')}\n"
+                         for log in sorted(self.logs.glob("*.log"), key=lambda p: p.stat().st_mtime))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--frames", type=int, default=125, help="frames per request (125 = 10 s)")
     ap.add_argument("--budget-s", type=float, default=480, help="the whole check, setup to table")
+    ap.add_argument("--listen-concurrency", type=int, nargs="+", default=[1, 4, 16], help="listen step's levels")
+    ap.add_argument("--listen-s", type=float, default=120, help="time the bench leaves for the listen step")
     ap.add_argument("--dry-run", action="store_true", help="CPU, csm-tiny, small batches: the same steps")
     args = ap.parse_args(argv)
+    listen_audio_s = 4.0
     if args.dry_run:
         args.device, args.model, args.concurrency, args.frames = "cpu", "csm-tiny", [2, 4], 12
+        args.listen_concurrency, args.listen_s, listen_audio_s = [1, 2], 60, 1.0
     out = Path(args.out).resolve()
     work = Path(args.work).resolve() if args.work else out.parent / f"{out.name}-work"
     check = Check(out, work, args.budget_s)
@@ -156,13 +169,19 @@ def main(argv: list[str] | None = None) -> int:
         check.run("bench", ["-m", "benchmarks.accel_bench", *common, "--dtype", "bfloat16" if not args.dry_run
                             else "float32", "--concurrency", *map(str, args.concurrency), "--frames", str(args.frames),
                             "--repeats", "1", "--systems", "captured", "eager", "transformers",
-                            "--out", str(bench_out)], check.left_s())
+                            "--out", str(bench_out)], check.left_s(15 + args.listen_s))
+        check.run("listen", ["-m", "benchmarks.listen_check", *common, "--concurrency",
+                             *map(str, args.listen_concurrency), "--max-audio-seconds", str(listen_audio_s),
+                             "--out", str(work / "listen.json")], check.left_s())
     report = {"steps": check.steps, "env": check.read("env.json"), "accuracy": check.read("accuracy.json"),
-              "bench": check.read("accel.json")}
+              "bench": check.read("accel.json"), "listen": check.read("listen.json")}
+    if report["listen"].get("problems") and not check.steps["listen"]["status"].startswith("ok"):
+        check.steps["listen"]["status"] += ": " + "; ".join(report["listen"]["problems"])
     name = report["env"].get("gpu", args.device).replace(" ", "-")
-    if report["bench"]:
+    if report["bench"] or report["listen"]:
         (out / f"accel-{name}.json").write_text(json.dumps({**report["bench"], "env": report["env"],
-                                                             "accuracy": report["accuracy"]}, indent=2) + "\n")
+                                                             "accuracy": report["accuracy"],
+                                                             "listen": report["listen"]}, indent=2) + "\n")
     (out / "device-check.json").write_text(json.dumps(report, indent=2) + "\n")
     check.collect_logs()
     print(table(report, name))
@@ -193,7 +212,31 @@ def table(report: dict, name: str) -> str:
                      f"{(ttfa or 0) * 1e3 if ttfa else float('nan'):>9.1f}   " + "   ".join(cells))
     for k, v in report["bench"].get("speedups", {}).items():
         lines.append(f"speedup    {k}: {v:.2f}x")
-    return "\n".join(lines)
+    return "\n".join(lines + listen_table(report["listen"]))
+
+
+def listen_table(listen: dict) -> list[str]:
+    """One line per listen level: what real-time listeners heard (ms; - where nothing was measured)."""
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.0f}"
+
+    if not listen.get("levels"):
+        return []
+    cfg = listen["config"]
+    lines = [f"listen     {cfg['model']} served on {cfg['device']} (ready in {listen.get('server_start_s')} s), pcm "
+             + f"streams of {cfg['max_audio_seconds']:g} s played in real time from the first byte"]
+    head = ("TTFA ms p50/p95", "RTF p50/p95", "gaps", "streams gapped/held/ok", "min slack ms p5/p50", "429s")
+    lines.append("listen     " + "   ".join(head))
+    widths = [len(h) for h in head]
+    for lv in listen["levels"]:
+        heard, rtf, ttfa, slack = lv["listeners"], lv["rtf"], lv["ttfa_s"], lv["listeners"]["min_slack_s"]
+        cells = (f"{ms(ttfa['p50'])}/{ms(ttfa['p95'])}",
+                 "/".join("-" if rtf[q] is None else f"{rtf[q]:.2f}" for q in ("p50", "p95")),
+                 str(heard["underruns"]),
+                 f"{heard['streams_with_underruns']}/{heard['real_time_streams_held']}/{lv['ok']}",
+                 f"{ms(slack['p5'])}/{ms(slack['p50'])}", str(lv["errors_by_status"].get("429", 0)))
+        lines.append(f"listen {lv['label']:<4}" + "   ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+    return lines
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import time
 import torch
 
 from models import Engine, EngineConfig, GenerationParams, build_engine
+from models.core.threads import ThreadPlan
+from models.core.threads import apply as apply_threads
 from models.params import FRAME_RATE_HZ, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from replica.config import ReplicaConfig
 from replica.records import SpeechJob
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     config = EngineConfig(model=a.model, device="cpu", max_num_seqs=4)
     budget = torch.get_num_threads()
+    plan = ThreadPlan.for_device("cpu", budget, a.engine_threads, a.decode_threads)
+    apply_threads(plan.engine)  # the engine alone gets the served engine thread's team size: a like-for-like baseline
     alone = build_engine(config)
     alone.warm_up()
     engine_runs = [engine_alone(alone, a.frames, 100 + i) for i in range(a.runs + 1)][1:]  # first: warm-up

@@ -31,6 +31,7 @@ from replica.records import ErrorInfo, Instances, ReplicaError, ReplicaStats, Sp
 from replica.replica import Replica
 from replica.voice_store import Voice, VoiceStore
 
+from .autoscaling import replica_autoscaling_stats
 from .metrics import RayMetrics
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,13 @@ class ReplicaDeployment:
 
     def check_health(self) -> None:
         self.replica.check_health()
+
+    def record_autoscaling_stats(self) -> dict[str, int]:
+        """Serve calls this while an autoscaling_config is set (every
+        min(0.2 x look_back_period_s, metrics_interval_s)) and pushes the series to its
+        controller, where deployments/autoscaling.HeadroomPolicy reads them: real-time
+        headroom, capacity, streams and streams waiting for headroom."""
+        return replica_autoscaling_stats(self.replica.stats())
 
 
 def ray_error_info(exc: BaseException, request_id: str) -> ErrorInfo:

@@ -6,7 +6,9 @@ cpu`: placement, scaling and node loss can be rehearsed without a card (`make se
 
 Ray gives each replica its own card id (ASCEND_RT_VISIBLE_DEVICES), as on real nodes; the
 engines compute on CPU with csm-tiny. The engine autoscales from 1 replica up to the number of
-cards (Serve's ongoing-requests policy, short delays); a replica beyond the cards stays pending.
+cards (short delays) on real-time headroom as in k8s (deployments/autoscaling.py: a replica added
+before the free interactive streams run out, never fewer than Serve's ongoing-requests policy
+asks for); a replica beyond the cards stays pending.
 """
 
 from __future__ import annotations
@@ -30,13 +32,23 @@ def app_args(voices_dir: str, max_num_seqs: int = 4) -> dict:
     return {
         "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": max_num_seqs},
         "card": "npu", "server": {"voices_dir": voices_dir}, "max_queued_requests": 4,
+        "replica": {"realtime_admission": False},  # the tiny model on a loaded CPU host: count-based admission
     }
 
 
-def autoscaling(max_replicas: int, target: float = 1.0, upscale_s: float = 1.0, downscale_s: float = 5.0) -> dict:
-    return {"min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": target,
-            "upscale_delay_s": upscale_s, "downscale_delay_s": downscale_s, "metrics_interval_s": 0.5,
-            "look_back_period_s": 2.0}
+def autoscaling(max_replicas: int, target: float = 1.0, upscale_s: float = 1.0, downscale_s: float = 5.0,
+                headroom: int | None = None) -> dict:
+    """SpeechReplica's autoscaling_config, with short delays and fast metrics. `headroom`: keep
+    that many interactive streams of real-time headroom free (deployments/autoscaling.py, what
+    the k8s overlays run), never below Serve's ongoing-requests policy; None: that policy alone."""
+    config = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": target,
+              "upscale_delay_s": upscale_s, "downscale_delay_s": downscale_s, "metrics_interval_s": 0.5,
+              "look_back_period_s": 2.0}
+    if headroom is not None:
+        from deployments.autoscaling import policy_config
+
+        config["policy"] = policy_config(target_headroom=headroom)
+    return config
 
 
 @contextlib.contextmanager
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     voices = a.voices_dir or tempfile.mkdtemp(prefix="csm-voices-")
     with sim_cluster(a.nodes, a.cards_per_node, a.port) as sim:
-        deploy(app_args(voices), {"autoscaling_config": autoscaling(a.nodes * a.cards_per_node)})
+        deploy(app_args(voices), {"autoscaling_config": autoscaling(a.nodes * a.cards_per_node, headroom=1)})
         print(f"serving on {sim.url}: {a.nodes} nodes x {a.cards_per_node} simulated NPU cards; Ctrl-C stops")
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
 

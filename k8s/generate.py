@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from deployments.autoscaling import policy_config
+
 K8S_DIR = Path(__file__).resolve().parent
 REPO_ROOT = K8S_DIR.parent
 SOURCE = REPO_ROOT / "serve_config.yaml"
@@ -40,6 +42,11 @@ MAX_ENGINE_REPLICAS = 8
 # replicas on spare cards before old ones drain, so capacity never drops during the update; with
 # no spare card the update waits while the old replicas keep serving (0: replace in place).
 SURGE_PERCENT = 25
+# Serve scales the engine on real-time headroom (deployments/autoscaling.py): a replica is added
+# while fewer than max(1, 25% of the replicas' real-time capacity) interactive streams could
+# still start, one is removed only if that reserve survives losing its capacity, and never fewer
+# than the ongoing-requests policy (target_ongoing_requests) asks for.
+ENGINE_AUTOSCALING_POLICY = policy_config(target_headroom=1, headroom_fraction=0.25)
 
 # Every production overlay.
 COMMON: dict = {
@@ -58,8 +65,10 @@ COMMON: dict = {
             },
             "deployments": {
                 "SpeechReplica": {
-                    # target_ongoing_requests stays as in serve_config.yaml (0.75 x max_num_seqs).
-                    "autoscaling_config": {"min_replicas": 1, "max_replicas": MAX_ENGINE_REPLICAS},
+                    # target_ongoing_requests stays as in serve_config.yaml (0.75 x max_num_seqs): the
+                    # policy's floor.
+                    "autoscaling_config": {"min_replicas": 1, "max_replicas": MAX_ENGINE_REPLICAS,
+                                           "policy": ENGINE_AUTOSCALING_POLICY},
                     "max_surge_percent": SURGE_PERCENT,
                 },
             },

@@ -17,7 +17,7 @@ from .core.request import Request
 from .core.scheduler import RunnerOutput, Scheduler, SchedulerOutput
 from .errors import RequestError
 from .loading.loader import LoadedModel, load_model
-from .params import FRAME_RATE_HZ, EngineStats, GenerationParams, Segment, StepOutput
+from .params import FRAME_RATE_HZ, EngineStats, GenerationParams, Priority, Segment, StepOutput
 from .runner.graphs import resolve_capture
 from .runner.runner import ModelRunner
 
@@ -40,18 +40,26 @@ class Engine:
         self._last_batch_size = 0
         self._num_steps = 0
         self._num_prefix_hits = 0
+        self._period_from: tuple[int, float] | None = None  # (rows, start) of a decode-only step to time
+        self._period: tuple[int, float] = (0, 0.0)  # the latest (rows, start-to-start seconds)
+
+    def set_batch_rows(self, batch_rows: Callable[[int], int | None] | None) -> None:
+        """How many batch-priority rows may run next to n interactive ones (scheduler.py).
+        Call before the engine's thread starts stepping."""
+        self.scheduler.batch_rows = batch_rows
 
     # ---- requests in ------------------------------------------------------------------------
     def prepare(
         self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = (),
-        prefix: Prefix | None = None, frame_cap: int | None = None,
+        prefix: Prefix | None = None, frame_cap: int | None = None, priority: Priority = "interactive",
     ) -> Request:
         """Validate and tokenize a request without touching engine state (any thread may call).
 
         `context`: earlier segments the text follows (a voice, earlier turns). `prefix`: a
         computed prefix that `context` starts with; the request then skips its positions.
         `frame_cap`: at most this many frames (the caller's audio budget); the request ends
-        with reason `length` there. Raises RequestError naming the field when the text or
+        with reason `length` there. `priority` "batch": may be paused between frames while
+        interactive requests need the step (scheduler.py). Raises RequestError naming the field when the text or
         lengths are unusable, ValueError for a prefix that `context` does not start with."""
         params = params or GenerationParams()
         if not isinstance(text, str) or not text.strip():
@@ -74,7 +82,7 @@ class Engine:
         if frame_cap is not None:
             max_frames = max(1, min(max_frames, frame_cap))
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        request = Request(request_id, tokens, params, seed, max_frames, context=context)
+        request = Request(request_id, tokens, params, seed, max_frames, context=context, priority=priority)
         if prefix is not None:
             request.use_prefix(prefix.kv, prefix.length)
         return request
@@ -125,18 +133,28 @@ class Engine:
     # ---- the step ---------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         """Run one frame for every running request (prefilling new ones first) and return
-        what each produced. Finished requests appear once, with is_finished and the reason."""
+        what each produced. Finished requests appear once, with is_finished and the reason.
+
+        Also times the period a stream sees: from a decode-only step's start to the next
+        step's start (the step and everything its thread did in between), when the next
+        step follows at once (requests were left unfinished)."""
+        t0 = time.perf_counter()
+        if self._period_from is not None:
+            rows, start = self._period_from
+            self._period = (rows, t0 - start)
         scheduled = self.scheduler.schedule()
         output = RunnerOutput()
         if not scheduled.is_empty:
-            t0 = time.perf_counter()
             if self._before_step is not None:
                 self._before_step(scheduled)
             output = self.runner.execute(scheduled)
             self._last_step_s = time.perf_counter() - t0
             self._num_steps += 1
         self._last_batch_size = len(output.requests)
-        return self.scheduler.update_from_output(scheduled, output)
+        outputs = self.scheduler.update_from_output(scheduled, output)
+        decode_only = bool(scheduled.decodes) and not scheduled.prefills
+        self._period_from = (len(output.requests), t0) if decode_only and self.has_unfinished_requests() else None
+        return outputs
 
     def warm_up(self) -> None:
         """Run one short request through every path (prefill, decode, depth loop) so the first
@@ -176,6 +194,9 @@ class Engine:
             capture_mode=self.runner.capture_mode,
             num_captured_decodes=decodes,
             num_captured_frames=frames,
+            num_paused=sched.num_paused,
+            period_batch=self._period[0],
+            period_s=self._period[1],
         )
 
 

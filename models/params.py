@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,6 +39,7 @@ TopK = Annotated[int, Field(ge=1, le=AUDIO_VOCAB_SIZE, description="sample among
 Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="same seed, same audio, busy or idle")]
 MaxFrames = Annotated[int, Field(ge=1, description="cap on frames (80 ms each); None: derived from the text")]
 MaxAudioSeconds = Annotated[float, Field(gt=0, le=600, description="cap on the audio length, in seconds")]
+Priority = Literal["interactive", "batch"]  # batch: no real-time need; paused between frames for interactive rows
 DEFAULT_TEMPERATURE = 0.9
 DEFAULT_TOP_K = 50
 
@@ -123,3 +124,6 @@ class EngineStats:
     capture_mode: str | None = None  # how decode steps run: "graphs", "compile", or None (eager)
     num_captured_decodes: int = 0  # backbone decode steps that replayed a captured step
     num_captured_frames: int = 0  # frame samplers (depth loops) that replayed a captured step
+    num_paused: int = 0  # batch-priority requests the latest schedule left out (paused, slot kept)
+    period_batch: int = 0  # rows of the latest decode-only step followed at once by another step ...
+    period_s: float = 0.0  # ... and the wall time from its start to the next one's (0: none measured)

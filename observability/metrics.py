@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 RTF_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+STAGE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STEP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -49,6 +50,11 @@ KV_TOTAL = MetricDef("tts_engine_kv_slots_total", "gauge", "KV cache slots (max_
 BATCH_SIZE = MetricDef("tts_engine_batch_size", "histogram", "Rows sampled per engine step.", (), BATCH_BUCKETS)
 STEP_SECONDS = MetricDef("tts_engine_step_duration_seconds", "histogram", "Wall time of one engine step.", (), STEP_BUCKETS)
 FINISHED = MetricDef("tts_engine_requests_finished_total", "counter", "Engine requests (text segments) by how they ended: eos (the model stopped), length (ran to its frame cap), abort (client gone or cut), error (a failed step).", ("reason",))
+STAGE_SECONDS = MetricDef("tts_stage_seconds", "histogram", "Where a stream's time goes, by stage: queue (waiting to start, per stream), prefill (a text's first frame after it entered the engine), decode (one Mimi chunk), encode (one chunk encoded and handed to the transport, at the edge), transport (one chunk from the replica to the edge, under Ray). Engine steps: tts_engine_step_duration_seconds.", ("stage",), STAGE_BUCKETS)
+CAPACITY = MetricDef("tts_realtime_capacity_streams", "gauge", "Interactive streams the replica predicts it keeps real time (learned step time per batch size; max_num_seqs with real-time admission off).")
+HEADROOM = MetricDef("tts_realtime_headroom_streams", "gauge", "Interactive streams that could start on the replica now without waiting (free rows within the real-time capacity).")
+STREAMS = MetricDef("tts_streams", "gauge", "Speech streams the replica holds, by priority (interactive, batch).", ("priority",))
+PAUSED = MetricDef("tts_engine_paused_requests", "gauge", "Batch-priority requests the latest engine step paused (slot kept) so interactive streams stay real time.")
 CONTEXT_LOOKUPS = MetricDef("tts_context_cache_lookups_total", "counter", "Context prefix lookups by kind (voice, conversation) and result (hit: its KV was cached; miss: computed).", ("kind", "result"))
 CONTEXT_EVICTIONS = MetricDef("tts_context_cache_evictions_total", "counter", "Context prefixes evicted (least recently used) to stay within the cache's byte budget.")
 CONTEXT_BYTES = MetricDef("tts_context_cache_bytes", "gauge", "Bytes of prefix KV the context cache holds.")
@@ -60,11 +66,11 @@ LOAD_SECONDS = MetricDef("tts_model_load_seconds", "gauge", "Time to load the mo
 MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype, device and the card Ray gave this replica as labels.", ("model", "dtype", "device", "card"))
 
 ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, UNDERRUNS, UNDERRUN_SECONDS, MIN_SLACK, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
-       KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, FINISHED, CONTEXT_LOOKUPS, CONTEXT_EVICTIONS, CONTEXT_BYTES,
+       KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, STAGE_SECONDS, CAPACITY, HEADROOM, STREAMS, PAUSED, FINISHED, CONTEXT_LOOKUPS, CONTEXT_EVICTIONS, CONTEXT_BYTES,
        CONTEXT_ENTRIES, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
 REQUEST_METRICS = (REQUESTS, ERRORS, TTFA, DURATION, RTF, UNDERRUNS, UNDERRUN_SECONDS, MIN_SLACK, AUDIO_SECONDS,
-                   INPUT_CHARS)  # recorded by the edges
-REPLICA_METRICS = tuple(d for d in ALL if d not in REQUEST_METRICS)  # recorded by a replica
+                   INPUT_CHARS, STAGE_SECONDS)  # recorded by the edges (and stages by replicas too)
+REPLICA_METRICS = (*(d for d in ALL if d not in REQUEST_METRICS), STAGE_SECONDS)  # recorded by a replica
 
 
 class MetricsSink(Protocol):

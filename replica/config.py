@@ -15,6 +15,15 @@ class ReplicaConfig(BaseModel):
         description="bytes of prefix KV the context cache keeps (voices, conversations); on a card this memory "
         "competes with the decode slots",
     )
+    realtime_admission: bool = Field(True, description=(
+        "admit an interactive stream only while every interactive stream stays real time (learned step times, "
+        "the streams' playback clocks); off: max_num_seqs is the only bound"))
+    realtime_margin: float = Field(0.2, ge=0.0, le=5.0, description=(
+        "real-time headroom kept: a step must take at most 80 ms / (1 + margin)"))
+    admission_wait_s: float = Field(30.0, gt=0, description=(
+        "longest a stream waits to start (a row, real-time headroom) before 429 / 503 + Retry-After"))
+    max_batch_rows: int | None = Field(None, ge=0, description=(
+        "rows batch-priority streams may hold at once; default half of max_num_seqs (at least 1)"))
     engine_threads: int | None = Field(None, ge=1, le=256, description=(
         "intra-op threads of the engine's step loop; default: 1 on an accelerator, on cpu the process's torch "
         "threads (OMP_NUM_THREADS, or Ray's num_cpus) less one for the decoder and the event loop"))

@@ -9,6 +9,8 @@ ends there with reason `length`, and the last chunk is cut to the exact sample.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -16,9 +18,18 @@ import numpy as np
 from models.core.prompt import Prefix
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
-from models.params import CODEBOOK_SIZE, FRAME_RATE_HZ, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, GenerationParams, Segment
+from models.params import (
+    CODEBOOK_SIZE,
+    FRAME_RATE_HZ,
+    SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
+    GenerationParams,
+    Priority,
+    Segment,
+)
 
 from .admission import Admission
+from .playback import PlaybackClock
 
 
 def chunk_frames(chunk_s: float) -> int:
@@ -27,9 +38,20 @@ def chunk_frames(chunk_s: float) -> int:
 
 
 class SpeechPipeline:
-    def __init__(self, loop: EngineLoop, admission: Admission, decoder: MimiDecodeWorker, chunk_frames: int = 3) -> None:
+    def __init__(self, loop: EngineLoop, admission: Admission, decoder: MimiDecodeWorker, chunk_frames: int = 3,
+                 on_stage: Callable[[str, float], None] | None = None) -> None:
+        """`on_stage(stage, seconds)`: where a stream's time goes (queue: waiting to start,
+        prefill: a text's first frame after it was sent to the engine, decode: one chunk)."""
         self.loop, self.admission, self.decoder = loop, admission, decoder
         self.chunk_frames = chunk_frames
+        self._on_stage = on_stage or (lambda stage, seconds: None)
+        self._clocks: dict[str, PlaybackClock] = {}  # interactive streams' listeners, as PCM leaves here
+
+    def is_behind(self) -> bool:
+        """Whether an interactive stream's listener is hearing a gap now (its audio left this
+        replica later than real time): the admission's check of the whole path."""
+        now = time.monotonic()
+        return any((slack := clock.slack(now)) is not None and slack < 0 for clock in self._clocks.values())
 
     async def stream(
         self,
@@ -39,6 +61,8 @@ class SpeechPipeline:
         params: GenerationParams | None = None,
         max_audio_s: float | None = None,
         on_segment_done: Callable[[int, Segment], None] | None = None,
+        priority: Priority = "interactive",
+        timeout_s: float | None = None,
     ) -> AsyncIterator[np.ndarray]:
         """Yield float32 PCM chunks (24 kHz mono): the first one frame (80 ms, so first audio
         costs prefill + one frame + one small decode), each next one twice as long, up to
@@ -46,41 +70,65 @@ class SpeechPipeline:
 
         Text i runs with `params.for_segment(i)` (seed + i) and the context `voice` plus text
         i-1's audio; the whole stream is at most `max_audio_s` long. Raises Overloaded (no row
-        free, wait line full) or RequestError before the first chunk. `on_segment_done(i,
-        segment)` gets each text as spoken once its audio is out (its codes are the context of
-        the next text)."""
+        free, wait line full), QueueTimeout (waited `timeout_s`) or RequestError before the
+        first chunk. `on_segment_done(i, segment)` gets each text as spoken once its audio is
+        out (its codes are the context of the next text). `priority`: admission.py."""
         params = params or GenerationParams()
         max_samples = round(max_audio_s * SAMPLE_RATE_HZ) if max_audio_s else None
         frame_budget = -(-max_samples // SAMPLES_PER_FRAME) if max_samples else None
-        voice_context = voice.context if voice is not None else ()
-        async with self.admission.row() as row:
-            is_first = True  # the row's first decode resets it
-            chunk = 1  # frames in the next chunk: 1, 2, 4, ... up to chunk_frames
-            previous: tuple[Segment, ...] = ()
-            num_frames = num_samples = 0
-            for i, text in enumerate(texts):
-                frame_cap = None if frame_budget is None else frame_budget - num_frames
-                if frame_cap is not None and frame_cap <= 0:
-                    break
-                frames: list[list[int]] = []
-                pending: list[list[int]] = []
-                async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
-                                                    voice_context + previous, voice, frame_cap):
-                    frames += out.frames
-                    pending += out.frames
-                    if len(pending) >= chunk or (out.is_finished and pending):
-                        pcm = await self.decoder.decode(row, is_first, pending)
-                        pending, is_first, chunk = [], False, min(2 * chunk, self.chunk_frames)
-                        if max_samples is not None:
-                            pcm = pcm[: max_samples - num_samples]
-                        num_samples += len(pcm)
+        t0 = time.perf_counter()
+        async with self.admission.row(priority, timeout_s) as row:
+            self._on_stage("queue", time.perf_counter() - t0)
+            clock = PlaybackClock() if priority == "interactive" else None
+            if clock is not None:
+                self._clocks[request_id] = clock
+            try:  # closing the stream closes the generation at once (its engine request is aborted)
+                async with contextlib.aclosing(self._generate(request_id, texts, row, voice, params, frame_budget,
+                                                              max_samples, on_segment_done, priority)) as pcms:
+                    async for pcm in pcms:
+                        if clock is not None:
+                            clock.delivered(time.monotonic(), len(pcm))
                         yield pcm
-                num_frames += len(frames)
-                codes = tuple(tuple(min(c, CODEBOOK_SIZE - 1) for c in f) for f in frames)
-                spoken = Segment(speaker=params.speaker, text=text, codes=codes)
-                previous = (spoken,) if codes else ()
-                if on_segment_done is not None:
-                    on_segment_done(i, spoken)
+            finally:
+                self._clocks.pop(request_id, None)
+
+    async def _generate(self, request_id: str, texts: tuple[str, ...] | list[str], row: int, voice: Prefix | None,
+                        params: GenerationParams, frame_budget: int | None, max_samples: int | None,
+                        on_segment_done: Callable[[int, Segment], None] | None,
+                        priority: Priority) -> AsyncIterator[np.ndarray]:
+        voice_context = voice.context if voice is not None else ()
+        is_first = True  # the row's first decode resets it
+        chunk = 1  # frames in the next chunk: 1, 2, 4, ... up to chunk_frames
+        previous: tuple[Segment, ...] = ()
+        num_frames = num_samples = 0
+        for i, text in enumerate(texts):
+            frame_cap = None if frame_budget is None else frame_budget - num_frames
+            if frame_cap is not None and frame_cap <= 0:
+                break
+            frames: list[list[int]] = []
+            pending: list[list[int]] = []
+            sent = time.perf_counter()
+            async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
+                                                voice_context + previous, voice, frame_cap, priority):
+                if not frames and out.frames:
+                    self._on_stage("prefill", time.perf_counter() - sent)
+                frames += out.frames
+                pending += out.frames
+                if len(pending) >= chunk or (out.is_finished and pending):
+                    t0 = time.perf_counter()
+                    pcm = await self.decoder.decode(row, is_first, pending)
+                    self._on_stage("decode", time.perf_counter() - t0)
+                    pending, is_first, chunk = [], False, min(2 * chunk, self.chunk_frames)
+                    if max_samples is not None:
+                        pcm = pcm[: max_samples - num_samples]
+                    num_samples += len(pcm)
+                    yield pcm
+            num_frames += len(frames)
+            codes = tuple(tuple(min(c, CODEBOOK_SIZE - 1) for c in f) for f in frames)
+            spoken = Segment(speaker=params.speaker, text=text, codes=codes)
+            previous = (spoken,) if codes else ()
+            if on_segment_done is not None:
+                on_segment_done(i, spoken)
 
     def shutdown(self) -> None:
         self.loop.shutdown()

@@ -61,7 +61,17 @@ class EngineRecorder:
             self.metrics.set(m.CONTEXT_ENTRIES, cache.num_entries)
         self._last_memory = time.monotonic()
 
+    def on_stage(self, stage: str, seconds: float) -> None:
+        self.metrics.observe(m.STAGE_SECONDS, seconds, {"stage": stage})
+
+    def on_admission(self, capacity: int, headroom: int, interactive: int, batch: int) -> None:
+        self.metrics.set(m.CAPACITY, capacity)
+        self.metrics.set(m.HEADROOM, headroom)
+        self.metrics.set(m.STREAMS, interactive, {"priority": "interactive"})
+        self.metrics.set(m.STREAMS, batch, {"priority": "batch"})
+
     def on_step(self, stats: EngineStats) -> None:
+        self.metrics.set(m.PAUSED, stats.num_paused)
         if stats.last_batch_size:
             self.metrics.observe(m.BATCH_SIZE, stats.last_batch_size)
             self.metrics.observe(m.STEP_SECONDS, stats.last_step_s)

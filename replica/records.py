@@ -19,8 +19,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.errors import EngineDeadError, EngineStepError, Overloaded, RequestError
-from models.params import EngineStats, GenerationParams, MaxAudioSeconds
+from models.params import EngineStats, GenerationParams, MaxAudioSeconds, Priority
 
+from .admission import QueueTimeout
 from .context_cache import ContextCacheStats
 from .voice_store import Voice
 
@@ -31,7 +32,8 @@ INTERNAL_MESSAGE = "The server had an error while processing your request."
 
 class SpeechJob(BaseModel):
     """One speech request, as every replica receives it: `texts` are spoken in order in one
-    voice, text i with `params.for_segment(i)`, the whole audio at most `max_audio_s` long."""
+    voice, text i with `params.for_segment(i)`, the whole audio at most `max_audio_s` long.
+    `priority` and `timeout_s` (the longest it may wait to start): replica/admission.py."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -40,6 +42,8 @@ class SpeechJob(BaseModel):
     voice: Voice
     params: GenerationParams
     max_audio_s: MaxAudioSeconds | None = None
+    priority: Priority = "interactive"
+    timeout_s: float | None = Field(None, gt=0)
 
 
 class ErrorInfo(BaseModel):
@@ -78,6 +82,8 @@ def error_info(exc: BaseException, request_id: str) -> ErrorInfo:
                          param=param, code="invalid_value")
     if isinstance(exc, Overloaded):
         return ErrorInfo(kind="overloaded", message="The server is at capacity; retry shortly.", code="overloaded")
+    if isinstance(exc, QueueTimeout):  # Triton's words and kind (UNAVAILABLE) for a request's own timeout
+        return ErrorInfo(kind="unavailable", message="Request timeout expired", code="timeout")
     if isinstance(exc, EngineDeadError):
         log.error("request %s: the engine is not running: %s", request_id, exc)
         return ErrorInfo(kind="unavailable", message="The speech engine is restarting; retry shortly.",
@@ -112,10 +118,13 @@ class ReplicaStats:
     engine: EngineStats
     contexts: ContextCacheStats
     num_streams: int  # admitted speech streams (each holds a decoder row)
-    num_waiting_streams: int  # streams waiting for a row (in-process only; under Ray, Serve queues)
+    num_waiting_streams: int  # streams waiting to start (for a row in-process; under Ray, for real-time headroom)
     streams: tuple[str, ...]  # request ids of the streams this replica is serving or holding
     voices: tuple[str, ...]  # ids of the voices whose context is cached here
     pid: int
     num_threads: int
     card: str  # the card Ray gave this process ("npu:3", "cuda:0") or "none"
+    num_batch_streams: int = 0  # of num_streams, those of batch priority
+    realtime_capacity: int = 0  # interactive streams this replica predicts it keeps real time (realtime.py)
+    headroom: int = 0  # interactive streams that could start here now without waiting
     node_id: str | None = None  # the Ray node (set by the Ray deployment)

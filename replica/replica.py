@@ -24,12 +24,14 @@ from models.core.threads import ThreadPlan
 from models.engine import Engine, StepHook, build_engine
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
+from models.params import EngineStats
 from observability.metrics import MetricsSink
 
 from .admission import Admission
 from .config import ReplicaConfig
 from .context_cache import ContextCache
 from .pipeline import SpeechPipeline, chunk_frames
+from .realtime import RealtimePolicy, StepTimes
 from .recorder import EngineRecorder, held_card
 from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
 from .voice_store import Voice, VoiceStore
@@ -49,15 +51,23 @@ class Replica:
         self.threads = ThreadPlan.for_device(engine.loaded.device.type, engine=config.engine_threads,
                                              decode=config.decode_threads)
         log.info("intra-op threads: engine %d, decode %d", self.threads.engine, self.threads.decode)
-        self._loop = EngineLoop(engine, on_step=recorder.on_step if recorder else None, threads=self.threads.engine)
         codec, rows = engine.loaded.model.codec_model, engine.config.max_num_seqs
+        self.step_times = StepTimes()
+        self.step_times.observe(1, engine.stats().last_step_s)  # warm-up's last step: the first estimate
+        self.realtime = RealtimePolicy(self.step_times, rows, config.realtime_margin, config.realtime_admission)
+        engine.set_batch_rows(self.realtime.batch_rows)
+        self._recorder = recorder
+        self._loop = EngineLoop(engine, on_step=self._on_step, threads=self.threads.engine)
         self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)
         if recorder is not None:
             recorder.on_cache(self.contexts.stats())
         self.voices = VoiceContexts(store, self.contexts, self._loop, codec)
-        self.pipeline = SpeechPipeline(self._loop, Admission(rows, max_waiting),
+        batch_rows = config.max_batch_rows if config.max_batch_rows is not None else max(1, rows // 2)
+        admission = Admission(rows, max_waiting, self.realtime, batch_rows, config.admission_wait_s,
+                              is_behind=lambda: self.pipeline.is_behind() if config.realtime_admission else False)
+        self.pipeline = SpeechPipeline(self._loop, admission,
                                        MimiDecodeWorker(StreamingMimiDecoder(codec, rows), self.threads.decode),
-                                       chunk_frames(config.chunk_s))
+                                       chunk_frames(config.chunk_s), recorder.on_stage if recorder else None)
         self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows)
         self._follow: asyncio.Task | None = None
         self._streams: tuple[str, ...] = ()  # request ids inside synthesize; replaced, never mutated (stats())
@@ -71,6 +81,13 @@ class Replica:
         engine = build_engine(engine_config, before_step)
         engine.warm_up()
         return cls(engine, store, config, metrics, max_waiting)
+
+    def _on_step(self, stats: EngineStats) -> None:
+        """After every engine step, on its thread: learn the step period, record metrics."""
+        if stats.period_batch:
+            self.step_times.observe(stats.period_batch, stats.period_s)
+        if self._recorder is not None:
+            self._recorder.on_step(stats)
 
     def start_following_store(self) -> None:
         """Forget voices deleted or changed in the store within a second, with no request
@@ -87,14 +104,27 @@ class Replica:
         max_audio_s long. Every failure is a ReplicaError (before the first chunk for
         overload and unusable input); closing the iterator aborts the generation."""
         self._streams = (*self._streams, job.request_id)
+        self._record_admission()
         try:
             prefix = await self.voices.prefix(job.voice)
-            async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s):
+            started = False
+            async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s,
+                                                  priority=job.priority, timeout_s=job.timeout_s):
+                if not started:  # admitted: the gauges move now
+                    started = True
+                    self._record_admission()
                 yield pcm
         except Exception as e:
             raise ReplicaError(error_info(e, job.request_id)) from None
         finally:
             self._streams = tuple(r for r in self._streams if r != job.request_id)
+            self._record_admission()
+
+    def _record_admission(self) -> None:
+        if self._recorder is not None:
+            admission = self.pipeline.admission
+            self._recorder.on_admission(admission.capacity(), admission.headroom(), admission.num_held("interactive"),
+                                        admission.num_held("batch"))
 
     async def add_voice(self, voice: Voice) -> None:
         """Load a stored voice here now, so one the model cannot take is refused at upload
@@ -117,7 +147,8 @@ class Replica:
             engine=self._loop.stats(), contexts=self.contexts.stats(), num_streams=admission.num_active,
             num_waiting_streams=admission.num_waiting, streams=self._streams,
             voices=tuple(self.voices.loaded), pid=os.getpid(),
-            num_threads=threading.active_count(), card=held_card())
+            num_threads=threading.active_count(), card=held_card(), num_batch_streams=admission.num_held("batch"),
+            realtime_capacity=admission.capacity(), headroom=admission.headroom())
 
     def check_health(self) -> None:
         """Raise EngineDeadError if the engine's loop has stopped."""

@@ -12,6 +12,7 @@ from models.params import (
     DEFAULT_TOP_K,
     GenerationParams,
     MaxAudioSeconds,
+    Priority,
     Seed,
     Speaker,
     Temperature,
@@ -51,6 +52,10 @@ class SpeechRequest(BaseModel):
     top_k: TopK = DEFAULT_TOP_K
     max_audio_seconds: MaxAudioSeconds | None = None
     speaker: Speaker | None = Field(None, description="CSM speaker id; default: the voice's")
+    priority: Priority = Field("interactive", description=(
+        "interactive: a listener plays it as it arrives (admitted only while every such stream stays real time); "
+        "batch: no real-time need (narration, bulk): uses spare capacity, paused between frames when interactive "
+        "streams need the step"))
 
     @field_validator("input")
     @classmethod

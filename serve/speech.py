@@ -23,7 +23,7 @@ from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob
 from replica.voice_store import OPENAI_VOICES, VoiceNotFound, VoiceStore
 
 from .backend import SpeechBackend
-from .playback import PlaybackClock, PlaybackSummary
+from replica.playback import PlaybackClock, PlaybackSummary
 from .schemas import SpeechRequest
 from .settings import ServerSettings
 from .text import split_text
@@ -55,13 +55,16 @@ class RequestTally:
         self.metrics.observe(m.TTFA, time.monotonic() - self.t0)
 
     def playback(self, summary: PlaybackSummary) -> None:
-        """A streamed request's listener (serve/playback.py): its gaps and its lowest slack."""
+        """A streamed request's listener (replica/playback.py): its gaps and its lowest slack."""
         labels = {"protocol": self.labels["protocol"]}
         if summary.underruns:  # Ray's counters take positive increments only
             self.metrics.inc(m.UNDERRUNS, summary.underruns, labels=labels)
             self.metrics.inc(m.UNDERRUN_SECONDS, summary.gap_s, labels=labels)
         if summary.min_slack_s is not None:  # a gap counts as 0: OpenTelemetry (Ray) drops negative observations
             self.metrics.observe(m.MIN_SLACK, max(0.0, summary.min_slack_s), labels=labels)
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self.metrics.observe(m.STAGE_SECONDS, seconds, labels={"stage": stage})
 
     def done(self, outcome: str, samples: int = 0) -> None:
         elapsed = time.monotonic() - self.t0
@@ -87,6 +90,7 @@ class SpeechStream:
         self.num_samples = 0
         self.outcome: str | None = None  # ok, cancelled or error, once ended
         self._clock: PlaybackClock | None = None  # made by the first sent()
+        self._yielded: float | None = None  # when audio() last handed out a chunk not yet sent
 
     @property
     def timing(self) -> StreamTiming:
@@ -98,6 +102,7 @@ class SpeechStream:
             chunk = self._first
             while chunk is not None:
                 self.num_samples += len(chunk)
+                self._yielded = time.monotonic()
                 yield chunk
                 chunk = await anext(self._rest, None)
             outcome = "ok"
@@ -113,9 +118,13 @@ class SpeechStream:
 
     def sent(self, num_samples: int) -> None:
         """`num_samples` of audio have just been handed to the transport."""
+        now = time.monotonic()
+        if self._yielded is not None:  # the stage from the chunk leaving audio() to the transport: encoding
+            self._tally.stage("encode", now - self._yielded)
+            self._yielded = None
         if self._clock is None:
             self._clock = PlaybackClock()
-        self._clock.delivered(time.monotonic(), num_samples)
+        self._clock.delivered(now, num_samples)
 
     async def aclose(self) -> None:
         """End the stream now if it has not ended (never iterated, or left early)."""
@@ -137,16 +146,17 @@ class SpeechService:
         self.backend, self.store, self.settings, self.metrics = backend, store, settings, metrics
         self.models = (settings.model_id, *settings.model_aliases)
 
-    async def start(self, request: SpeechRequest, protocol: str, request_id: str, fmt: str | None = None
-                    ) -> SpeechStream:
+    async def start(self, request: SpeechRequest, protocol: str, request_id: str, fmt: str | None = None,
+                    timeout_s: float | None = None) -> SpeechStream:
         """Start speaking `request` (metrics labelled `protocol` and `fmt`, default its
-        response_format). Raises ReplicaError before any audio for everything that stops it."""
+        response_format; `timeout_s`: the longest it may wait to start, Triton's `timeout`).
+        Raises ReplicaError before any audio for everything that stops it."""
         start_ns = time.monotonic_ns()
         voice_label = request.voice_key if request.voice_key in OPENAI_VOICES else "custom"
         tally = RequestTally(self.metrics, protocol, fmt or request.response_format, voice_label)
         self.metrics.inc(m.INPUT_CHARS, len(request.input))
         try:
-            chunks = self.backend.synthesize(await self._job(request, request_id))
+            chunks = self.backend.synthesize(await self._job(request, request_id, timeout_s))
             try:
                 first = await anext(chunks, None)
             except BaseException:
@@ -162,7 +172,7 @@ class SpeechService:
             tally.first_audio()
         return SpeechStream(first, chunks, tally, start_ns, request_id)
 
-    async def _job(self, request: SpeechRequest, request_id: str) -> SpeechJob:
+    async def _job(self, request: SpeechRequest, request_id: str, timeout_s: float | None) -> SpeechJob:
         if request.model not in self.models:
             raise ReplicaError(ErrorInfo(kind="not_found", message=f"The model '{request.model}' does not exist.",
                                          param="model", code="model_not_found"))
@@ -173,4 +183,5 @@ class SpeechService:
                                          code="voice_not_found")) from None
         texts = await asyncio.to_thread(split_text, request.input, self.settings.segment_max_chars)
         return SpeechJob(request_id=request_id, texts=tuple(texts), voice=voice,
-                         params=request.generation_params(voice.speaker), max_audio_s=request.max_audio_seconds)
+                         params=request.generation_params(voice.speaker), max_audio_s=request.max_audio_seconds,
+                         priority=request.priority, timeout_s=timeout_s)

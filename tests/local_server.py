@@ -28,6 +28,8 @@ def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued
     the engine's fault-injection seam. Triton's gRPC protocol is served too, on the port in
     `replica.grpc_port`."""
     config = engine or EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4)
+    # Rows are the bound these tests count on; real-time admission (on in the product) has tests of its own.
+    replica = replica or ReplicaConfig(realtime_admission=False)
     server_settings = ServerSettings(voices_dir=voices_dir, **settings)
     store = VoiceStore(voices_dir)
     port, grpc_port = free_port(), free_port()

@@ -40,7 +40,9 @@ def deployed(runtime: RayServe, app_args: dict, before_step=None):
 
     from deployments.app import build_app_with
 
-    app = build_app_with(app_args, before_step)
+    # Rows are the bound these tests count on; real-time admission (on in the product) has tests of its own.
+    replica = {"realtime_admission": False, **app_args.get("replica", {})}
+    app = build_app_with({**app_args, "replica": replica}, before_step)
     serve.run(app, name="csm", route_prefix="/")
     try:
         yield runtime.url

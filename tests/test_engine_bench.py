@@ -29,15 +29,16 @@ def test_bench_smoke(tmp_path, capsys):
 def test_device_check_dry_run(tmp_path):
     """`make device-check-dry`: the GPU check's every step on this CPU (csm-tiny), so the
     command cannot rot before a GPU host is available. The bench step is the accelerator
-    benchmark's three systems (captured = torch.compile on CPU)."""
+    benchmark's three systems (captured = torch.compile on CPU); the listen step serves
+    csm-tiny over HTTP and plays pcm streams back in real time at c=1 and c=2."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.device_check", "--dry-run", "--out", str(out),
-                           "--budget-s", "600"], capture_output=True, text=True, timeout=900)
+                           "--budget-s", "600"], check=False, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # few files, so all of them come back from a lent machine
     assert sorted(p.name for p in out.iterdir()) == ["accel-cpu.json", "device-check.json", "device-check.log"]
     report = json.loads((out / "device-check.json").read_text())
-    assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "bench"]
+    assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "bench", "listen"]
     assert all(s["status"].startswith("ok") for s in report["steps"].values()), report["steps"]
     tests = report["steps"]["tests"]  # no accelerator here: every accelerator test skipped, and said so
     accel_tests = (ROOT / "tests/models/test_accel.py").read_text().count("\ndef test_")
@@ -51,8 +52,21 @@ def test_device_check_dry_run(tmp_path):
         assert set(row["batches"]) == {"2", "4"} and row["single"]["rtf"] > 0
         assert all(b["frames_per_s"] > 0 for b in row["batches"].values())
     assert res["captured"]["ttfa_single"]["ttfa_p50_s"] > 0 and "captured_over_eager_c4" in report["bench"]["speedups"]
-    assert "===== bench =====" in (out / "device-check.log").read_text()
-    assert proc.stdout.strip().splitlines()[-1].startswith("speedup")  # the table comes last
+    listen = report["listen"]  # what real-time listeners heard, per level, from the served API
+    assert listen["config"]["model"] == "csm-tiny" and listen["server_start_s"] > 0 and listen["problems"] == []
+    assert [lv["label"] for lv in listen["levels"]] == ["c=1", "c=2"]
+    for lv in listen["levels"]:
+        heard = lv["listeners"]
+        assert lv["sent"] == lv["ok"] == 2 * lv["concurrency"] and lv["failed"] == lv["lost"] == 0
+        assert lv["ttfa_s"]["p95"] >= lv["ttfa_s"]["p50"] > 0 and lv["rtf"]["p50"] > 0
+        assert heard["streams_with_underruns"] + heard["real_time_streams_held"] == lv["ok"]
+        assert heard["min_slack_s"]["p50"] is not None and lv["audio_s"]["min"] > 0
+    assert json.loads((out / "accel-cpu.json").read_text())["listen"] == listen
+    log = (out / "device-check.log").read_text()
+    assert "===== bench =====" in log and "===== listen =====" in log
+    lines = proc.stdout.strip().splitlines()  # the table comes last, the listeners' rows at its end
+    assert lines[-2].startswith("listen c=1 ") and lines[-1].startswith("listen c=2 ")
+    assert any(line.startswith("speedup") for line in lines)
     assert "== device check: cpu ==" in proc.stdout
 
 

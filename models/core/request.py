@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from ..params import FinishReason, GenerationParams, Segment
+from ..params import FinishReason, GenerationParams, Priority, Segment
 from .prompt import PromptTokens
 
 
@@ -26,6 +26,7 @@ class Request:
     seed: int  # params.seed, or one drawn for this request
     max_frames: int
     context: tuple[Segment, ...] = ()  # the voice / earlier turns; a cached prefix may cover them
+    priority: Priority = "interactive"  # batch: the scheduler may pause it between frames
     status: RequestStatus = RequestStatus.WAITING
     slot: int = -1
     num_prefilled: int = 0  # prompt positions already in the KV cache

@@ -4,7 +4,10 @@ queue and the KV slots; never touches torch.
 Policy: requests are admitted in FIFO order while a KV slot is free. An admitted request
 first prefills its prompt, in chunks that share a per-step token budget (so a long voice
 prompt does not stall running streams; earlier requests take the budget first), then
-decodes one frame per step. After the runner ran a step, `update_from_output` advances every
+decodes one frame per step. Batch-priority requests run only as far as `batch_rows` allows
+(given the interactive requests running, it says how many batch rows may run this step;
+None: all): the others are paused for the step, keeping their slot and KV, and resume where
+they stopped (their codes are the same: sampling is keyed by frame index, not by step). After the runner ran a step, `update_from_output` advances every
 request it touched and ends those whose frame was the EOS frame or whose frame cap is
 reached; aborted requests are ended at once (slot freed) and reported by the next update.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..params import FinishReason, StepOutput, is_eos_frame
@@ -50,8 +54,13 @@ class RunnerOutput:
 
 
 class Scheduler:
-    def __init__(self, num_slots: int, max_prefill_tokens: int) -> None:
+    def __init__(self, num_slots: int, max_prefill_tokens: int,
+                 batch_rows: Callable[[int], int | None] | None = None) -> None:
+        """`batch_rows(num_interactive)`: how many batch-priority rows may run in a step with
+        that many interactive rows (None: no limit); read once per schedule."""
         self.max_prefill_tokens = max_prefill_tokens
+        self.batch_rows = batch_rows
+        self.num_paused = 0  # batch requests the latest schedule left out
         self.num_slots = num_slots
         self.requests: dict[str, Request] = {}  # every unfinished request, and aborted ones until reported
         self.waiting: deque[Request] = deque()
@@ -106,7 +115,14 @@ class Scheduler:
             self.running.append(req)
         prefills, decodes = [], []
         budget = self.max_prefill_tokens
+        batch_left = self._batch_limit()
+        self.num_paused = 0
         for req in self.running:
+            if req.priority == "batch" and batch_left is not None:
+                if batch_left <= 0:
+                    self.num_paused += 1
+                    continue
+                batch_left -= 1
             if req.status is RequestStatus.DECODING:
                 decodes.append(req)
             elif budget > 0:
@@ -114,6 +130,12 @@ class Scheduler:
                 prefills.append(PrefillChunk(req, req.num_prefilled, length))
                 budget -= length
         return SchedulerOutput(prefills, decodes)
+
+    def _batch_limit(self) -> int | None:
+        if self.batch_rows is None:
+            return None
+        limit = self.batch_rows(sum(r.priority != "batch" for r in self.running))
+        return None if limit is None else max(0, limit)
 
     def update_from_output(self, scheduled: SchedulerOutput, output: RunnerOutput) -> list[StepOutput]:
         """Advance what ran, end what finished. Returns one StepOutput per request that got a

@@ -23,7 +23,7 @@ from ..core.request import Request
 from ..core.threads import apply as apply_threads
 from ..engine import Engine
 from ..errors import EngineDeadError, EngineStepError
-from ..params import EngineStats, GenerationParams, Segment, StepOutput
+from ..params import EngineStats, GenerationParams, Priority, Segment, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,13 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue
 
-    def put(self, item: StepOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+    def put(self, item: StepOutput | BaseException) -> bool:
+        """Hand `item` to the caller's loop; False if that loop is closed (nobody is listening)."""
+        try:
+            self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+        except RuntimeError:  # the caller's event loop closed under its request
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,13 @@ class EngineLoop:
 
     async def generate(
         self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = (),
-        prefix: Prefix | None = None, frame_cap: int | None = None,
+        prefix: Prefix | None = None, frame_cap: int | None = None, priority: Priority = "interactive",
     ) -> AsyncIterator[StepOutput]:
         """Stream a request's outputs, one StepOutput per step that produced frames, the last
         with is_finished (arguments as Engine.prepare). Bad input raises RequestError before
         anything is queued."""
         self.check_health()
-        request = self.engine.prepare(request_id, text, params, context, prefix, frame_cap)
+        request = self.engine.prepare(request_id, text, params, context, prefix, frame_cap, priority)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._send(AddRequest(request, stream))
         finished = False
@@ -220,8 +225,9 @@ class EngineLoop:
         self._stats = self.engine.stats()  # first: a caller that sees an output sees its step's stats
         for out in outputs:
             stream = self._streams.pop(out.request_id, None) if out.is_finished else self._streams.get(out.request_id)
-            if stream is not None:
-                stream.put(out)
+            if stream is not None and not stream.put(out) and not out.is_finished:
+                self._streams.pop(out.request_id, None)  # its caller's loop is gone: free the slot
+                self.engine.abort_request(out.request_id)
         if self._on_step is not None:
             try:
                 self._on_step(self._stats)

@@ -5,7 +5,11 @@ and the error every failure becomes (an HTTP status and a gRPC code).
 The model takes `text` (BYTES, shape [1]: UTF-8, the OpenAI `input` limits) and returns
 `audio` (FP32, shape [-1]: 24 kHz mono in -1..1). Request `parameters` carry what the OpenAI
 API's extensions carry (`voice`, `seed`, `temperature`, `top_k`, `speaker`,
-`max_audio_seconds`), validated by the same schema, so the limits are written once.
+`max_audio_seconds`), validated by the same schema, so the limits are written once. Triton's
+scheduling parameters: `priority` (1 is the highest, 0 the model's default) maps onto the
+OpenAI edge's `priority`: 0 and 1 are `interactive`, 2 and above `batch`; `timeout`
+(microseconds) bounds how long the request may wait to start, after which it fails with
+Triton's "Request timeout expired" (UNAVAILABLE: 503 over HTTP).
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class InferParams(BaseModel):
     speaker: Speaker | None = None
     max_audio_seconds: MaxAudioSeconds | None = None
     triton_enable_empty_final_response: bool = False
+    priority: int = Field(0, ge=0, description="Triton's: 0 the default (interactive), 1 interactive, 2+ batch")
+    timeout: int | None = Field(None, ge=0, description="Triton's: microseconds the request may wait to start")
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class TextInference:
     arrived_ns: int
     validated_ns: int
     wants_empty_final: bool = False
+    timeout_s: float | None = None  # Triton's `timeout`: how long it may wait to start
 
 
 def check_text_input(names: list[str], datatype: str, shape: list[int]) -> None:
@@ -142,13 +149,17 @@ def text_inference(model: str, client_id: str, request_id: str, text: str, param
         params = InferParams.model_validate(parameters)
     except ValidationError as e:
         raise V2Error(400, _first_error(e, "parameters")) from None
-    extensions = params.model_dump(exclude={"voice", "triton_enable_empty_final_response"}, exclude_none=True)
+    extensions = params.model_dump(exclude={"voice", "triton_enable_empty_final_response", "priority", "timeout"},
+                                   exclude_none=True)
+    priority = "batch" if params.priority >= 2 else "interactive"
     try:
-        speech = SpeechRequest(model=model, input=text, voice=params.voice, response_format="pcm", **extensions)
+        speech = SpeechRequest(model=model, input=text, voice=params.voice, response_format="pcm", priority=priority,
+                               **extensions)
     except ValidationError as e:
         raise V2Error(400, _first_error(e, None, rename={"input": f"input '{TEXT}'"})) from None
+    timeout_s = params.timeout / 1e6 if params.timeout else None  # Triton: 0 is no timeout
     return TextInference(model, client_id, request_id, speech, protocol, arrived_ns, time.monotonic_ns(),
-                         params.triton_enable_empty_final_response)
+                         params.triton_enable_empty_final_response, timeout_s)
 
 
 def _first_error(e: ValidationError, prefix: str | None, rename: dict[str, str] | None = None) -> str:

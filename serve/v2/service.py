@@ -73,7 +73,8 @@ class V2Service:
     async def start(self, inference: TextInference) -> SpeechStream:
         """Start the inference; raises V2Error (bad voice, overload, ...), recording the failure."""
         try:
-            return await self.speech.start(inference.speech, inference.protocol, inference.request_id, "fp32")
+            return await self.speech.start(inference.speech, inference.protocol, inference.request_id, "fp32",
+                                           inference.timeout_s)
         except ReplicaError as e:
             self._record_failure(inference)
             raise v2_error(e.info, inference.request_id, self.settings.retry_after_s) from None

@@ -247,3 +247,39 @@ def test_warm_up_leaves_the_engine_idle(make_engine):
     engine.warm_up()
     stats = engine.stats()
     assert stats.num_frames_total == 2 and stats.num_kv_slots_used == 0 and not engine.has_unfinished_requests()
+
+
+def test_a_paused_and_resumed_batch_request_says_the_same_as_alone(make_engine):
+    """A batch-priority request paused between frames while interactive rows need the step
+    (its slot and KV kept) resumes where it stopped: its codes equal the same request alone."""
+    params = GenerationParams(seed=77, temperature=0.9, top_k=50, max_frames=20)
+    alone_frames, _ = _alone(make_engine, TEXT, params)
+    engine = make_engine()
+    engine.set_batch_rows(lambda interactive: None if interactive == 0 else 0)  # no batch row beside interactive
+    engine.add_prepared(engine.prepare("x", TEXT, params, priority="batch"))
+    frames = []
+    for _ in range(5):  # x runs alone
+        for out in engine.step():
+            frames.extend(out.frames)
+    engine.add_request("i", "An interactive stream.", GenerationParams(seed=1, max_frames=8))
+    paused = 0
+    while "i" in engine.scheduler.requests:
+        for out in engine.step():
+            if out.request_id == "x":
+                frames.extend(out.frames)
+        paused += engine.stats().num_paused
+    assert paused >= 8 and len(frames) == 5  # x waited the interactive stream out
+    frames.extend(run_to_end(engine)["x"][0])
+    assert frames == alone_frames
+
+
+def test_the_step_period_is_timed_between_back_to_back_decode_steps(make_engine):
+    engine = make_engine()
+    engine.add_request("a", TEXT, GenerationParams(seed=1, max_frames=6))
+    engine.step()  # a prefill step: no period measured from it
+    engine.step()
+    assert engine.stats().period_batch == 0
+    engine.add_request("b", TEXT, GenerationParams(seed=2, max_frames=6))
+    engine.step()  # the period of the decode-only step before (a alone), taken as this one starts
+    stats = engine.stats()
+    assert stats.period_batch == 1 and stats.period_s > 0

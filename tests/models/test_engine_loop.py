@@ -82,6 +82,19 @@ def test_cancelled_task_frees_its_slot(loop):
     asyncio.run(main())
 
 
+def test_a_request_whose_event_loop_closed_is_aborted_and_the_engine_keeps_serving(loop):
+    """A caller's event loop that closes with its stream open (a worker torn down mid-request)
+    frees the slot; the engine thread lives on and serves the next caller."""
+    event_loop = asyncio.new_event_loop()
+    agen = loop.generate("orphan", TEXT, GenerationParams(max_frames=500))
+    assert event_loop.run_until_complete(agen.__anext__()).frames
+    event_loop.close()  # the generator is left open: nobody aborts it
+    asyncio.run(_wait_for(lambda: loop.stats().num_kv_slots_used == 0))
+    assert loop.is_alive
+    frames, last = asyncio.run(_collect(loop, "next", GenerationParams(seed=1, max_frames=4)))
+    assert len(frames) == 4 and last.is_finished
+
+
 def test_bad_request_raises_before_queueing(loop):
     async def main():
         with pytest.raises(RequestError, match="non-empty"):

@@ -115,3 +115,25 @@ def test_how_requests_end_is_counted_once_each():
     assert sched.abort_all() == ["x", "y"]
     _step(sched)
     assert sched.num_finished == {"eos": 1, "length": 1, "abort": 1, "error": 2}
+
+
+def test_batch_rows_beyond_what_batch_rows_allows_are_paused_keeping_their_slot():
+    limits = []
+    sched = Scheduler(num_slots=4, max_prefill_tokens=512,
+                      batch_rows=lambda n: limits.append(n) or (None if n == 0 else 2 - n))
+    a, b, c = _req("a"), _req("b"), _req("c")
+    b.priority = c.priority = "batch"
+    for r in (b, c):
+        sched.add(r)
+    out, _ = _step(sched)
+    assert {p.request.request_id for p in out.prefills} == {"b", "c"} and sched.num_paused == 0  # none interactive
+    sched.add(a)
+    out, _ = _step(sched)  # a interactive: 1 batch row may run beside it (the older one), c pauses
+    assert [p.request.request_id for p in out.prefills] == ["a"] and [r.request_id for r in out.decodes] == ["b"]
+    assert sched.num_paused == 1 and c.slot >= 0 and c.num_frames == 1
+    out, _ = _step(sched)
+    assert [r.request_id for r in out.decodes] == ["b", "a"] and c.num_frames == 1  # admission order
+    sched.abort("a")
+    out, _ = _step(sched)  # the interactive row left: c resumes
+    assert [r.request_id for r in out.decodes] == ["b", "c"] and sched.num_paused == 0
+    assert limits[-1] == 0

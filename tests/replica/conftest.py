@@ -25,7 +25,7 @@ def make_replica(make_engine, store):
 
     def make(max_waiting: int = 0, before_step=None, config: ReplicaConfig | None = None, **engine) -> Replica:
         replica = Replica(make_engine(before_step=before_step, **{"max_num_seqs": 2, **engine}), store,
-                          config or ReplicaConfig(chunk_s=0.16), max_waiting=max_waiting)
+                          config or ReplicaConfig(chunk_s=0.16, realtime_admission=False), max_waiting=max_waiting)
         made.append(replica)
         return replica
 

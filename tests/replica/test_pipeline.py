@@ -43,7 +43,7 @@ def test_first_chunk_is_one_frame_then_chunks_double_up_to_the_chunk_size(make_r
     """First audio after one frame: chunks of 1, 2, 4, 4 frames (chunk_s 0.32 s = 4 frames),
     the rest at the end; the next text goes on at the full size; the PCM is still the
     whole Mimi decode of the frames."""
-    replica = make_replica(config=ReplicaConfig(chunk_s=0.32))
+    replica = make_replica(config=ReplicaConfig(chunk_s=0.32, realtime_admission=False))
     frames = []
 
     async def run():
@@ -92,7 +92,7 @@ def test_the_audio_cap_stops_the_engine_at_the_exact_sample(make_replica, max_au
     """A capped stream is cut to the exact sample, across texts, and the engine stops itself
     there (reason `length`), instead of the edge aborting a request that runs on: no request
     is counted as aborted, and later texts are never started."""
-    replica = make_replica(config=ReplicaConfig(chunk_s=0.08))
+    replica = make_replica(config=ReplicaConfig(chunk_s=0.08, realtime_admission=False))
 
     async def run():
         return [c async for c in replica.pipeline.stream("capped", ["One.", "Two.", "Three."],

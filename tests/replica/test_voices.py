@@ -72,7 +72,7 @@ def test_the_byte_budget_bounds_the_voices_kept(make_replica, store):
     computed again on its next use."""
     probe = make_replica()
     one = asyncio.run(probe.voices.prefix(make_voice(store, "probe")))
-    replica = make_replica(config=ReplicaConfig(chunk_s=0.16, context_cache_bytes=2 * one.num_bytes + 1))
+    replica = make_replica(config=ReplicaConfig(chunk_s=0.16, context_cache_bytes=2 * one.num_bytes + 1, realtime_admission=False))
     voices = [make_voice(store, f"v{i}") for i in range(3)]
 
     async def run():

@@ -1,4 +1,5 @@
-"""A listener's playback clock for one stream, kept where the bytes leave the server.
+"""A listener's playback clock for one stream, kept where the bytes leave the server (each
+edge, serve/speech.py) and where they leave a replica (its pipeline, for admission).
 
 The assumed listener starts playing the moment the first audio chunk has been handed to the
 transport and then consumes 24,000 samples a second; it buffers nothing beyond what it has
@@ -46,6 +47,11 @@ class PlaybackClock:
                 self._gap_s -= slack
                 self._start -= slack
         self._delivered_s += num_samples / SAMPLE_RATE_HZ
+
+    def slack(self, now: float) -> float | None:
+        """Audio the listener still has unplayed at `now` (negative: it is hearing a gap now);
+        None before the first chunk."""
+        return None if self._start is None else self._delivered_s - (now - self._start)
 
     def summary(self) -> PlaybackSummary:
         return PlaybackSummary(self._min_slack, self._underruns, self._gap_s)

@@ -1,0 +1,97 @@
+"""Real time, per replica: how long an engine frame step takes at each batch size (learned
+online), and from it how many interactive streams this replica keeps at or above real time.
+
+A stream's listener consumes one frame (80 ms) per 80 ms, and the stream gets one frame per
+engine step, so it stays real time while the step period is at most 80 ms / (1 + margin).
+The period is measured start to start on the engine's thread (models/engine.py): the step
+plus whatever that thread waited for before the next one, so the decode thread and the event
+loop competing for the cores (and the GIL) show in it. What the period cannot show (a decode
+or an edge that falls behind on its own) the admission sees in the streams' own playback
+clocks (pipeline.py, where PCM leaves the replica).
+
+Learning: an exponential moving average of the period per batch size, from every decode-only
+step, first seeded with warm-up's step. At a batch size not seen yet: linear interpolation
+between seen sizes; beyond the largest seen, its period scaled linearly with the rows
+(pessimistic: a batch costs at most proportionally more), so a replica admits one stream
+more than it has seen at a time and learns the real cost as it grows. The engine's thread
+writes (`observe`); the event loop reads `model`, an immutable snapshot replaced whole.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from models.params import FRAME_RATE_HZ
+
+FRAME_S = 1.0 / FRAME_RATE_HZ
+
+
+@dataclass(frozen=True)
+class StepModel:
+    periods: tuple[tuple[int, float], ...] = ()  # (rows, seconds per step), ascending rows
+
+    def predict(self, rows: int) -> float | None:
+        """Seconds per step with `rows` streams decoding; None before anything was seen."""
+        if not self.periods:
+            return None
+        sizes = [b for b, _ in self.periods]
+        i = bisect.bisect_left(sizes, rows)
+        if i < len(sizes) and sizes[i] == rows:
+            return self.periods[i][1]
+        if i == len(sizes):
+            b, t = self.periods[-1]
+            return t * rows / b
+        if i == 0:
+            return self.periods[0][1]  # fewer rows than any seen: at most the smallest size's period
+        (b0, t0), (b1, t1) = self.periods[i - 1], self.periods[i]
+        return t0 + (t1 - t0) * (rows - b0) / (b1 - b0)
+
+    def capacity(self, margin: float, limit: int) -> int:
+        """The most rows (at most `limit`) predicted to step within 80 ms / (1 + margin); with
+        nothing learned yet, `limit`."""
+        budget, rows = FRAME_S / (1.0 + margin), 0
+        while rows < limit:
+            period = self.predict(rows + 1)
+            if period is not None and period > budget:
+                break
+            rows += 1
+        return rows
+
+
+class StepTimes:
+    """The learner: `observe` on the engine's thread, `model` read anywhere."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._ema: dict[int, float] = {}  # engine thread only
+        self.model = StepModel()
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows < 1 or seconds <= 0:
+            return
+        old = self._ema.get(rows)
+        self._ema[rows] = seconds if old is None else old + self.alpha * (seconds - old)
+        self.model = StepModel(tuple(sorted(self._ema.items())))
+
+
+@dataclass(frozen=True)
+class RealtimePolicy:
+    """How many interactive streams may run at once, and how many batch-priority rows may
+    step beside them. `enabled` False: the fixed rows are the only bound (capacity = rows)."""
+
+    times: StepTimes
+    rows: int  # the replica's rows (max_num_seqs)
+    margin: float = 0.2
+    enabled: bool = True
+
+    def capacity(self) -> int:
+        """Interactive streams kept real time: at least 1 (a lone stream is always served)."""
+        if not self.enabled:
+            return self.rows
+        return max(1, self.times.model.capacity(self.margin, self.rows))
+
+    def batch_rows(self, num_interactive: int) -> int | None:
+        """Batch rows that may step with `num_interactive` interactive rows (the scheduler's
+        hook): all of them while no interactive row runs, else what real time leaves."""
+        return None if num_interactive == 0 else max(0, self.capacity() - num_interactive)
