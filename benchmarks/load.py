@@ -20,6 +20,11 @@ buffer: gaps heard, streams with gaps, streams held in real time, least buffered
 failed (other status, connection errors, timeouts), lost (sent, no outcome: should be 0),
 time to first audio p50/p95/p99, RTF p50/p95 (request wall time / audio seconds),
 throughput (audio seconds per second of wall time) and errors by status code or exception.
+`--metrics-url` (the server's Prometheus text: `/metrics` on the in-process server's port,
+127.0.0.1:8080/metrics under `make serve`) adds where the time went per level: each stage's
+p50/p95 from the server's own histograms (benchmarks/stages.py; under Ray give
+`--metrics-settle-s 12`, Ray exports metrics every few seconds). `--priority batch` sends
+every request at batch priority (the OpenAI extension field).
 The JSON report goes to stdout and `--out`; `--plot` (default: `--out` with .png) draws
 latency percentiles and throughput against the load level.
 
@@ -45,6 +50,8 @@ import numpy as np
 from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
 from replica.playback import PlaybackClock
 
+from . import stages as stage_metrics
+
 BYTES_PER_SAMPLE = 2  # s16le mono
 REJECTED = (429, 503)
 
@@ -68,8 +75,9 @@ class Result:
 
 
 def request_body(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    return {"model": args.model, "voice": args.voice, "input": args.text, "response_format": args.format,
+    body = {"model": args.model, "voice": args.voice, "input": args.text, "response_format": args.format,
             "seed": seed, "max_audio_seconds": args.max_audio_seconds}
+    return body if args.priority == "interactive" else {**body, "priority": args.priority}  # the default: not sent
 
 
 async def _exchange(client: httpx.AsyncClient, body: dict[str, Any], res: Result, stream: bool) -> None:
@@ -209,6 +217,7 @@ def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
 
 
 async def run_level(args: argparse.Namespace, mode: str, value: float) -> dict[str, Any]:
+    before = await asyncio.to_thread(stage_metrics.scrape, args.metrics_url) if args.metrics_url else None
     t0 = time.perf_counter()
     if mode == "closed":
         results = await closed_loop(args, int(value))
@@ -218,6 +227,10 @@ async def run_level(args: argparse.Namespace, mode: str, value: float) -> dict[s
     decode_bodies(results)
     label = f"c={int(value)}" if mode == "closed" else f"{value:g}/s"
     level = {"label": label, "mode": mode, **({"concurrency": int(value)} if mode == "closed" else {"rate": value})}
+    if before is not None:
+        await asyncio.sleep(args.metrics_settle_s)
+        after = await asyncio.to_thread(stage_metrics.scrape, args.metrics_url)
+        level["stages"] = stage_metrics.difference(before, after)
     return {**level, **summarize(results, wall_s)}
 
 
@@ -236,38 +249,9 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"{level['label']}: {counts}; TTFA p50 {ttfa['p50']} p95 {ttfa['p95']}; rtf {level['rtf']}; "
               f"real-time streams held {heard['real_time_streams_held']} of {level['ok']} "
               f"({heard['underruns']} gaps)", file=sys.stderr)
+        if "stages" in level:
+            print(f"  stages: {stage_metrics.describe(level['stages'])}", file=sys.stderr)
     return out
-
-
-def plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [lv["label"] for lv in levels]
-    x = range(len(levels))
-    fig, (lat, thr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
-        lat.plot(x, [lv["ttfa_s"][q] if lv["ttfa_s"][q] is not None else float("nan") for lv in levels],
-                 style, label=f"time to first audio {q}")
-    for q, style in (("p50", "o-"), ("p95", "s--")):
-        lat.plot(x, [lv["rtf"][q] if lv["rtf"][q] is not None else float("nan") for lv in levels],
-                 style, label=f"RTF {q}")
-    lat.axhline(1.0, color="grey", lw=0.8)
-    lat.set_ylabel("seconds / RTF")
-    lat.legend(fontsize=8)
-    lat.set_title(title)
-    thr.bar(x, [lv["throughput_audio_s_per_s"] for lv in levels], color="tab:green")
-    for i, lv in enumerate(levels):
-        thr.annotate(f"ok {lv['ok']} / rej {lv['rejected']} / fail {lv['failed']}", (i, 0), fontsize=7,
-                     ha="center", va="bottom", rotation=90, color="white", xytext=(0, 4), textcoords="offset points")
-    thr.set_ylabel("audio s per s")
-    thr.set_xticks(list(x), labels)
-    thr.set_xlabel("load level (c = concurrent clients, /s = arrival rate)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -286,6 +270,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog.")
     ap.add_argument("--timeout-s", type=float, default=60.0, help="per request, start to last byte")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--priority", choices=("interactive", "batch"), default="interactive")
+    ap.add_argument("--metrics-url", help="the server's Prometheus text endpoint: per-stage timings per level")
+    ap.add_argument("--metrics-settle-s", type=float, default=0.0, help="wait before the level's second scrape")
     ap.add_argument("--honor-retry-after", action="store_true",
                     help="closed loop: a rejected client waits Retry-After before its next request (like the "
                          "OpenAI SDK); default: it sends again at once (the worst case for the server)")
@@ -311,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out.write_text(text + "\n")
     plot_path = args.plot or (args.out.with_suffix(".png") if args.out else None)
     if plot_path and levels:
+        from .load_plot import plot
+
         plot(levels, plot_path, f"{args.url}  format={args.format}  max_audio_seconds={args.max_audio_seconds:g}")
     return report
 

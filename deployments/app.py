@@ -43,11 +43,12 @@ class SpeechIngress:
     def __init__(self, replicas: DeploymentHandle, server: dict) -> None:
         self.settings = ServerSettings(**server)
         self.store = VoiceStore(self.settings.voices_dir)
-        self.backend = RayReplicas(replicas)
+        self.metrics = RayMetrics(REQUEST_METRICS)
+        self.backend = RayReplicas(replicas, self.metrics)
         self.rpc: InferenceRPC | None = None
 
     def __serve_build_asgi_app__(self):
-        app = create_app(self.backend, self.store, self.settings, RayMetrics(REQUEST_METRICS))
+        app = create_app(self.backend, self.store, self.settings, self.metrics)
         self.rpc = InferenceRPC(app.state.v2)
         return app
 

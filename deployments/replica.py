@@ -3,8 +3,10 @@ ingress's `SpeechBackend` over its handle (`RayReplicas`).
 
 The deployment asks Ray for one card (placement.py), builds and warms up the replica in its
 constructor (Serve reports it ready only after that), and forwards each call. PCM crosses
-the handle as float32 bytes, a failure as the replica's ReplicaError (a typed record; never
-Ray's remote traceback), and a cancelled stream aborts its generation.
+the handle as float32 bytes in a WireChunk stamped with the wall time it left the replica
+(the ingress records the `transport` stage from it; clocks of different nodes agree only as
+far as NTP keeps them), a failure as the replica's ReplicaError (a typed record; never Ray's
+remote traceback), and a cancelled stream aborts its generation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -25,7 +29,8 @@ from ray.serve.handle import DeploymentHandle
 from models import EngineConfig
 from models.engine import StepHook
 from models.errors import EngineDeadError, Overloaded
-from observability.metrics import REPLICA_METRICS
+from observability import metrics as m
+from observability.metrics import REPLICA_METRICS, MetricsSink
 from replica.config import ReplicaConfig
 from replica.records import ErrorInfo, Instances, ReplicaError, ReplicaStats, SpeechJob, error_info
 from replica.replica import Replica
@@ -36,6 +41,14 @@ from .metrics import RayMetrics
 
 log = logging.getLogger(__name__)
 REPLICA_NAME = "SpeechReplica"
+
+
+@dataclass(frozen=True)
+class WireChunk:
+    """One chunk of a stream across the handle: float32 PCM bytes, and when it left (time.time())."""
+
+    pcm: bytes
+    sent_at: float
 
 
 @serve.deployment(name=REPLICA_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
@@ -49,10 +62,10 @@ class ReplicaDeployment:
                                      max_waiting=0, before_step=before_step)
         self.replica.start_following_store()  # Serve runs constructors on the replica's event loop
 
-    async def synthesize(self, job: SpeechJob) -> AsyncIterator[bytes]:
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[WireChunk]:
         try:
             async for pcm in self.replica.synthesize(job):
-                yield pcm.astype(np.float32).tobytes()
+                yield WireChunk(pcm.astype(np.float32).tobytes(), time.time())
         except ReplicaError as e:
             if e.info.kind == "overloaded":  # Serve's router sends at most max_num_seqs: a race to see
                 log.warning("request %s: the replica refused a request Serve had admitted", job.request_id)
@@ -97,8 +110,9 @@ def ray_error_info(exc: BaseException, request_id: str) -> ErrorInfo:
 class RayReplicas:
     """SpeechBackend over the replica deployment's handle."""
 
-    def __init__(self, replicas: DeploymentHandle) -> None:
+    def __init__(self, replicas: DeploymentHandle, metrics: MetricsSink | None = None) -> None:
         self.replicas = replicas
+        self.metrics = metrics  # records the transport stage
         self._last_states: dict[str, int] | None = None
 
     async def is_ready(self) -> bool:
@@ -114,8 +128,11 @@ class RayReplicas:
         stream = None
         try:
             stream = self.replicas.options(stream=True).synthesize.remote(job)
-            async for data in stream:
-                yield np.frombuffer(data, dtype=np.float32)
+            async for chunk in stream:
+                if self.metrics is not None:
+                    transport_s = max(0.0, time.time() - chunk.sent_at)
+                    self.metrics.observe(m.STAGE_SECONDS, transport_s, {"stage": "transport"})
+                yield np.frombuffer(chunk.pcm, dtype=np.float32)
         except Exception as e:
             raise ReplicaError(ray_error_info(e, job.request_id)) from None
         finally:

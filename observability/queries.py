@@ -34,6 +34,19 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("p05", quantile(0.05, "tts_stream_min_slack_seconds")),
         ("p50", quantile(0.5, "tts_stream_min_slack_seconds")),
     ]),
+    ("Where the time goes: p95 per stage (queue, prefill, decode, encode, transport)", "s", [
+        ("{{stage}}", f"histogram_quantile(0.95, sum by (le, stage) "
+                      f"(rate(ray_tts_stage_seconds_bucket{{{SEL}}}[$__rate_interval])))"),
+        ("engine step", quantile(0.95, "tts_engine_step_duration_seconds")),
+    ]),
+    ("Real-time capacity: interactive streams kept real time, held, and headroom", "none", [
+        ("capacity", f"sum(ray_tts_realtime_capacity_streams{{{SEL}}})"),
+        ("headroom", f"sum(ray_tts_realtime_headroom_streams{{{SEL}}})"),
+        ("{{priority}} streams", f"sum by (priority) (ray_tts_streams{{{SEL}}})"),
+    ]),
+    ("Batch requests paused for interactive ones", "none", [
+        ("paused {{replica}}", f"sum by (replica) (ray_tts_engine_paused_requests{{{SEL}}})"),
+    ]),
     ("Throughput: audio seconds per second", "none", [
         ("audio s/s", f"sum(rate(ray_tts_audio_seconds_total{{{SEL}}}[$__rate_interval]))"),
     ]),
@@ -104,6 +117,9 @@ ALERTS: list[dict] = [
            "> 0.01", "5m", "warning",
            "Listeners hear gaps: more than 1 underrun per 100 streamed responses for 5 minutes (streams fall "
            "behind real time: fewer streams per replica, or more replicas)."),
+    _alert("TTSNoRealtimeHeadroom", "sum by (application) (ray_tts_realtime_headroom_streams)", "< 1", "10m",
+           "warning", "No replica can take another real-time stream for 10 minutes: new interactive streams wait "
+           "or get 429 (the autoscaler is at max_replicas, or cards are missing)."),
     _alert("TTSErrorRatioHigh",
            '(sum by (application) (rate(ray_tts_errors_total{code=~"5.."}[5m])) or sum by (application) '
            '(rate(ray_tts_requests_total[5m])) * 0) / sum by (application) (rate(ray_tts_requests_total[5m]))',

@@ -28,7 +28,7 @@ def test_sweep_and_open_loop_account_for_every_request(server, tmp_path, capsys)
     out = tmp_path / "load.json"
     report = main(["--url", server, "--concurrency", "1", "6", "--requests-per-level", "6",
                    "--rate", "8", "--duration-s", "2", "--max-audio-seconds", "0.5", "--timeout-s", "20",
-                   "--seed", "3", "--out", str(out)])
+                   "--seed", "3", "--out", str(out), "--metrics-url", server + "/metrics"])
     saved = json.loads(out.read_text())
     assert saved == report == json.loads(capsys.readouterr().out)
     levels = {lv["label"]: lv for lv in saved["levels"]}
@@ -47,6 +47,11 @@ def test_sweep_and_open_loop_account_for_every_request(server, tmp_path, capsys)
         assert heard["underruns"] >= heard["streams_with_underruns"] and heard["min_slack_s"]["p50"] is not None
         assert set(lv["errors_by_status"]) <= {"429"} and lv["errors_by_status"].get("429", 0) == lv["rejected"]
     assert levels["c=1"]["sent"] == 6 and levels["c=1"]["rejected"] == 0
+    for lv in levels.values():  # where the time went, from the server's histograms, per level
+        assert {"queue", "prefill", "decode", "encode", "step"} <= set(lv["stages"])
+        for stage in lv["stages"].values():
+            assert stage["count"] > 0 and 0 <= stage["p50_s"] <= stage["p95_s"] and stage["mean_s"] >= 0
+    assert levels["c=1"]["stages"]["queue"]["count"] == 6  # one queue observation per stream
     overloaded = levels["c=6"]  # 6 at once against 2 slots + 1 queued
     assert overloaded["sent"] == 6 and overloaded["rejected"] >= 3 and overloaded["errors_by_status"]["429"] >= 3
     assert overloaded["rejections"]["with_retry_after"] == overloaded["rejected"]
@@ -65,3 +70,25 @@ def test_clients_can_honour_retry_after(server, tmp_path):
     level = report["levels"][0]
     assert level["lost"] == 0 and level["failed"] == 0 and level["rejected"] >= 1
     assert level["wall_s"] >= 2.0 and report["config"]["honor_retry_after"] is True
+
+
+def test_stage_quantiles_follow_histogram_quantile():
+    """benchmarks/stages.py against numbers worked by hand: PromQL's interpolation within a
+    bucket, summed over series, the `ray_` prefix, and a level's difference of two scrapes."""
+    from benchmarks.stages import difference, parse
+
+    def text(n_low: int, n_high: int) -> str:
+        lines = ["# TYPE ray_tts_stage_seconds histogram"]
+        for replica in ("a", "b"):  # two replicas: the counts add up
+            lines += [f'ray_tts_stage_seconds_bucket{{stage="decode",replica="{replica}",le="0.01"}} {n_low}',
+                      f'ray_tts_stage_seconds_bucket{{stage="decode",replica="{replica}",le="0.03"}} {n_low + n_high}',
+                      f'ray_tts_stage_seconds_bucket{{stage="decode",replica="{replica}",le="+Inf"}} {n_low + n_high}',
+                      f'ray_tts_stage_seconds_count{{stage="decode",replica="{replica}"}} {n_low + n_high}',
+                      f'ray_tts_stage_seconds_sum{{stage="decode",replica="{replica}"}} {0.005 * n_low + 0.02 * n_high}']
+        return "\n".join(lines) + "\n"
+
+    level = difference(parse(text(10, 0)), parse(text(20, 10)))  # this level: 20 in (0, 10 ms], 20 in (10, 30 ms]
+    decode = level["decode"]
+    assert decode["count"] == 40 and abs(decode["mean_s"] - (20 * 0.005 + 20 * 0.02) / 40) < 1e-12
+    assert abs(decode["p50_s"] - 0.01) < 1e-12  # rank 20: the top of the first bucket
+    assert abs(decode["p95_s"] - (0.01 + 0.02 * 18 / 20)) < 1e-12  # rank 38: 18 of 20 into the second

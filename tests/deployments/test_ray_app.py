@@ -130,6 +130,7 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
         "ttfa": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_time_to_first_audio_seconds_bucket[1m])))",
         "memory": 'max(ray_tts_device_memory_used_bytes{device="cpu"})',
         "batch": "histogram_quantile(0.95, sum by (le) (rate(ray_tts_engine_batch_size_bucket[1m])))",
+        "transport": 'histogram_quantile(0.95, sum by (le) (rate(ray_tts_stage_seconds_bucket{stage="transport"}[1m])))',
     }
     voice = httpx.post(app_url + "/v1/audio/voices", data={"name": "Metrics", "transcript": "Counted words."},
                        files={"audio_sample": ("s.wav", wav_bytes(1.0), "audio/wav")}, timeout=120)
@@ -147,6 +148,7 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
     assert set(values) == set(checks), values
     assert 0 < values["rtf"] < 100 and 0 < values["ttfa"] < 60
     assert 10 * 2**20 < values["memory"] < 1 << 40 and values["batch"] >= 1
+    assert 0 <= values["transport"] < 10  # replica to ingress, one chunk
     exprs = [concrete(e) for _, _, targets in PANELS for _, e in targets] + [a["value"] for a in ALERTS]
     empty = [e for e in exprs if not _query(prometheus, e)]
     assert not empty, empty
