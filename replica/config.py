@@ -9,7 +9,8 @@ class ReplicaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     chunk_s: float = Field(0.24, ge=0.08, le=2.0, description=(
-        "audio per streamed chunk in steady state; a stream's first chunk is one frame (80 ms), the next ones double up to this"))
+        "audio per streamed chunk in steady state; a stream's first chunk is one frame (80 ms), the next ones grow "
+        "with the audio already out (1 + margin x frames out) up to this"))
     context_cache_bytes: int = Field(
         512 * 2**20, ge=0,
         description="bytes of prefix KV the context cache keeps (voices, conversations); on a card this memory "
@@ -19,7 +20,8 @@ class ReplicaConfig(BaseModel):
         "admit an interactive stream only while every interactive stream stays real time (learned step times, "
         "the streams' playback clocks); off: max_num_seqs is the only bound"))
     realtime_margin: float = Field(0.2, ge=0.0, le=5.0, description=(
-        "real-time headroom kept: a step must take at most 80 ms / (1 + margin)"))
+        "real-time headroom kept: a step must take at most 80 ms / (1 + margin); the stream's chunks grow as "
+        "fast as a listener's buffer does at that step time (replica/pipeline.py next_chunk_frames)"))
     admission_wait_s: float = Field(30.0, gt=0, description=(
         "longest a stream waits to start (a row, real-time headroom) before 429 / 503 + Retry-After"))
     max_batch_rows: int | None = Field(None, ge=0, description=(

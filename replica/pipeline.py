@@ -37,13 +37,26 @@ def chunk_frames(chunk_s: float) -> int:
     return max(1, round(chunk_s * FRAME_RATE_HZ))
 
 
+def next_chunk_frames(delivered: int, lead: float, cap: int) -> int:
+    """Frames in a stream's next chunk, after `delivered` frames went out: 1 + floor(lead x
+    delivered), at most `cap`. A listener plays from the first chunk with nothing buffered, so
+    chunk k (s_k frames, F_k in all) must leave before the F_(k-1) frames before it are played:
+    the first frame goes at once, then a frame every step period P, so (F_k - 1) P <= F_(k-1) x
+    80 ms. With P <= 80 ms / (1 + lead) (what real-time admission keeps, lead = its margin)
+    that holds iff s_k <= 1 + lead x F_(k-1): the chunks grow as the listener's buffer does
+    (1, 1, 1, 1, 1, 2, 2, 2, 3 with lead 0.2), never faster. Doubling (1, 2, 4) would need
+    P <= 40 ms for the second chunk."""
+    return max(1, min(cap, 1 + int(lead * delivered + 1e-9)))
+
+
 class SpeechPipeline:
     def __init__(self, loop: EngineLoop, admission: Admission, decoder: MimiDecodeWorker, chunk_frames: int = 3,
-                 on_stage: Callable[[str, float], None] | None = None) -> None:
+                 on_stage: Callable[[str, float], None] | None = None, lead: float = 0.2) -> None:
         """`on_stage(stage, seconds)`: where a stream's time goes (queue: waiting to start,
-        prefill: a text's first frame after it was sent to the engine, decode: one chunk)."""
+        prefill: a text's first frame after it was sent to the engine, decode: one chunk).
+        `lead`: how fast chunks grow to `chunk_frames` (next_chunk_frames; the real-time margin)."""
         self.loop, self.admission, self.decoder = loop, admission, decoder
-        self.chunk_frames = chunk_frames
+        self.chunk_frames, self.lead = chunk_frames, lead
         self._on_stage = on_stage or (lambda stage, seconds: None)
         self._clocks: dict[str, PlaybackClock] = {}  # interactive streams' listeners, as PCM leaves here
 
@@ -65,8 +78,9 @@ class SpeechPipeline:
         timeout_s: float | None = None,
     ) -> AsyncIterator[np.ndarray]:
         """Yield float32 PCM chunks (24 kHz mono): the first one frame (80 ms, so first audio
-        costs prefill + one frame + one small decode), each next one twice as long, up to
-        `chunk_frames` frames (steady state: few, batched decodes).
+        costs prefill + one frame + one small decode), the next ones growing with the audio
+        already out (next_chunk_frames) up to `chunk_frames` frames (steady state: few, batched
+        decodes).
 
         Text i runs with `params.for_segment(i)` (seed + i) and the context `voice` plus text
         i-1's audio; the whole stream is at most `max_audio_s` long. Raises Overloaded (no row
@@ -98,7 +112,7 @@ class SpeechPipeline:
                         priority: Priority) -> AsyncIterator[np.ndarray]:
         voice_context = voice.context if voice is not None else ()
         is_first = True  # the row's first decode resets it
-        chunk = 1  # frames in the next chunk: 1, 2, 4, ... up to chunk_frames
+        chunk = 1  # frames in the next chunk (next_chunk_frames)
         previous: tuple[Segment, ...] = ()
         num_frames = num_samples = 0
         for i, text in enumerate(texts):
@@ -118,7 +132,9 @@ class SpeechPipeline:
                     t0 = time.perf_counter()
                     pcm = await self.decoder.decode(row, is_first, pending)
                     self._on_stage("decode", time.perf_counter() - t0)
-                    pending, is_first, chunk = [], False, min(2 * chunk, self.chunk_frames)
+                    delivered = num_frames + len(frames)  # every frame so far is out with this chunk
+                    pending, is_first = [], False
+                    chunk = next_chunk_frames(delivered, self.lead, self.chunk_frames)
                     if max_samples is not None:
                         pcm = pcm[: max_samples - num_samples]
                     num_samples += len(pcm)

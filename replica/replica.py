@@ -67,7 +67,8 @@ class Replica:
                               is_behind=lambda: self.pipeline.is_behind() if config.realtime_admission else False)
         self.pipeline = SpeechPipeline(self._loop, admission,
                                        MimiDecodeWorker(StreamingMimiDecoder(codec, rows), self.threads.decode),
-                                       chunk_frames(config.chunk_s), recorder.on_stage if recorder else None)
+                                       chunk_frames(config.chunk_s), recorder.on_stage if recorder else None,
+                                       lead=config.realtime_margin)
         self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows)
         self._follow: asyncio.Task | None = None
         self._streams: tuple[str, ...] = ()  # request ids inside synthesize; replaced, never mutated (stats())

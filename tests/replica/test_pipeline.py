@@ -10,7 +10,8 @@ import torch
 
 from models import GenerationParams, Overloaded
 from replica.config import ReplicaConfig
-from replica.pipeline import chunk_frames
+from replica.pipeline import chunk_frames, next_chunk_frames
+from replica.playback import PlaybackClock
 
 
 def test_streams_beyond_the_rows_wait_then_are_refused(make_replica):
@@ -39,11 +40,11 @@ def test_chunk_duration_maps_to_frames():
     assert [chunk_frames(s) for s in (0.01, 0.1, 0.24, 0.4)] == [1, 1, 3, 5]
 
 
-def test_first_chunk_is_one_frame_then_chunks_double_up_to_the_chunk_size(make_replica, tiny):
-    """First audio after one frame: chunks of 1, 2, 4, 4 frames (chunk_s 0.32 s = 4 frames),
-    the rest at the end; the next text goes on at the full size; the PCM is still the
-    whole Mimi decode of the frames."""
-    replica = make_replica(config=ReplicaConfig(chunk_s=0.32, realtime_admission=False))
+def test_first_chunk_is_one_frame_then_chunks_grow_with_the_audio_out(make_replica, tiny):
+    """First audio after one frame; then 1 + 0.2 x frames out (margin 0.2) up to 4 frames
+    (chunk_s 0.32 s), the text's rest at its end; the next text goes on from the frames out
+    so far; the PCM is still the whole Mimi decode of the frames."""
+    replica = make_replica(config=ReplicaConfig(chunk_s=0.32, realtime_admission=False, realtime_margin=0.2))
     frames = []
 
     async def run():
@@ -52,10 +53,36 @@ def test_first_chunk_is_one_frame_then_chunks_double_up_to_the_chunk_size(make_r
             on_segment_done=lambda _, seg: frames.extend(seg.codes))]
 
     chunks = asyncio.run(run())
-    assert [len(c) // 1920 for c in chunks] == [1, 2, 4, 4, 1, 4, 4, 4]
+    assert [len(c) // 1920 for c in chunks] == [1, 1, 1, 1, 1, 2, 2, 2, 1, 3, 4, 4, 1]
     with torch.no_grad():
         whole = tiny.model.codec_model.decode(torch.tensor(frames).T[None]).audio_values[0, 0].numpy()
     np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4)
+
+
+def _underruns(lead: float, cap: int, period_s: float, num_frames: int, schedule=next_chunk_frames) -> int:
+    """A stream whose frames come one per step period (the first at 0) and leave in chunks as
+    the schedule says, heard by a listener with no buffer of its own."""
+    clock, out, pending, chunk = PlaybackClock(), 0, 0, 1
+    for k in range(num_frames):
+        pending += 1
+        if pending >= chunk or k == num_frames - 1:
+            clock.delivered(k * period_s, pending * 1920)
+            out, pending = out + pending, 0
+            chunk = schedule(out, lead, cap)
+    return clock.summary().underruns
+
+
+@pytest.mark.parametrize("lead", [0.0, 0.05, 0.2, 0.5, 1.0])
+@pytest.mark.parametrize("cap", [1, 2, 3, 8])
+def test_chunks_never_outgrow_a_listeners_buffer_at_the_admitted_step_time(lead, cap):
+    """At the slowest step real-time admission keeps (80 ms / (1 + margin), less a hair for
+    float rounding) no chunk seam leaves a bufferless listener dry; doubling chunks did at
+    the second chunk as soon as a step took more than 40 ms."""
+    period = 0.08 / (1 + lead) * (1 - 1e-9)
+    assert _underruns(lead, cap, period, 300) == 0
+    if cap > 1:
+        assert _underruns(lead, cap, 0.05, 300, schedule=lambda out, _, cap_: min(out + 1, cap_)) > 0  # 1, 2, 4, ...: doubling
+    assert [next_chunk_frames(n, 0.2, 3) for n in (0, 1, 4, 5, 9, 10, 11, 100)] == [1, 1, 1, 2, 2, 3, 3, 3]
 
 
 def test_concurrent_streams_share_batched_mimi_decodes(make_replica, tiny):
@@ -79,8 +106,8 @@ def test_concurrent_streams_share_batched_mimi_decodes(make_replica, tiny):
 
     outputs = asyncio.run(run())
     num_chunks = sum(len(chunks) for chunks in outputs)
-    # 5 frames a text: chunks of 1, 2, 2 (the stream's first is one frame), then 2, 2, 1
-    assert num_chunks == 6 * 2 * 3 and pipeline.decoder.num_decode_calls < num_chunks
+    # 5 frames a text: chunks of 1, 1, 1, 1, 1 (growing with the audio out), then 2, 2, 1
+    assert num_chunks == 6 * 8 and pipeline.decoder.num_decode_calls < num_chunks
     for i, chunks in enumerate(outputs):
         with torch.no_grad():
             whole = tiny.model.codec_model.decode(torch.tensor(frames_of[i]).T[None]).audio_values[0, 0].numpy()
