@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import statistics
 import time
 from collections.abc import Callable
 
@@ -171,6 +172,32 @@ class Engine:
         self.add_request("__warm_up__", "Warm up.", GenerationParams(max_frames=2, seed=0))
         while self.has_unfinished_requests():
             self.step()
+
+    def profile_steps(self, sizes: list[int], periods: int = 3, stop_above_s: float | None = None,
+                      ) -> tuple[tuple[int, float], ...]:
+        """Time the decode step period at each batch size in `sizes` (ascending; the median of
+        `periods` periods each, short throwaway requests, the fault-injection seam off), up to
+        the first size whose period exceeds `stop_above_s`. Returns ((rows, seconds), ...).
+        On an idle engine only (after warm_up): the real-time admission's first estimates."""
+        hook, self._before_step = self._before_step, None
+        measured = []
+        try:
+            for rows in sizes:
+                for i in range(rows):
+                    self.add_request(f"__profile__/{rows}/{i}", "Warm up.", GenerationParams(max_frames=periods + 3, seed=i))
+                seen = []
+                while self.has_unfinished_requests():
+                    self.step()
+                    if self._period[0] == rows:  # the previous step's, timed at this one's start
+                        seen.append(self._period[1])
+                    self._period = (0, 0.0)
+                if seen:
+                    measured.append((rows, statistics.median(seen)))
+                    if stop_above_s is not None and measured[-1][1] > stop_above_s:
+                        break
+        finally:
+            self._before_step = hook
+        return tuple(measured)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

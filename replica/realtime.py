@@ -9,11 +9,15 @@ loop competing for the cores (and the GIL) show in it. What the period cannot sh
 or an edge that falls behind on its own) the admission sees in the streams' own playback
 clocks (pipeline.py, where PCM leaves the replica).
 
-Learning: an exponential moving average of the period per batch size, from every decode-only
-step, first seeded with warm-up's step. At a batch size not seen yet: linear interpolation
-between seen sizes; beyond the largest seen, its period scaled linearly with the rows
-(pessimistic: a batch costs at most proportionally more), so a replica admits one stream
-more than it has seen at a time and learns the real cost as it grows. The engine's thread
+Learning: at start, the replica times the period at batch sizes 1, 2, 4, ... max_num_seqs on
+its idle engine (`profile_sizes`, Engine.profile_steps: a few steps each, stopping at the
+first size over the budget, so a model too slow for real time costs one size); then an
+exponential moving average per batch size from every decode-only step while serving (with
+the decode worker and the event loop competing, which the idle profile cannot see). At a
+batch size not seen: linear interpolation between seen sizes; beyond the largest seen, its
+period scaled linearly with the rows (pessimistic: a batch costs at most proportionally
+more). Without the profile that extrapolation alone would never let a replica whose one-row
+step takes more than half the budget try a second row, and so never learn it is cheap. The engine's thread
 writes (`observe`); the event loop reads `model`, an immutable snapshot replaced whole.
 """
 
@@ -50,13 +54,27 @@ class StepModel:
     def capacity(self, margin: float, limit: int) -> int:
         """The most rows (at most `limit`) predicted to step within 80 ms / (1 + margin); with
         nothing learned yet, `limit`."""
-        budget, rows = FRAME_S / (1.0 + margin), 0
+        budget, rows = budget_s(margin), 0
         while rows < limit:
             period = self.predict(rows + 1)
             if period is not None and period > budget:
                 break
             rows += 1
         return rows
+
+
+def profile_sizes(rows: int) -> list[int]:
+    """Batch sizes the start-up profile times: powers of two below `rows`, and `rows`."""
+    sizes, size = [], 1
+    while size < rows:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, rows]
+
+
+def budget_s(margin: float) -> float:
+    """The longest step period that keeps a stream real time with `margin` to spare."""
+    return FRAME_S / (1.0 + margin)
 
 
 class StepTimes:

@@ -31,7 +31,7 @@ from .admission import Admission
 from .config import ReplicaConfig
 from .context_cache import ContextCache
 from .pipeline import SpeechPipeline, chunk_frames
-from .realtime import RealtimePolicy, StepTimes
+from .realtime import RealtimePolicy, StepTimes, budget_s, profile_sizes
 from .recorder import EngineRecorder, held_card
 from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
 from .voice_store import Voice, VoiceStore
@@ -53,11 +53,18 @@ class Replica:
         log.info("intra-op threads: engine %d, decode %d", self.threads.engine, self.threads.decode)
         codec, rows = engine.loaded.model.codec_model, engine.config.max_num_seqs
         self.step_times = StepTimes()
-        self.step_times.observe(1, engine.stats().last_step_s)  # warm-up's last step: the first estimate
         self.realtime = RealtimePolicy(self.step_times, rows, config.realtime_margin, config.realtime_admission)
         engine.set_batch_rows(self.realtime.batch_rows)
         self._recorder = recorder
         self._loop = EngineLoop(engine, on_step=self._on_step, threads=self.threads.engine)
+        if config.realtime_admission:  # first estimates: the idle engine's period per batch size
+            profile = self._loop.call(lambda e: e.profile_steps(profile_sizes(rows), stop_above_s=budget_s(
+                config.realtime_margin))).result()
+            log.info("step period per batch size (idle): %s", ", ".join(f"{b}: {t * 1e3:.1f} ms" for b, t in profile))
+            for size, seconds in profile:
+                self.step_times.observe(size, seconds)
+        else:
+            self.step_times.observe(1, engine.stats().last_step_s)  # warm-up's last step: what capacity reports
         self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)
         if recorder is not None:
             recorder.on_cache(self.contexts.stats())

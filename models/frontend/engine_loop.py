@@ -64,7 +64,15 @@ class ComputePrefix:
     future: concurrent.futures.Future
 
 
-Command = AddRequest | AbortRequest | ComputePrefix
+@dataclass(frozen=True)
+class CallEngine:
+    """Run `fn(engine)` between steps; its result (or error) goes to `future`."""
+
+    fn: Callable[[Engine], object]
+    future: concurrent.futures.Future
+
+
+Command = AddRequest | AbortRequest | ComputePrefix | CallEngine
 
 
 class EngineLoop:
@@ -136,6 +144,14 @@ class EngineLoop:
         self._send(ComputePrefix(tuple(context), base, future))
         return await asyncio.wrap_future(future)
 
+    def call(self, fn: Callable[[Engine], object]) -> concurrent.futures.Future:
+        """Run `fn(engine)` on the loop thread between steps (with that thread's intra-op
+        threads, as the steps run); any thread may wait on the returned future."""
+        self.check_health()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._send(CallEngine(fn, future))
+        return future
+
     def stats(self) -> EngineStats:
         """The snapshot taken after the loop thread's latest step."""
         return self._stats
@@ -167,7 +183,7 @@ class EngineLoop:
             match command:
                 case AddRequest(_, stream):
                     stream.put(error)
-                case ComputePrefix(_, _, future):
+                case ComputePrefix(_, _, future) | CallEngine(_, future):
                     future.set_exception(error)
 
     def _drain_inbox(self) -> None:
@@ -181,6 +197,11 @@ class EngineLoop:
                 case ComputePrefix(context, base, future):
                     try:
                         future.set_result(self.engine.compute_prefix(context, base))
+                    except Exception as e:
+                        future.set_exception(e)
+                case CallEngine(fn, future):
+                    try:
+                        future.set_result(fn(self.engine))
                     except Exception as e:
                         future.set_exception(e)
 

@@ -283,3 +283,19 @@ def test_the_step_period_is_timed_between_back_to_back_decode_steps(make_engine)
     engine.step()  # the period of the decode-only step before (a alone), taken as this one starts
     stats = engine.stats()
     assert stats.period_batch == 1 and stats.period_s > 0
+
+
+def test_the_startup_profile_times_each_batch_size_and_leaves_the_engine_as_it_was(make_engine):
+    """Engine.profile_steps: one period per size, ascending, from real batches of that size;
+    the fault-injection seam is off while it runs; it stops at the first size over the bound;
+    afterwards the engine is idle and a request says what it says on a fresh engine."""
+    calls = []
+    engine = make_engine(max_num_seqs=4, before_step=lambda sched: calls.append(len(sched.decodes)))
+    profile = engine.profile_steps([1, 2, 4])
+    assert [rows for rows, _ in profile] == [1, 2, 4] and all(seconds > 0 for _, seconds in profile)
+    assert not calls and not engine.has_unfinished_requests() and engine.stats().num_kv_slots_used == 0
+    assert [rows for rows, _ in engine.profile_steps([1, 2, 4], stop_above_s=0.0)] == [1]  # 1 row is over 0 s
+    params = GenerationParams(seed=5, max_frames=6)
+    engine.add_request("after", TEXT, params)
+    assert run_to_end(engine)["after"][0] == _alone(make_engine, TEXT, params)[0]
+    assert calls  # the seam is back

@@ -7,7 +7,8 @@ import pytest
 
 from models.errors import Overloaded
 from replica.admission import Admission, QueueTimeout
-from replica.realtime import FRAME_S, RealtimePolicy, StepModel, StepTimes
+from replica.config import ReplicaConfig
+from replica.realtime import FRAME_S, RealtimePolicy, StepModel, StepTimes, budget_s, profile_sizes
 
 
 def test_the_model_predicts_seen_sizes_interpolates_and_extrapolates_pessimistically():
@@ -27,6 +28,21 @@ def test_capacity_is_the_most_rows_whose_step_stays_under_a_frame_with_the_margi
     assert model.capacity(margin=0.2, limit=3) == 3
     assert StepModel(((1, FRAME_S * 2),)).capacity(0.2, 16) == 0
     assert StepModel().capacity(0.2, 16) == 16  # nothing learned: rows bound it
+
+
+def test_a_replica_starts_from_its_idle_engines_period_at_each_batch_size(make_replica):
+    """With real-time admission on, the replica times batch sizes 1, 2, 4, ... max_num_seqs
+    on its own engine before serving, up to the first size over the budget: whatever this
+    machine's speed, the model then holds a prefix of those sizes, all of them unless the last
+    one measured is over the budget."""
+    assert profile_sizes(16) == [1, 2, 4, 8, 16] and profile_sizes(6) == [1, 2, 4, 6] and profile_sizes(1) == [1]
+    replica = make_replica(config=ReplicaConfig(realtime_admission=True), max_num_seqs=6)
+    periods = replica.step_times.model.periods
+    sizes = [rows for rows, _ in periods]
+    assert sizes == profile_sizes(6)[: len(sizes)] and sizes[0] == 1 and all(t > 0 for _, t in periods)
+    if periods[-1][1] <= budget_s(0.2):
+        assert sizes == [1, 2, 4, 6]
+    assert replica.stats().engine.num_kv_slots_used == 0  # the profile's requests are gone
 
 
 def test_step_times_learn_a_moving_average_per_batch_size():

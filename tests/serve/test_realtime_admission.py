@@ -127,7 +127,10 @@ def test_interactive_streams_stop_at_the_realtime_bound_and_batch_ones_wait_for_
 
     alone_openai = _batch_openai(url, "interactive")
     alone_v2 = _batch_v2(grpc_address, 0)
-    assert results["openai"] == alone_openai and len(alone_openai) == 12 * 1920 * 2  # 12 frames of int16
-    np.testing.assert_array_equal(results["v2"], alone_v2)
+    # The same codes (tests/models/test_engine.py checks them exactly); the PCM through Mimi
+    # decodes batched with other streams' chunks, so within float rounding: 1 LSB of int16.
+    assert len(results["openai"]) == len(alone_openai) == 12 * 1920 * 2  # 12 frames of int16
+    np.testing.assert_allclose(np.frombuffer(results["openai"], np.int16), np.frombuffer(alone_openai, np.int16), atol=1)
+    np.testing.assert_allclose(results["v2"], alone_v2, atol=1e-4)
     wait_engine_idle(replica)
     assert replica.stats().num_streams == 0
