@@ -13,7 +13,8 @@ Learning: at start, the replica times the period at batch sizes 1, 2, 4, ... max
 its idle engine (`profile_sizes`, Engine.profile_steps: a few steps each, stopping at the
 first size over the budget, so a model too slow for real time costs one size); then an
 exponential moving average per batch size from every decode-only step while serving (with
-the decode worker and the event loop competing, which the idle profile cannot see). At a
+the decode worker and the event loop competing, which the idle profile cannot see), forgotten
+30 s after that size last ran (StepTimes). At a
 batch size not seen: linear interpolation between seen sizes; beyond the largest seen, its
 period scaled linearly with the rows (pessimistic: a batch costs at most proportionally
 more). Without the profile that extrapolation alone would never let a replica whose one-row
@@ -24,6 +25,7 @@ writes (`observe`); the event loop reads `model`, an immutable snapshot replaced
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass
 
 from models.params import FRAME_RATE_HZ
@@ -78,19 +80,38 @@ def budget_s(margin: float) -> float:
 
 
 class StepTimes:
-    """The learner: `observe` on the engine's thread, `model` read anywhere."""
+    """The learner: `seed` (the start-up profile) and `observe` on the engine's thread,
+    `model` read anywhere (a snapshot of the immutable state, replaced whole on each write).
 
-    def __init__(self, alpha: float = 0.2) -> None:
-        self.alpha = alpha
-        self._ema: dict[int, float] = {}  # engine thread only
-        self.model = StepModel()
+    A size's serving estimate is forgotten `forget_s` after it was last observed: the size
+    falls back to its profile value. Sizes above the current capacity are not visited, so
+    without this one slow stretch (a burst of prefills, a noisy neighbour) would lower the
+    capacity for good; with it the replica tries that size again once the estimate is old,
+    within the margin, and learns it anew."""
+
+    def __init__(self, alpha: float = 0.2, forget_s: float = 30.0, clock=time.monotonic) -> None:
+        self.alpha, self.forget_s, self._clock = alpha, forget_s, clock
+        self._estimates: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA s, last seen)
+        self._state: tuple[tuple, tuple] = ((), ())  # (profile, estimates) as sorted item tuples
+
+    def seed(self, profile: tuple[tuple[int, float], ...]) -> None:
+        """The idle periods per size (Engine.profile_steps): what each size falls back to."""
+        self._state = (tuple(sorted(profile)), self._state[1])
 
     def observe(self, rows: int, seconds: float) -> None:
         if rows < 1 or seconds <= 0:
             return
-        old = self._ema.get(rows)
-        self._ema[rows] = seconds if old is None else old + self.alpha * (seconds - old)
-        self.model = StepModel(tuple(sorted(self._ema.items())))
+        now, old = self._clock(), self._estimates.get(rows)
+        fresh = old is None or now - old[1] > self.forget_s
+        self._estimates[rows] = (seconds if fresh else old[0] + self.alpha * (seconds - old[0]), now)
+        self._state = (self._state[0], tuple(sorted(self._estimates.items())))
+
+    @property
+    def model(self) -> StepModel:
+        profile, estimates = self._state
+        now, periods = self._clock(), dict(profile)
+        periods.update((rows, ema) for rows, (ema, seen) in estimates if now - seen <= self.forget_s)
+        return StepModel(tuple(sorted(periods.items())))
 
 
 @dataclass(frozen=True)

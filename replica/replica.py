@@ -61,8 +61,7 @@ class Replica:
             profile = self._loop.call(lambda e: e.profile_steps(profile_sizes(rows), stop_above_s=budget_s(
                 config.realtime_margin))).result()
             log.info("step period per batch size (idle): %s", ", ".join(f"{b}: {t * 1e3:.1f} ms" for b, t in profile))
-            for size, seconds in profile:
-                self.step_times.observe(size, seconds)
+            self.step_times.seed(profile)
         else:
             self.step_times.observe(1, engine.stats().last_step_s)  # warm-up's last step: what capacity reports
         self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)

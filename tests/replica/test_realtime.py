@@ -54,9 +54,24 @@ def test_step_times_learn_a_moving_average_per_batch_size():
     assert times.model.periods == ((1, 0.01), (2, pytest.approx(0.03)))
 
 
+def test_a_stale_estimate_falls_back_to_the_profile_so_the_replica_tries_that_size_again():
+    now = [0.0]
+    times = StepTimes(alpha=0.5, forget_s=30.0, clock=lambda: now[0])
+    times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
+    assert times.model.capacity(0.2, 4) == 4  # idle: four rows keep real time
+    times.observe(3, 0.09)  # a slow stretch at three rows
+    assert times.model.capacity(0.2, 4) == 2
+    now[0] = 29.0
+    times.observe(2, 0.05)  # two rows run on: their estimate stays fresh
+    now[0] = 31.0  # three rows have not run for over 30 s
+    assert times.model.periods == ((1, 0.03), (2, 0.05), (4, 0.05)) and times.model.capacity(0.2, 4) == 4
+    times.observe(3, 0.06)  # tried again: learned anew, not averaged with the old stretch
+    assert dict(times.model.periods)[3] == 0.06
+
+
 def _policy(periods, rows=8, enabled=True):
     times = StepTimes()
-    times.model = StepModel(periods)
+    times.seed(periods)
     return RealtimePolicy(times, rows, margin=0.2, enabled=enabled)
 
 

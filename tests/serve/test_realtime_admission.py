@@ -25,7 +25,6 @@ from tritonclient.utils import InferenceServerException
 
 from models import EngineConfig
 from replica.config import ReplicaConfig
-from replica.realtime import StepModel
 from tests.conftest import assert_no_leak, wait_engine_idle
 from tests.local_server import local_server
 
@@ -38,8 +37,8 @@ BATCH = {"seed": 9, "max_audio_seconds": 0.96}  # 12 frames
 def server(tmp_path_factory):
     replica_config = ReplicaConfig(realtime_admission=True, admission_wait_s=0.5)
     with local_server(str(tmp_path_factory.mktemp("voices")), engine=ENGINE, replica=replica_config) as (url, replica):
-        replica.step_times.observe = lambda rows, seconds: None  # the fixed model below stays
-        replica.step_times.model = StepModel(((1, 0.030), (2, 0.060)))
+        replica.step_times.observe = lambda rows, seconds: None  # the fixed profile below is all it knows
+        replica.step_times.seed(((1, 0.030), (2, 0.060)))
         replica.pipeline.is_behind = lambda: False
         yield url, replica
 
