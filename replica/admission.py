@@ -99,7 +99,10 @@ class Admission:
         if priority == "batch":
             return self.num_held("batch") < self.max_batch_rows
         interactive = self.num_held("interactive")
-        return interactive == 0 or (interactive < self.capacity() and not self._is_behind())
+        if interactive == 0:
+            return True  # a lone stream is always served
+        within = self.realtime.admits(interactive) if self.realtime is not None else interactive < self.num_rows
+        return within and not self._is_behind()
 
     def _take(self, priority: Priority) -> int:
         row = heapq.heappop(self._free)

@@ -14,7 +14,9 @@ its idle engine (`profile_sizes`, Engine.profile_steps: a few steps each, stoppi
 first size over the budget, so a model too slow for real time costs one size); then an
 exponential moving average per batch size from every decode-only step while serving (with
 the decode worker and the event loop competing, which the idle profile cannot see), forgotten
-30 s after that size last ran (StepTimes). At a
+30 s after that size last ran; sizes without a fresh estimate take the profile scaled by
+serving's cost over idle (StepTimes.model). New streams join one row at a time beyond the
+largest batch that ran lately (RealtimePolicy.admits), so each size is seen before the next. At a
 batch size not seen: linear interpolation between seen sizes; beyond the largest seen, its
 period scaled linearly with the rows (pessimistic: a batch costs at most proportionally
 more). Without the profile that extrapolation alone would never let a replica whose one-row
@@ -108,10 +110,25 @@ class StepTimes:
 
     @property
     def model(self) -> StepModel:
-        profile, estimates = self._state
-        now, periods = self._clock(), dict(profile)
-        periods.update((rows, ema) for rows, (ema, seen) in estimates if now - seen <= self.forget_s)
+        """Fresh serving estimates where a size ran lately; elsewhere the idle profile, scaled
+        by what serving costs now against idle at the largest size that ran lately (the
+        decode worker, the event loop and the neighbours slow every size alike)."""
+        profile, fresh = self._state[0], self._fresh()
+        scale = 1.0
+        if fresh and profile:
+            top = max(fresh)
+            scale = fresh[top] / StepModel(profile).predict(top)
+        periods = {rows: seconds * scale for rows, seconds in profile}
+        periods.update(fresh)
         return StepModel(tuple(sorted(periods.items())))
+
+    def largest_recent(self) -> int:
+        """The largest batch size that ran within `forget_s` (0: none)."""
+        return max(self._fresh(), default=0)
+
+    def _fresh(self) -> dict[int, float]:
+        now = self._clock()
+        return {rows: ema for rows, (ema, seen) in self._state[1] if now - seen <= self.forget_s}
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,16 @@ class RealtimePolicy:
         if not self.enabled:
             return self.rows
         return max(1, self.times.model.capacity(self.margin, self.rows))
+
+    def admits(self, num_interactive: int) -> bool:
+        """Whether one more interactive stream may start beside `num_interactive`: within
+        the capacity, and growing one row at a time (slow start): at most one row beyond the
+        largest batch that ran lately, so the cost of each new size is seen before the next
+        (a burst of arrivals is not all admitted on the idle profile's word)."""
+        if not self.enabled:
+            return num_interactive < self.rows
+        return num_interactive == 0 or (num_interactive < self.capacity()
+                                         and num_interactive <= self.times.largest_recent())
 
     def batch_rows(self, num_interactive: int) -> int | None:
         """Batch rows that may step with `num_interactive` interactive rows (the scheduler's

@@ -54,24 +54,43 @@ def test_step_times_learn_a_moving_average_per_batch_size():
     assert times.model.periods == ((1, 0.01), (2, pytest.approx(0.03)))
 
 
-def test_a_stale_estimate_falls_back_to_the_profile_so_the_replica_tries_that_size_again():
+def test_a_stale_estimate_falls_back_to_the_scaled_profile_so_the_replica_tries_that_size_again():
     now = [0.0]
     times = StepTimes(alpha=0.5, forget_s=30.0, clock=lambda: now[0])
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
-    assert times.model.capacity(0.2, 4) == 4  # idle: four rows keep real time
-    times.observe(3, 0.09)  # a slow stretch at three rows
-    assert times.model.capacity(0.2, 4) == 2
+    assert times.model.capacity(0.2, 4) == 4 and times.largest_recent() == 0  # idle: four rows keep real time
+    times.observe(3, 0.09)  # a slow stretch at three rows: twice the idle 0.045 s
+    assert times.model.periods == ((1, 0.06), (2, 0.08), (3, 0.09), (4, 0.10))  # every size scaled alike
+    assert times.model.capacity(0.2, 4) == 1 and times.largest_recent() == 3
     now[0] = 29.0
     times.observe(2, 0.05)  # two rows run on: their estimate stays fresh
-    now[0] = 31.0  # three rows have not run for over 30 s
-    assert times.model.periods == ((1, 0.03), (2, 0.05), (4, 0.05)) and times.model.capacity(0.2, 4) == 4
+    now[0] = 31.0  # three rows have not run for over 30 s: the scale is two rows' (0.05 / 0.04)
+    assert times.model.periods == (
+        (1, pytest.approx(0.0375)), (2, 0.05), (4, pytest.approx(0.0625))) and times.model.capacity(0.2, 4) == 4
+    assert times.largest_recent() == 2
     times.observe(3, 0.06)  # tried again: learned anew, not averaged with the old stretch
     assert dict(times.model.periods)[3] == 0.06
+
+
+def test_streams_join_one_row_beyond_the_largest_batch_that_ran_lately():
+    """Slow start: on the idle profile alone four rows fit, but a burst is let in one row at a
+    time, each size seen running before the next joins."""
+    times = StepTimes()
+    times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
+    policy = RealtimePolicy(times, rows=8, margin=0.2)
+    assert policy.capacity() == 5  # 5 rows: 0.0625 s (beyond 4 rows: 0.0125 s a row)
+    assert policy.admits(0) and not policy.admits(1)  # nothing ran yet: one stream
+    times.observe(1, 0.03)
+    assert policy.admits(1) and not policy.admits(2)
+    times.observe(2, 0.04)
+    assert policy.admits(2)
+    assert not RealtimePolicy(times, rows=2, margin=0.2).admits(2)  # never beyond the rows
 
 
 def _policy(periods, rows=8, enabled=True):
     times = StepTimes()
     times.seed(periods)
+    times.largest_recent = lambda: rows  # every size has run (no slow start: tested above)
     return RealtimePolicy(times, rows, margin=0.2, enabled=enabled)
 
 

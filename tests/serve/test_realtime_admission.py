@@ -7,7 +7,7 @@ interactive streams need the step, and complete afterwards with the audio they g
 
 The capacity comes from a fixed step-time model (30 ms at one row, 60 ms at two: two streams
 keep real time with the 20% margin, three do not), set on the replica and no longer learned,
-and no stream counts as behind its listener: the rule is what is tested here, deterministically
+without the one-row-at-a-time slow start, and no stream counts as behind its listener: the rule is what is tested here, deterministically
 on any machine (its learning and playback clocks have tests of their own, tests/replica)."""
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def server(tmp_path_factory):
     with local_server(str(tmp_path_factory.mktemp("voices")), engine=ENGINE, replica=replica_config) as (url, replica):
         replica.step_times.observe = lambda rows, seconds: None  # the fixed profile below is all it knows
         replica.step_times.seed(((1, 0.030), (2, 0.060)))
+        replica.step_times.largest_recent = lambda: 4  # no slow start (tests/replica/test_realtime.py has it)
         replica.pipeline.is_behind = lambda: False
         yield url, replica
 
