@@ -25,6 +25,19 @@ def _sample_ready(url: str, stop: threading.Event, statuses: list) -> None:
         time.sleep(0.25)
 
 
+def _sample_states(stop: threading.Event, seen: list) -> None:
+    """(replicas in any state, replicas RUNNING) every 0.25 s, from before the deploy call
+    (which returns only once the controller has taken the config) until the streams end."""
+    while not stop.is_set():
+        try:
+            states = engine_states()
+        except KeyError:  # the application is being rebuilt from the new config
+            time.sleep(0.25)
+            continue
+        seen.append((round(time.monotonic(), 2), sum(states.values()), states.get("RUNNING", 0)))
+        time.sleep(0.25)
+
+
 def rolling_update(sim, voices_dir: str) -> dict:
     from ray import serve
 
@@ -39,28 +52,33 @@ def rolling_update(sim, voices_dir: str) -> dict:
     stop, ready = threading.Event(), []
     sampler = threading.Thread(target=_sample_ready, args=(sim.url, stop, ready), daemon=True)
     sampler.start()
-    most_replicas, fewest_running = 0, 2
+    states_stop, states = threading.Event(), []
     with ThreadPoolExecutor(4) as pool:
         streams = []
-        for i in range(4):
-            streams.append(pool.submit(long_speak, sim.url, 3000 + i, 10.0, f"roll-{i}"))
+        for i in range(4):  # long enough to outlast the controller taking the new config
+            streams.append(pool.submit(long_speak, sim.url, 3000 + i, 20.0, f"roll-{i}"))
             time.sleep(0.2)
         time.sleep(1.0)
         started = time.monotonic()
+        states_sampler = threading.Thread(target=_sample_states, args=(states_stop, states), daemon=True)
+        states_sampler.start()
         deploy(app_args(voices_dir, max_num_seqs=3), options, blocking=False)
-        while not all(f.done() for f in streams):
-            states = engine_states()
-            most_replicas = max(most_replicas, sum(states.values()))
-            fewest_running = min(fewest_running, states.get("RUNNING", 0))
-            time.sleep(0.25)
+        deployed_s = time.monotonic() - started
         results = [f.result() for f in streams]
+        states_stop.set()
+        states_sampler.join()
         rolled_in_s = wait_running(2)
     stop.set()
     sampler.join()
+    most_replicas = max((total for _, total, _ in states), default=0)
+    fewest_running = min((running for _, _, running in states), default=0)
     after = replica_stats(handle, 12)
     return {"outcomes": [r["outcome"] for r in results], "ready": sorted(set(ready), key=str),
             "ready_samples": len(ready), "most_replicas_during": most_replicas,
-            "fewest_running_during": fewest_running,
+            "fewest_running_during": fewest_running, "deploy_returned_s": round(deployed_s, 1),
+            "streams_ended_s": [round(r["end"] - started, 1) for r in results],
+            "states": [(round(t - started, 1), total, running)  # (s after the deploy call, replicas, running) at each change
+                       for i, (t, total, running) in enumerate(states) if i == 0 or states[i - 1][1:] != (total, running)],
             "rolled_in_s": round(time.monotonic() - started, 1) if rolled_in_s >= 0 else -1,
             "old_pids": sorted(old), "new": [{"pid": pid, "slots": s.engine.num_kv_slots_total}
                                              for pid, s in after.items()],
