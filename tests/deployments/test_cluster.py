@@ -61,7 +61,7 @@ def test_many_cards_one_service(tmp_path):
     # ...while streams run on at least 3 of the 4 replicas (so a stopped one held a stream)
     assert down["placed"] == 4 and down["replicas_holding"] >= 3, down
     assert down["outcomes"] == ["complete"] * 4  # every stream finished in full, stopped replica or not
-    assert scale["back_to_1_s"] > 0
+    assert scale["back_to_1_s"] >= 0  # back at min_replicas (0.0: already, as the last streams ended; -1: never)
     assert scale["status_after"] == 200
     roll = result["rollout"]  # a changed config deployed while four streams run
     assert roll["outcomes"] == ["complete"] * 4  # no admitted stream cut
