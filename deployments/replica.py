@@ -34,10 +34,12 @@ from observability.metrics import REPLICA_METRICS, MetricsSink
 from replica.config import ReplicaConfig
 from replica.records import ErrorInfo, Instances, ReplicaError, ReplicaStats, SpeechJob, error_info
 from replica.replica import Replica
+from replica.text_feed import PieceDone
 from replica.voice_store import Voice, VoiceStore
 
 from .autoscaling import replica_autoscaling_stats
 from .metrics import RayMetrics
+from .text_channel import ChannelFeed, start_channels
 
 log = logging.getLogger(__name__)
 REPLICA_NAME = "SpeechReplica"
@@ -45,10 +47,12 @@ REPLICA_NAME = "SpeechReplica"
 
 @dataclass(frozen=True)
 class WireChunk:
-    """One chunk of a stream across the handle: float32 PCM bytes, and when it left (time.time())."""
+    """One chunk of a stream across the handle: float32 PCM bytes, and when it left
+    (time.time()); or the mark that a piece's audio is all out (a job asking for marks)."""
 
     pcm: bytes
     sent_at: float
+    piece: PieceDone | None = None
 
 
 @serve.deployment(name=REPLICA_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
@@ -64,8 +68,11 @@ class ReplicaDeployment:
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[WireChunk]:
         try:
-            async for pcm in self.replica.synthesize(job):
-                yield WireChunk(pcm.astype(np.float32).tobytes(), time.time())
+            async for item in self.replica.synthesize(job):
+                if isinstance(item, PieceDone):
+                    yield WireChunk(b"", time.time(), item)
+                else:
+                    yield WireChunk(item.astype(np.float32).tobytes(), time.time())
         except ReplicaError as e:
             if e.info.kind == "overloaded":  # Serve's router sends at most max_num_seqs: a race to see
                 log.warning("request %s: the replica refused a request Serve had admitted", job.request_id)
@@ -114,6 +121,7 @@ class RayReplicas:
         self.replicas = replicas
         self.metrics = metrics  # records the transport stage
         self._last_states: dict[str, int] | None = None
+        self._channels: ray.actor.ActorHandle | None = None  # deployments/text_channel.py
 
     async def is_ready(self) -> bool:
         """Ready while Serve's controller reports at least one replica RUNNING: a lost node or
@@ -124,11 +132,20 @@ class RayReplicas:
         except Exception:
             return False
 
-    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
+    def open_feed(self) -> ChannelFeed:
+        """A text feed for a job, on this ingress's channel actor (started on first use)."""
+        if self._channels is None:
+            self._channels = start_channels()
+        return ChannelFeed(self._channels)
+
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray | PieceDone]:
         stream = None
         try:
             stream = self.replicas.options(stream=True).synthesize.remote(job)
             async for chunk in stream:
+                if chunk.piece is not None:
+                    yield chunk.piece
+                    continue
                 if self.metrics is not None:
                     transport_s = max(0.0, time.time() - chunk.sent_at)
                     self.metrics.observe(m.STAGE_SECONDS, transport_s, {"stage": "transport"})

@@ -30,6 +30,7 @@ from models.params import (
 
 from .admission import Admission
 from .playback import PlaybackClock
+from .text_feed import PieceDone, TextFeed
 
 
 def chunk_frames(chunk_s: float) -> int:
@@ -76,7 +77,9 @@ class SpeechPipeline:
         on_segment_done: Callable[[int, Segment], None] | None = None,
         priority: Priority = "interactive",
         timeout_s: float | None = None,
-    ) -> AsyncIterator[np.ndarray]:
+        feed: TextFeed | None = None,
+        marks: bool = False,
+    ) -> AsyncIterator[np.ndarray | PieceDone]:
         """Yield float32 PCM chunks (24 kHz mono): the first one frame (80 ms, so first audio
         costs prefill + one frame + one small decode), the next ones growing with the audio
         already out (next_chunk_frames) up to `chunk_frames` frames (steady state: few, batched
@@ -86,7 +89,12 @@ class SpeechPipeline:
         i-1's audio; the whole stream is at most `max_audio_s` long. Raises Overloaded (no row
         free, wait line full), QueueTimeout (waited `timeout_s`) or RequestError before the
         first chunk. `on_segment_done(i, segment)` gets each text as spoken once its audio is
-        out (its codes are the context of the next text). `priority`: admission.py."""
+        out (its codes are the context of the next text). `priority`: admission.py.
+
+        `feed`: the texts after `texts`, taken one at a time as each previous text's codes
+        exist (so a text that came while the one before was speaking follows it with no gap);
+        while the stream waits for one, its listener's silence is the client's, not a gap
+        (PlaybackClock.wait_input). `marks`: a PieceDone after each text's last chunk."""
         params = params or GenerationParams()
         max_samples = round(max_audio_s * SAMPLE_RATE_HZ) if max_audio_s else None
         frame_budget = -(-max_samples // SAMPLES_PER_FRAME) if max_samples else None
@@ -97,25 +105,33 @@ class SpeechPipeline:
             if clock is not None:
                 self._clocks[request_id] = clock
             try:  # closing the stream closes the generation at once (its engine request is aborted)
-                async with contextlib.aclosing(self._generate(request_id, texts, row, voice, params, frame_budget,
-                                                              max_samples, on_segment_done, priority)) as pcms:
-                    async for pcm in pcms:
+                pieces = _pieces(texts, feed, clock)
+                async with contextlib.aclosing(self._generate(request_id, pieces, row, voice, params, frame_budget,
+                                                              max_samples, on_segment_done, priority)) as items:
+                    async for item in items:
+                        if isinstance(item, PieceDone):
+                            if marks:
+                                yield item
+                            continue
                         if clock is not None:
-                            clock.delivered(time.monotonic(), len(pcm))
-                        yield pcm
+                            clock.delivered(time.monotonic(), len(item))
+                        yield item
             finally:
                 self._clocks.pop(request_id, None)
 
-    async def _generate(self, request_id: str, texts: tuple[str, ...] | list[str], row: int, voice: Prefix | None,
+    async def _generate(self, request_id: str, texts: AsyncIterator[str], row: int, voice: Prefix | None,
                         params: GenerationParams, frame_budget: int | None, max_samples: int | None,
                         on_segment_done: Callable[[int, Segment], None] | None,
-                        priority: Priority) -> AsyncIterator[np.ndarray]:
+                        priority: Priority) -> AsyncIterator[np.ndarray | PieceDone]:
         voice_context = voice.context if voice is not None else ()
         is_first = True  # the row's first decode resets it
         chunk = 1  # frames in the next chunk (next_chunk_frames)
         previous: tuple[Segment, ...] = ()
         num_frames = num_samples = 0
-        for i, text in enumerate(texts):
+        i = -1
+        async for text in texts:
+            i += 1
+            start_samples = num_samples
             frame_cap = None if frame_budget is None else frame_budget - num_frames
             if frame_cap is not None and frame_cap <= 0:
                 break
@@ -145,7 +161,24 @@ class SpeechPipeline:
             previous = (spoken,) if codes else ()
             if on_segment_done is not None:
                 on_segment_done(i, spoken)
+            yield PieceDone(i, text, start_samples / SAMPLE_RATE_HZ, num_samples / SAMPLE_RATE_HZ)
 
     def shutdown(self) -> None:
         self.loop.shutdown()
         self.decoder.close()
+
+
+async def _pieces(texts: tuple[str, ...] | list[str], feed: TextFeed | None,
+                  clock: PlaybackClock | None) -> AsyncIterator[str]:
+    """The job's texts, then the feed's as they come (the listener's clock told of each wait)."""
+    for text in texts:
+        yield text
+    while feed is not None:
+        if clock is not None:
+            clock.wait_input()
+        text = await feed.next_text()
+        if clock is not None:
+            clock.input_arrived(time.monotonic())
+        if text is None:
+            return
+        yield text

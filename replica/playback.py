@@ -34,6 +34,21 @@ class PlaybackClock:
         self._min_slack: float | None = None
         self._underruns = 0
         self._gap_s = 0.0
+        self._is_waiting = False  # for the client's text (wait_input)
+
+    def wait_input(self) -> None:
+        """The stream has spoken all the text it was given and waits for more (the client's
+        pace, not the server's): the listener's silence from now on is not a gap until
+        `input_arrived`."""
+        self._is_waiting = True
+
+    def input_arrived(self, now: float) -> None:
+        """More text came at `now`: a listener that ran dry meanwhile starts playing again with
+        the next chunk (like a first chunk: its wait is not a gap); one that still has audio
+        goes on, and must be fed before it runs out."""
+        self._is_waiting = False
+        if self._start is not None and self._delivered_s - (now - self._start) < 0:
+            self._start, self._delivered_s = None, 0.0
 
     def delivered(self, now: float, num_samples: int) -> None:
         """A chunk of `num_samples` has left the server at `now`."""
@@ -50,8 +65,10 @@ class PlaybackClock:
 
     def slack(self, now: float) -> float | None:
         """Audio the listener still has unplayed at `now` (negative: it is hearing a gap now);
-        None before the first chunk."""
-        return None if self._start is None else self._delivered_s - (now - self._start)
+        None before the first chunk, and while the stream waits for the client's text."""
+        if self._start is None or self._is_waiting:
+            return None
+        return self._delivered_s - (now - self._start)
 
     def summary(self) -> PlaybackSummary:
         return PlaybackSummary(self._min_slack, self._underruns, self._gap_s)

@@ -23,6 +23,7 @@ from models.params import EngineStats, GenerationParams, MaxAudioSeconds, Priori
 
 from .admission import QueueTimeout
 from .context_cache import ContextCacheStats
+from .text_feed import TextFeed
 from .voice_store import Voice
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ INTERNAL_MESSAGE = "The server had an error while processing your request."
 class SpeechJob(BaseModel):
     """One speech request, as every replica receives it: `texts` are spoken in order in one
     voice, text i with `params.for_segment(i)`, the whole audio at most `max_audio_s` long.
-    `priority` and `timeout_s` (the longest it may wait to start): replica/admission.py."""
+    `priority` and `timeout_s` (the longest it may wait to start): replica/admission.py.
+    With a `feed`, the texts after `texts` come from it as they arrive (replica/text_feed.py)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     request_id: str
     texts: tuple[str, ...] = Field(min_length=1)
@@ -44,6 +46,8 @@ class SpeechJob(BaseModel):
     max_audio_s: MaxAudioSeconds | None = None
     priority: Priority = "interactive"
     timeout_s: float | None = Field(None, gt=0)
+    feed: TextFeed | None = None  # more texts as they arrive, after `texts` (the text-in WebSocket)
+    marks: bool = False  # yield a PieceDone after each text's audio (its text and timestamps)
 
 
 class ErrorInfo(BaseModel):

@@ -34,6 +34,7 @@ from .pipeline import SpeechPipeline, chunk_frames
 from .realtime import RealtimePolicy, StepTimes, budget_s, profile_sizes
 from .recorder import EngineRecorder, held_card
 from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
+from .text_feed import PieceDone, QueueFeed
 from .voice_store import Voice, VoiceStore
 from .voices import VoiceContexts
 
@@ -106,9 +107,10 @@ class Replica:
     async def is_ready(self) -> bool:
         return self._loop.is_alive
 
-    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
-        """Float32 24 kHz mono PCM chunks of the job's texts in its voice, at most
-        max_audio_s long. Every failure is a ReplicaError (before the first chunk for
+    async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray | PieceDone]:
+        """Float32 24 kHz mono PCM chunks of the job's texts (and its feed's) in its voice, at
+        most max_audio_s long, with a PieceDone after each text's audio if the job asks for
+        marks. Every failure is a ReplicaError (before the first chunk for
         overload and unusable input); closing the iterator aborts the generation."""
         self._streams = (*self._streams, job.request_id)
         self._record_admission()
@@ -116,7 +118,8 @@ class Replica:
             prefix = await self.voices.prefix(job.voice)
             started = False
             async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s,
-                                                  priority=job.priority, timeout_s=job.timeout_s):
+                                                  priority=job.priority, timeout_s=job.timeout_s, feed=job.feed,
+                                                  marks=job.marks):
                 if not started:  # admitted: the gauges move now
                     started = True
                     self._record_admission()
@@ -132,6 +135,10 @@ class Replica:
             admission = self.pipeline.admission
             self._recorder.on_admission(admission.capacity(), admission.headroom(), admission.num_held("interactive"),
                                         admission.num_held("batch"))
+
+    def open_feed(self) -> QueueFeed:
+        """A text feed for a job (in-process: one asyncio queue)."""
+        return QueueFeed()
 
     async def add_voice(self, voice: Voice) -> None:
         """Load a stored voice here now, so one the model cannot take is refused at upload

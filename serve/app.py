@@ -11,7 +11,7 @@ from replica.voice_store import VoiceStore
 from .backend import SpeechBackend
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
-from .routes import health, models, playground, speech, voices
+from .routes import health, models, playground, speech, speech_stream, voices
 from .settings import ServerSettings
 from .speech import SpeechService
 from .v2 import routes as v2_routes
@@ -32,6 +32,7 @@ def create_app(
     v2_routes.install(app)
     app.include_router(health.router)
     playground.install(app)
+    app.include_router(speech_stream.router)  # API keys checked in the route (a WebSocket has no 401)
     auth = [Depends(require_api_key)]
     for router in (models.router, speech.router, voices.router):
         app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)

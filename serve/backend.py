@@ -11,17 +11,25 @@ from typing import Protocol
 import numpy as np
 
 from replica.records import Instances, SpeechJob
+from replica.text_feed import PieceDone, TextFeed, TextFeedWriter
 from replica.voice_store import Voice
+
+
+class TextFeedBoth(TextFeed, TextFeedWriter, Protocol):
+    """One stream's feed: the job carries it (the replica reads), the edge writes to it."""
 
 
 class SpeechBackend(Protocol):
     async def is_ready(self) -> bool:
         """Model loaded, warmed up, and an engine answering."""
 
-    def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
-        """Float32 24 kHz mono PCM chunks, at most job.max_audio_s long. Raises ReplicaError
-        (before the first chunk for overload and unusable input); closing the iterator aborts
-        the generation."""
+    def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray | PieceDone]:
+        """Float32 24 kHz mono PCM chunks, at most job.max_audio_s long (with a PieceDone
+        after each text's audio when job.marks). Raises ReplicaError (before the first chunk
+        for overload and unusable input); closing the iterator aborts the generation."""
+
+    def open_feed(self) -> TextFeedBoth:
+        """A feed for a job's texts that come later (job.feed), and the edge's writer of it."""
 
     async def add_voice(self, voice: Voice) -> None:
         """Make a stored voice usable now (its clips encoded, its prompt computed);

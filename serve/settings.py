@@ -20,3 +20,11 @@ class ServerSettings(BaseSettings):
     max_sample_bytes: int = Field(10 * 2**20, description="largest voice sample upload")
     segment_max_chars: int = Field(250, ge=20, le=1000, description="long input is spoken in pieces of at most this")
     retry_after_s: int = Field(2, ge=1, description="Retry-After on 429/503")
+    # The text-in WebSocket (/v1/audio/speech/stream)
+    ws_flush_after_s: float = Field(0.5, gt=0, description="text pending this long with no new text is spoken")
+    ws_clause_min_words: int = Field(12, ge=1, description="an unfinished sentence is cut at a clause mark after this many words")
+    ws_idle_timeout_s: float = Field(60.0, gt=0, description="a socket with no event this long while nothing speaks is closed")
+    ws_max_message_bytes: int = Field(65536, ge=1024, description="largest event a client may send (else close 1009)")
+    ws_max_text_chars: int = Field(32768, ge=1, description="most text one response may take")
+    ws_max_send_buffer_bytes: int = Field(4 * 2**20, ge=65536, description=(
+        "most audio and events waiting for a client that does not read (then close 1008, its row freed)"))

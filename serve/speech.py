@@ -20,6 +20,7 @@ import numpy as np
 from models.params import SAMPLE_RATE_HZ
 from observability import metrics as m
 from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob
+from replica.text_feed import PieceDone, TextFeed
 from replica.voice_store import OPENAI_VOICES, VoiceNotFound, VoiceStore
 
 from .backend import SpeechBackend
@@ -96,13 +97,15 @@ class SpeechStream:
     def timing(self) -> StreamTiming:
         return StreamTiming(self._start_ns, self._first_ns, self._end_ns)
 
-    async def audio(self) -> AsyncIterator[np.ndarray]:
+    async def audio(self) -> AsyncIterator[np.ndarray | PieceDone]:
+        """The chunks (and, for a job with marks, a PieceDone after each text's audio)."""
         outcome = "error"
         try:
             chunk = self._first
             while chunk is not None:
-                self.num_samples += len(chunk)
-                self._yielded = time.monotonic()
+                if not isinstance(chunk, PieceDone):
+                    self.num_samples += len(chunk)
+                    self._yielded = time.monotonic()
                 yield chunk
                 chunk = await anext(self._rest, None)
             outcome = "ok"
@@ -126,6 +129,15 @@ class SpeechStream:
             self._clock = PlaybackClock()
         self._clock.delivered(now, num_samples)
 
+    def wait_input(self) -> None:
+        """The stream has spoken all its text and waits for the client's (PlaybackClock)."""
+        if self._clock is not None:
+            self._clock.wait_input()
+
+    def input_arrived(self) -> None:
+        if self._clock is not None:
+            self._clock.input_arrived(time.monotonic())
+
     async def aclose(self) -> None:
         """End the stream now if it has not ended (never iterated, or left early)."""
         await self._end("cancelled")
@@ -147,16 +159,20 @@ class SpeechService:
         self.models = (settings.model_id, *settings.model_aliases)
 
     async def start(self, request: SpeechRequest, protocol: str, request_id: str, fmt: str | None = None,
-                    timeout_s: float | None = None) -> SpeechStream:
+                    timeout_s: float | None = None, feed: TextFeed | None = None) -> SpeechStream:
         """Start speaking `request` (metrics labelled `protocol` and `fmt`, default its
-        response_format; `timeout_s`: the longest it may wait to start, Triton's `timeout`).
-        Raises ReplicaError before any audio for everything that stops it."""
+        response_format; `timeout_s`: the longest it may wait to start, Triton's `timeout`;
+        `feed`: more text after the request's, as it comes, with a PieceDone after each
+        text's audio). Raises ReplicaError before any audio for everything that stops it."""
         start_ns = time.monotonic_ns()
         voice_label = request.voice_key if request.voice_key in OPENAI_VOICES else "custom"
         tally = RequestTally(self.metrics, protocol, fmt or request.response_format, voice_label)
         self.metrics.inc(m.INPUT_CHARS, len(request.input))
         try:
-            chunks = self.backend.synthesize(await self._job(request, request_id, timeout_s))
+            job = await self._job(request, request_id, timeout_s)
+            if feed is not None:
+                job = job.model_copy(update={"feed": feed, "marks": True})
+            chunks = self.backend.synthesize(job)
             try:
                 first = await anext(chunks, None)
             except BaseException:

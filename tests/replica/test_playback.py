@@ -39,3 +39,18 @@ def test_exactly_in_time_is_not_a_gap_and_every_late_chunk_counts():
 def test_one_chunk_has_no_slack_to_measure():
     summary = _run([5.0])
     assert summary.min_slack_s is None and summary.underruns == 0
+
+
+def test_waiting_for_the_clients_text_is_not_a_gap_but_a_late_chunk_after_it_is():
+    clock = PlaybackClock()
+    clock.delivered(0.0, CHUNK)  # 0.24 s out; the text runs out, the stream waits for more
+    clock.wait_input()
+    assert clock.slack(5.0) is None  # the listener's silence is the client's: nothing is behind
+    clock.input_arrived(5.0)  # more text, long after the listener ran dry: playback starts anew
+    clock.delivered(5.1, CHUNK)
+    clock.delivered(5.2, CHUNK)
+    assert clock.summary().underruns == 0 and clock.summary().min_slack_s == pytest.approx(0.14)
+    clock.wait_input()
+    clock.input_arrived(5.3)  # text came while the listener still had audio: it must be fed in time
+    clock.delivered(5.8, CHUNK)  # 0.48 s were out from 5.1: ran dry at 5.58
+    assert clock.summary().underruns == 1 and clock.summary().gap_s == pytest.approx(0.22)
