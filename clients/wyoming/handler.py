@@ -1,7 +1,9 @@
 """One Wyoming connection: `describe` -> `info`; `synthesize` -> audio-start, audio-chunk...,
 audio-stop, streamed as the API sends the audio; streaming synthesis (`synthesize-start`,
-`synthesize-chunk`..., `synthesize-stop`) speaks each sentence as soon as it is complete,
-then ends with `synthesize-stopped`.
+`synthesize-chunk`..., `synthesize-stop`) goes through the API's text-in WebSocket: the
+chunks are sent as they come, the server speaks each sentence as soon as it is complete, all
+of them as one stream (no gap between sentences, the voice carried across), each framed by
+its own audio-start/-stop, then `synthesize-stopped`.
 
 The event loop of the `wyoming` package reads events; a worker task per connection speaks the
 queued sentences in order, so reading goes on while audio streams and a client that goes away
@@ -16,7 +18,6 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from sentence_stream import SentenceBoundaryDetector
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
@@ -29,6 +30,7 @@ from serve.schemas import MAX_INPUT_CHARS
 from serve.text import split_text
 
 from .api import SpeechAPI, SpeechAPIError
+from .text_stream import SentenceDone, TextStream
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -55,16 +57,23 @@ class EndOfStream:
 
 @dataclass
 class _TextStream:
+    """A streaming synthesis: its socket (None if it could not open) and whether any text came."""
+
     group: int
-    voice: str
-    sentences: SentenceBoundaryDetector
+    stream: TextStream | None
+    has_text: bool = False
+
+
+@dataclass(frozen=True)
+class SpeakStream:
+    text_stream: _TextStream
 
 
 class SpeechEventHandler(AsyncEventHandler):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, api: SpeechAPI) -> None:
         super().__init__(reader, writer)
         self.api = api
-        self.jobs: asyncio.Queue[Say | EndOfStream] = asyncio.Queue()
+        self.jobs: asyncio.Queue[Say | SpeakStream | EndOfStream] = asyncio.Queue()
         self.text_stream: _TextStream | None = None
         self.num_groups = 0
         self.worker = asyncio.create_task(self._work(), name="wyoming speech worker")
@@ -76,15 +85,11 @@ class SpeechEventHandler(AsyncEventHandler):
             if self.text_stream is None:  # inside a stream it only repeats the text, for older servers
                 self._say(Synthesize.from_event(event))
         elif SynthesizeStart.is_type(event.type):
-            voice = self._voice(SynthesizeStart.from_event(event).voice)
-            self.text_stream = _TextStream(self._next_group(), voice, SentenceBoundaryDetector())
+            await self._start_stream(self._voice(SynthesizeStart.from_event(event).voice))
         elif SynthesizeChunk.is_type(event.type) and self.text_stream is not None:
-            for sentence in self.text_stream.sentences.add_chunk(SynthesizeChunk.from_event(event).text):
-                self._queue_stream_text(sentence)
+            await self._stream_text(SynthesizeChunk.from_event(event).text)
         elif SynthesizeStop.is_type(event.type) and self.text_stream is not None:
-            self._queue_stream_text(self.text_stream.sentences.finish())
-            self.jobs.put_nowait(EndOfStream(self.text_stream.group))
-            self.text_stream = None
+            await self._stop_stream()
         return True
 
     async def disconnect(self) -> None:
@@ -107,10 +112,35 @@ class SpeechEventHandler(AsyncEventHandler):
         for i, piece in enumerate(pieces):
             self.jobs.put_nowait(Say(piece, voice, group, is_first=i == 0, is_last=i == len(pieces) - 1))
 
-    def _queue_stream_text(self, sentence: str) -> None:
-        assert self.text_stream is not None
-        for piece in _pieces(sentence):
-            self.jobs.put_nowait(Say(piece, self.text_stream.voice, self.text_stream.group))
+    async def _start_stream(self, voice: str) -> None:
+        group = self._next_group()
+        try:
+            stream = await TextStream.open(self.api.settings, await self.api.model(), voice)
+        except SpeechAPIError as e:
+            log.warning("wyoming text stream failed to open: %s (%s)", e.message, e.code)
+            await self.write_event(Error(text=e.message, code=e.code).event())
+            self.text_stream = _TextStream(group, None)
+            return
+        self.text_stream = _TextStream(group, stream)
+        self.jobs.put_nowait(SpeakStream(self.text_stream))  # its audio is read as soon as it comes
+
+    async def _stream_text(self, text: str) -> None:
+        text_stream = self.text_stream
+        if text_stream.stream is None or not text:
+            return
+        text_stream.has_text = text_stream.has_text or bool(text.strip())
+        with contextlib.suppress(SpeechAPIError):  # a stream the server ended: its reader reports why
+            await text_stream.stream.append(text)
+
+    async def _stop_stream(self) -> None:
+        text_stream, self.text_stream = self.text_stream, None
+        if text_stream.stream is None:
+            self.jobs.put_nowait(EndOfStream(text_stream.group))
+        elif not text_stream.has_text:  # nothing to say: the reader ends at the close
+            await text_stream.stream.aclose()
+        else:
+            with contextlib.suppress(SpeechAPIError):
+                await text_stream.stream.commit()
 
     async def _describe(self) -> None:
         try:
@@ -136,10 +166,15 @@ class SpeechEventHandler(AsyncEventHandler):
                 job = await self.jobs.get()
                 if isinstance(job, EndOfStream):
                     await self.write_event(SynthesizeStopped().event())
+                elif isinstance(job, SpeakStream):
+                    await self._speak_stream(job.text_stream)
                 elif job.group != failed_group and not await self._speak(job):
                     failed_group = job.group
         except ConnectionError:  # the client is gone; the read side ends the connection
             log.info("wyoming client gone while speaking")
+
+    async def _speak_stream(self, text_stream: _TextStream) -> None:
+        await _speak_stream_events(self, text_stream)
 
     async def _speak(self, job: Say) -> bool:
         fmt = {"rate": SAMPLE_RATE_HZ, "width": 2, "channels": 1}
@@ -164,6 +199,31 @@ class SpeechEventHandler(AsyncEventHandler):
         if job.is_last:
             await self.write_event(AudioStop().event())
         return True
+
+
+async def _speak_stream_events(handler: SpeechEventHandler, text_stream: _TextStream) -> None:
+    fmt = {"rate": SAMPLE_RATE_HZ, "width": 2, "channels": 1}
+    started = False
+    try:
+        async for item in text_stream.stream.audio():
+            if isinstance(item, SentenceDone):
+                if started:
+                    await handler.write_event(AudioStop().event())
+                    started = False
+                continue
+            if not started:
+                await handler.write_event(AudioStart(**fmt).event())
+                started = True
+            await handler.write_event(AudioChunk(audio=item, **fmt).event())
+    except SpeechAPIError as e:
+        if started:
+            await handler.write_event(AudioStop().event())
+        if text_stream.has_text:  # closed with nothing said is no error
+            log.warning("wyoming text stream failed: %s (%s)", e.message, e.code)
+            await handler.write_event(Error(text=e.message, code=e.code).event())
+    finally:
+        await text_stream.stream.aclose()
+    await handler.write_event(SynthesizeStopped().event())
 
 
 def _pieces(text: str) -> list[str]:

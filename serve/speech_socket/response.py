@@ -64,6 +64,11 @@ class Response:
         self.task: asyncio.Task | None = None
 
     @property
+    def is_speaking(self) -> bool:
+        """Generating or sending audio (not ended, and not waiting for the client's text)."""
+        return self.task is not None and not self.task.done() and not self._is_waiting
+
+    @property
     def is_open(self) -> bool:
         """Takes more pieces (not finished, not cancelled)."""
         return not self._is_finished

@@ -7,7 +7,8 @@ client that offered the `csm-serve` subprotocol, or sent nothing within HELLO_S,
 on; what ends it is the client (close, `session.finish`, vLLM-Omni's `session.close`), an
 oversized message (close 1009), a client that stops reading (its send buffer full: close
 1008, its response cancelled, its row freed), or idleness (no event for
-`ws_idle_timeout_s` while nothing is speaking: close 1000). Whatever ends it, its responses
+`ws_idle_timeout_s` while nothing is speaking, a response waiting for text included: close
+1000). Whatever ends it, its responses
 are cancelled and their engine rows freed.
 """
 
@@ -129,7 +130,7 @@ class SpeechSocket:
         elif self.dialect == "csm" and self.splitter.pending:  # a pause in the text: speak what came
             for piece in self.splitter.flush():
                 await self._speak(piece)
-        elif not any(not r.task.done() for r in self._live if r.task is not None):
+        elif not any(r.is_speaking for r in self._live):  # a response waiting for text holds a row: idle too
             self._error(f"idle: no event for {self.settings.ws_idle_timeout_s:g} s", code="idle_timeout")
             self._close = (1000, "idle timeout")
 
