@@ -39,9 +39,8 @@ LANGUAGES = ["en"]  # CSM-1B speaks English
 
 @dataclass(frozen=True)
 class Say:
-    """Speak `text` (at most MAX_INPUT_CHARS) as part of `group`: one plain `synthesize` (its
-    pieces share one audio-start/-stop: `is_first`/`is_last`) or one text stream (each
-    sentence is framed by its own audio-start/-stop, as other Wyoming servers do)."""
+    """Speak `text` (at most MAX_INPUT_CHARS) as part of `group`, one plain `synthesize` (its
+    pieces share one audio-start/-stop: `is_first`/`is_last`), over HTTP."""
 
     text: str
     voice: str
@@ -52,6 +51,8 @@ class Say:
 
 @dataclass(frozen=True)
 class EndOfStream:
+    """A text stream whose socket never opened ends here (`synthesize-stopped`)."""
+
     group: int
 
 
@@ -66,6 +67,9 @@ class _TextStream:
 
 @dataclass(frozen=True)
 class SpeakStream:
+    """Play a text stream's audio as the server speaks it (each sentence framed by its own
+    audio-start/-stop, as other Wyoming servers do), then `synthesize-stopped`."""
+
     text_stream: _TextStream
 
 
@@ -174,7 +178,28 @@ class SpeechEventHandler(AsyncEventHandler):
             log.info("wyoming client gone while speaking")
 
     async def _speak_stream(self, text_stream: _TextStream) -> None:
-        await _speak_stream_events(self, text_stream)
+        fmt = {"rate": SAMPLE_RATE_HZ, "width": 2, "channels": 1}
+        started = False
+        try:
+            async for item in text_stream.stream.audio():
+                if isinstance(item, SentenceDone):
+                    if started:
+                        await self.write_event(AudioStop().event())
+                        started = False
+                    continue
+                if not started:
+                    await self.write_event(AudioStart(**fmt).event())
+                    started = True
+                await self.write_event(AudioChunk(audio=item, **fmt).event())
+        except SpeechAPIError as e:
+            if started:
+                await self.write_event(AudioStop().event())
+            if text_stream.has_text:  # closed with nothing said is no error
+                log.warning("wyoming text stream failed: %s (%s)", e.message, e.code)
+                await self.write_event(Error(text=e.message, code=e.code).event())
+        finally:
+            await text_stream.stream.aclose()
+        await self.write_event(SynthesizeStopped().event())
 
     async def _speak(self, job: Say) -> bool:
         fmt = {"rate": SAMPLE_RATE_HZ, "width": 2, "channels": 1}
@@ -199,31 +224,6 @@ class SpeechEventHandler(AsyncEventHandler):
         if job.is_last:
             await self.write_event(AudioStop().event())
         return True
-
-
-async def _speak_stream_events(handler: SpeechEventHandler, text_stream: _TextStream) -> None:
-    fmt = {"rate": SAMPLE_RATE_HZ, "width": 2, "channels": 1}
-    started = False
-    try:
-        async for item in text_stream.stream.audio():
-            if isinstance(item, SentenceDone):
-                if started:
-                    await handler.write_event(AudioStop().event())
-                    started = False
-                continue
-            if not started:
-                await handler.write_event(AudioStart(**fmt).event())
-                started = True
-            await handler.write_event(AudioChunk(audio=item, **fmt).event())
-    except SpeechAPIError as e:
-        if started:
-            await handler.write_event(AudioStop().event())
-        if text_stream.has_text:  # closed with nothing said is no error
-            log.warning("wyoming text stream failed: %s (%s)", e.message, e.code)
-            await handler.write_event(Error(text=e.message, code=e.code).event())
-    finally:
-        await text_stream.stream.aclose()
-    await handler.write_event(SynthesizeStopped().event())
 
 
 def _pieces(text: str) -> list[str]:

@@ -302,3 +302,12 @@ def test_a_vllm_omni_client_works_unchanged(served):
         assert _omni(ws, until="error")[0][-1]["message"] == "Expected session.config, got: input.text"
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
+
+
+def test_the_published_event_schema_is_current():
+    from pathlib import Path
+
+    from serve.speech_socket.events import schemas
+
+    published = Path(__file__).parents[2] / "docs" / "speech-stream.schema.json"
+    assert json.loads(published.read_text()) == schemas(), "run: python -m serve.speech_socket.events > " + published.name
