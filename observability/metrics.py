@@ -31,7 +31,7 @@ class MetricDef:
     buckets: tuple[float, ...] = ()
 
 
-REQUESTS = MetricDef("tts_requests_total", "counter", "Speech requests by outcome (ok, client_error, rejected, error, cancelled) and protocol (openai, v2-http, v2-grpc).", ("outcome", "format", "voice", "protocol"))
+REQUESTS = MetricDef("tts_requests_total", "counter", "Speech requests by outcome (ok, client_error, rejected, error, cancelled) and protocol (openai, websocket, v2-http, v2-grpc).", ("outcome", "format", "voice", "protocol"))
 ERRORS = MetricDef("tts_errors_total", "counter", "Error responses by HTTP status code.", ("code",))
 TTFA = MetricDef("tts_time_to_first_audio_seconds", "histogram", "From request received to first audio chunk ready.", (), LATENCY_BUCKETS)
 DURATION = MetricDef("tts_request_duration_seconds", "histogram", "From request received to last audio chunk sent.", (), LATENCY_BUCKETS)

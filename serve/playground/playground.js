@@ -1,6 +1,8 @@
 // csm-serve playground: speaks through the same OpenAI-compatible API any client uses.
 // "Speak" asks for `pcm` (24 kHz, 16-bit, mono) and hands every chunk to Web Audio as it
 // arrives; `window.csmPlayground` records what happened (for people and for the browser tests).
+import { startLive } from "./live.js";
+
 const SAMPLE_RATE = 24000;
 const MAX_CHARS = 4096;
 const $ = (id) => document.getElementById(id);
@@ -275,6 +277,17 @@ async function start() {
     sessionStorage.setItem("csm-api-key", $("api-key").value.trim());
     clearError();
     try { await loadModelAndVoices(); $("key-section").hidden = true; } catch (e) { showError(e.message); }
+  });
+  const num = (id) => ($(id).value === "" ? null : Number($(id).value));
+  startLive({
+    PcmPlayer, showError, hook,
+    audioContext: async () => {
+      state.context ??= new AudioContext({ sampleRate: SAMPLE_RATE });
+      await state.context.resume();
+      return state.context;
+    },
+    settings: () => ({ voice: $("voice").value, speed: num("speed") ?? 1, seed: num("seed"),
+                       temperature: num("temperature") ?? 0.9 }),
   });
   try { await loadModelAndVoices(); } catch (e) { showError(e.message); }
   hook.ready = true;

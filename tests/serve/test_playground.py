@@ -126,6 +126,27 @@ def test_speak_plays_pcm_through_web_audio_as_it_arrives(server, browser):
     assert severe(browser) == []
 
 
+def test_type_and_hear_speaks_each_sentence_as_it_is_typed(server, browser):
+    """Keystrokes go to the text-in WebSocket one by one; the first sentence is heard while the
+    second is still being typed; Done ends the reply."""
+    open_page(browser, server)
+    box = browser.find_element(By.ID, "live-text")
+    box.click()  # focus opens the socket
+    wait_for(browser, "return window.csmPlayground.live.ready")
+    box.send_keys("The first sentence is typed. ")
+    wait_for(browser, "return window.csmPlayground.live.samples > 0")  # heard before the rest is typed
+    box.send_keys("Then the second")
+    browser.find_element(By.ID, "live-done").click()
+    live = wait_for(browser, "const l = window.csmPlayground.live; return l.responses.length && l")
+    assert live["responses"] == ["completed"] and live["opened"] == 1 and live["errors"] == []
+    assert live["deltas"] == len("The first sentence is typed. Then the second")  # one event per keystroke
+    assert live["segments"] == ["The first sentence is typed.", "Then the second"]
+    assert live["samples"] == 2 * 50 * 1920  # both sentences, every sample handed to Web Audio
+    items = browser.find_elements(By.CSS_SELECTOR, "#live-segments li")
+    assert [i.text.split(": ", 1)[1] for i in items] == live["segments"] and items[1].text.startswith("4.00–8.00 s")
+    assert severe(browser) == []
+
+
 def test_an_api_error_is_shown_as_the_api_says_it(server, browser):
     open_page(browser, server)
     run = speak(browser, "")
