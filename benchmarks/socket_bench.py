@@ -12,7 +12,8 @@ Per mode and concurrency (`--concurrency 1 16`: that many agents at once, each s
 `--replies` replies in turn): first-sentence latency (from the moment its last word was sent
 to its first audio) p50/p95, the silence the listener hears after its first audio (gaps
 between and inside sentences; zero when generation keeps up) per reply p50/p95/max, and
-replies without any gap. Ratios socket/http are printed. The JSON report goes to stdout and
+replies without any gap, over the replies that completed; the others by why (a 429 after
+the admission wait, ...). Ratios socket/http are printed. The JSON report goes to stdout and
 `--out`.
 
 Run against `make serve` (or `make serve-local`):
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -86,12 +88,12 @@ async def socket_reply(args: argparse.Namespace, seed: int) -> dict:
                 continue
             event = json.loads(message)
             if event["type"] == "response.done":
-                status = event["response"]["status"]
+                status = event["response"]["status"] if status == "no response" else status
                 break
             if event["type"] == "error":
-                status = event["error"]["code"]
+                status = event["error"]["code"] or event["error"]["type"]
         await writer
-    return _result(listener, first_sentence_sent, status == "completed")
+    return _result(listener, first_sentence_sent, status)
 
 
 async def http_reply(args: argparse.Namespace, client: httpx.AsyncClient, seed: int) -> dict:
@@ -109,22 +111,24 @@ async def http_reply(args: argparse.Namespace, client: httpx.AsyncClient, seed: 
             ready.put_nowait("".join(group).strip())
         ready.put_nowait(None)
 
-    writer, ok, i = asyncio.create_task(write()), True, 0
+    writer, status, i = asyncio.create_task(write()), "completed", 0
     while (text := await ready.get()) is not None:
         body = {"model": "tts-1", "voice": args.voice, "input": text, "response_format": "pcm", "seed": seed + i}
         async with client.stream("POST", "/v1/audio/speech", json=body) as response:
-            ok = ok and response.status_code == 200
+            if response.status_code != 200 and status == "completed":
+                status = f"http_{response.status_code}"
             async for data in response.aiter_bytes():
                 listener.heard(len(data))
         i += 1
     await writer
-    return _result(listener, first_sentence_sent, ok)
+    return _result(listener, first_sentence_sent, status)
 
 
-def _result(listener: Listener, first_sentence_sent: float | None, ok: bool) -> dict:
+def _result(listener: Listener, first_sentence_sent: float | None, status: str) -> dict:
+    """`status`: completed, or why not (the error code, or the HTTP status)."""
     summary = listener.clock.summary()
     latency = listener.first_at - first_sentence_sent if listener.first_at and first_sentence_sent else None
-    return {"ok": ok, "first_latency_s": latency, "gap_s": summary.gap_s, "gaps": summary.underruns}
+    return {"status": status, "first_latency_s": latency, "gap_s": summary.gap_s, "gaps": summary.underruns}
 
 
 async def level(args: argparse.Namespace, mode: str, concurrency: int) -> dict:
@@ -138,13 +142,15 @@ async def level(args: argparse.Namespace, mode: str, concurrency: int) -> dict:
 
         t0 = time.monotonic()
         results = [r for rs in await asyncio.gather(*(agent(a) for a in range(concurrency))) for r in rs]
-    latencies = [r["first_latency_s"] for r in results if r["first_latency_s"] is not None]
-    gaps = [r["gap_s"] for r in results]
+    done = [r for r in results if r["status"] == "completed"]
+    latencies = [r["first_latency_s"] for r in done if r["first_latency_s"] is not None]
+    gaps = [r["gap_s"] for r in done]
+    failed = Counter(r["status"] for r in results if r["status"] != "completed")
     pct = lambda xs, q: round(float(np.percentile(xs, q)), 4) if xs else None  # noqa: E731
-    return {"mode": mode, "concurrency": concurrency, "replies": len(results), "ok": sum(r["ok"] for r in results),
+    return {"mode": mode, "concurrency": concurrency, "replies": len(results), "ok": len(done), "failed": dict(failed),
             "first_latency_s": {"p50": pct(latencies, 50), "p95": pct(latencies, 95)},
             "silence_s": {"p50": pct(gaps, 50), "p95": pct(gaps, 95), "max": max(gaps, default=None)},
-            "replies_without_gap": sum(r["gaps"] == 0 for r in results), "wall_s": round(time.monotonic() - t0, 1)}
+            "replies_without_gap": sum(r["gaps"] == 0 for r in done), "wall_s": round(time.monotonic() - t0, 1)}
 
 
 async def run(args: argparse.Namespace) -> list[dict]:
@@ -158,7 +164,8 @@ async def run(args: argparse.Namespace) -> list[dict]:
         print(f"c={concurrency}: first-sentence latency p50 socket {s['first_latency_s']['p50']} s, http "
               f"{h['first_latency_s']['p50']} s (socket/http {ratio and round(ratio, 2)}); silence p50 socket "
               f"{s['silence_s']['p50']} s, http {h['silence_s']['p50']} s; replies without a gap socket "
-              f"{s['replies_without_gap']}/{s['replies']}, http {h['replies_without_gap']}/{h['replies']}")
+              f"{s['replies_without_gap']}/{s['ok']}, http {h['replies_without_gap']}/{h['ok']} (failed: socket "
+              f"{s['failed'] or 0}, http {h['failed'] or 0})")
         out.extend(pair.values())
     return out
 

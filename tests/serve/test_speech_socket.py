@@ -237,6 +237,24 @@ def test_a_client_that_stops_reading_is_closed_and_its_row_freed(tmp_path):
         assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 200
 
 
+def test_an_idle_socket_is_closed_and_a_response_waiting_for_text_freed(tmp_path):
+    from models import EngineConfig
+
+    with local_server(str(tmp_path), EngineConfig(**ENGINE), **{**SETTINGS, "ws_idle_timeout_s": 1.5}) as (url, replica):
+        with _open(url, key=None) as ws:
+            _hello(ws)
+            _send(ws, "input_text_buffer.append", text="Spoken, then nothing more comes.")
+            _until(ws, "response.segment.done")
+            assert replica.stats().num_streams == 1  # the response waits for more text, holding its row
+            error, _, _ = _until(ws, "error", timeout_s=10)
+            assert error["error"]["code"] == "idle_timeout"
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=10)
+            assert closed.value.rcvd.code == 1000
+        _held_streams_drop_to_zero(lambda: replica.stats().num_streams, timeout_s=5)
+
+
 def test_a_client_that_vanishes_frees_its_row(served):
     url, streams = served
     with _open(url) as ws:
