@@ -146,7 +146,10 @@ async def level(args: argparse.Namespace, mode: str, concurrency: int) -> dict:
     latencies = [r["first_latency_s"] for r in done if r["first_latency_s"] is not None]
     gaps = [r["gap_s"] for r in done]
     failed = Counter(r["status"] for r in results if r["status"] != "completed")
-    pct = lambda xs, q: round(float(np.percentile(xs, q)), 4) if xs else None  # noqa: E731
+
+    def pct(xs: list[float], q: int) -> float | None:
+        return round(float(np.percentile(xs, q)), 4) if xs else None
+
     return {"mode": mode, "concurrency": concurrency, "replies": len(results), "ok": len(done), "failed": dict(failed),
             "first_latency_s": {"p50": pct(latencies, 50), "p95": pct(latencies, 95)},
             "silence_s": {"p50": pct(gaps, 50), "p95": pct(gaps, 95), "max": max(gaps, default=None)},

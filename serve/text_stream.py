@@ -91,9 +91,7 @@ class StreamSplitter:
         """Where a long unfinished sentence may be cut after a clause mark (0: not yet)."""
         if len(rest.split()) <= self.clause_min_words:
             return 0
-        words = 0
-        for match in re.finditer(r"\S+", rest):
-            words += 1
+        for words, match in enumerate(re.finditer(r"\S+", rest), start=1):
             if words >= self.clause_min_words and _CLAUSE_MARK.match(rest, match.end() - 1):
                 return match.end()
         return 0

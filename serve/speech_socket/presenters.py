@@ -40,7 +40,6 @@ from .events import (
     ResponseRef,
     ResponseSummary,
     SegmentDone,
-    SessionConfig,
 )
 from .response import Response, ResponseEnd
 

@@ -3,6 +3,8 @@ never a character lost, added or reordered, whatever the deltas."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,8 +15,8 @@ from serve.text_stream import StreamSplitter
 def feed(text: str, cuts: list[int] | None = None, **kw) -> tuple[list[list[str]], StreamSplitter]:
     """The pieces each delta made ready (one delta per character unless `cuts` are given)."""
     splitter = StreamSplitter(**kw)
-    bounds = [0, *sorted(set(c for c in (cuts or range(1, len(text))) if 0 < c < len(text))), len(text)]
-    return [splitter.append(text[a:b]) for a, b in zip(bounds, bounds[1:])], splitter
+    bounds = [0, *sorted({c for c in (cuts or range(1, len(text))) if 0 < c < len(text)}), len(text)]
+    return [splitter.append(text[a:b]) for a, b in itertools.pairwise(bounds)], splitter
 
 
 def test_a_sentence_is_spoken_as_soon_as_its_end_is_certain():
