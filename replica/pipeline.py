@@ -162,6 +162,8 @@ class SpeechPipeline:
             if on_segment_done is not None:
                 on_segment_done(i, spoken)
             yield PieceDone(i, text, start_samples / SAMPLE_RATE_HZ, num_samples / SAMPLE_RATE_HZ)
+            if frame_budget is not None and num_frames >= frame_budget:
+                return  # at the cap: done, without waiting for a text that could not be spoken
 
     def shutdown(self) -> None:
         self.loop.shutdown()

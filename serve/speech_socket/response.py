@@ -70,8 +70,9 @@ class Response:
 
     @property
     def is_open(self) -> bool:
-        """Takes more pieces (not finished, not cancelled)."""
-        return not self._is_finished
+        """Takes more pieces: not finished, not cancelled, and its stream has not ended (at
+        its max_audio_seconds, or failed): text after that starts a new response."""
+        return not self._is_finished and not (self.task is not None and self.task.done())
 
     async def submit(self, text: str) -> None:
         """Speak `text` after the pieces before it; the first one starts the response."""

@@ -245,7 +245,7 @@ class SpeechSocket:
                 await response.task
 
     def _update(self, changes: dict, event_id: str | None) -> None:
-        if self.response is not None or self.splitter.pending:
+        if (self.response is not None and self.response.is_open) or self.splitter.pending:
             self._error("session.update cannot change a response in progress: commit it first", "session",
                         "response_in_progress", event_id)
             return
@@ -276,7 +276,7 @@ class SpeechSocket:
             self._error(f"Expected session.config, got: {event.type}", fatal=True)
             return
         if event.type == "session.config":
-            if self.response is not None or self._omni_text or self.splitter.pending:
+            if (self.response is not None and self.response.is_open) or self._omni_text or self.splitter.pending:
                 self._error("session.config cannot be applied while an utterance is in progress; send input.done first")
                 return
             self.omni, self.config = event, event.session()

@@ -165,6 +165,25 @@ def test_clear_drops_unspoken_text_and_cancel_stops_the_audio(served):
         assert _until(ws, "response.done")[0]["response"]["status"] == "completed"
 
 
+def test_a_response_at_its_audio_cap_ends_and_more_text_starts_the_next(served):
+    url, _ = served
+    cap_s = 2 * MAX_FRAMES * 1920 / 24_000  # two pieces' worth
+    with _open(url) as ws:
+        _hello(ws, max_audio_seconds=cap_s)
+        for sentence in ("One. ", "Two. ", "Three. ", "Four. "):  # four pieces (sent together, they would be one)
+            _send(ws, "input_text_buffer.append", text=sentence)
+        first, events, audio = _until(ws, "response.done")
+        assert first["response"]["status"] == "completed" and len(audio) == round(cap_s * 24_000) * 2
+        assert [e["text"] for e in events if e["type"] == "response.segment.done"] == ["One.", "Two."]
+        _send(ws, "session.update", session={"max_audio_seconds": 60})  # the ended response no longer blocks it
+        assert _until(ws, "session.updated")[0]["session"]["max_audio_seconds"] == 60
+        _send(ws, "input_text_buffer.append", text="Five.")
+        _send(ws, "input_text_buffer.commit")
+        second, events, _ = _until(ws, "response.done")
+        assert second["response"]["id"] != first["response"]["id"] and second["response"]["status"] == "completed"
+        assert [e["text"] for e in events if e["type"] == "response.segment.done"] == ["Five."]
+
+
 @pytest.mark.parametrize("message, code", [
     ("{not json", "invalid_json"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": ""}), "unknown_event"),
