@@ -70,3 +70,28 @@ def encode_segments(tokenizer, ids: SpecialIds, segments: tuple[Segment, ...]) -
 def build_prompt(tokenizer, ids: SpecialIds, text: str, speaker: int, context: tuple[Segment, ...]) -> PromptTokens:
     """The context segments, then the text to speak: its positions extend the context's."""
     return encode_segments(tokenizer, ids, (*context, Segment(speaker=speaker, text=text)))
+
+
+def segment_positions(tokenizer, segment: Segment) -> int:
+    """Backbone positions one segment takes (its text, and its frames with their end)."""
+    return len(encode_segments(tokenizer, SpecialIds(0, 0, 0, 0), (segment,)))
+
+
+def fit_context(tokenizer, fixed: tuple[Segment, ...], turns: tuple[Segment, ...], text: str, speaker: int,
+                max_positions: int, room_frames: int) -> tuple[Segment, ...]:
+    """The context for speaking `text` after a dialogue: `fixed` (a voice's sample) first, then
+    the newest of `turns` (oldest first) that fit in `max_positions` with `room_frames` left for
+    the new turn's audio; older turns drop out of the window (a turn is in whole or not at all,
+    and a turn never sits without every newer one). Positions are counted as build_prompt
+    counts them. Raises ValueError if `fixed` and the text alone leave no room."""
+    used = sum(segment_positions(tokenizer, s) for s in (*fixed, Segment(speaker=speaker, text=text)))
+    if used + room_frames > max_positions:
+        raise ValueError(f"the text and the voice take {used} positions; with {room_frames} frames of room "
+                         f"that is over the model's {max_positions}")
+    window: list[Segment] = []
+    for turn in reversed(turns):
+        used += segment_positions(tokenizer, turn)
+        if used + room_frames > max_positions:
+            break
+        window.append(turn)
+    return (*fixed, *reversed(window))
