@@ -21,7 +21,7 @@ from models.params import SAMPLES_PER_FRAME
 from replica.records import ErrorInfo, ReplicaError
 from replica.text_feed import PieceDone
 
-from ..backend import SpeechBackend
+from ..backend import SpeechBackend, TextFeedBoth
 from ..speech import SpeechService, SpeechStream
 from .events import SessionConfig
 
@@ -52,11 +52,11 @@ class Response:
     def __init__(self, response_id: str, config: SessionConfig, speech: SpeechService, backend: SpeechBackend,
                  presenter: Presenter, default_model: str, after: asyncio.Task | None = None) -> None:
         """`after`: the socket's previous response (this one starts when it has ended)."""
-        self.id, self.config, self.index = response_id, config, 0
+        self.id, self.config = response_id, config
         self._speech, self._backend, self._presenter, self._default_model = speech, backend, presenter, default_model
         self._after = after
         self.pieces: list[str] = []  # every piece submitted, in order
-        self._feed = None
+        self._feed: TextFeedBoth | None = None
         self._stream: SpeechStream | None = None
         self._spoken = 0  # pieces whose audio is all out
         self._is_finished = False  # no more pieces will come
@@ -110,11 +110,10 @@ class Response:
                 await self.task
 
     async def _run(self, first: str) -> None:
-        if self._after is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self._after)
         frames, status, error = 0, "failed", None
         try:
+            if self._after is not None:  # the socket's previous response has ended, however it ended
+                await asyncio.wait([self._after])
             await self._presenter.started(self)
             request = self.config.request(first, self._default_model)
             self._stream = await self._speech.start(request, "websocket", self.id, feed=self._feed)

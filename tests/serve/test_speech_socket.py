@@ -184,6 +184,25 @@ def test_a_response_at_its_audio_cap_ends_and_more_text_starts_the_next(served):
         assert [e["text"] for e in events if e["type"] == "response.segment.done"] == ["Five."]
 
 
+def test_cancel_stops_the_speaking_response_and_the_one_waiting_behind_it(served):
+    url, streams = served
+    with _open(url) as ws:
+        _hello(ws, max_audio_seconds=60)
+        for _ in range(40):  # 40 pieces (one append each): seconds of work
+            _send(ws, "input_text_buffer.append", text="The first reply. ")
+        _send(ws, "input_text_buffer.commit")  # the first response takes no more text...
+        _send(ws, "input_text_buffer.append", text="The second reply waits its turn. ")  # ...so this is the next
+        _until(ws, "response.segment.done")
+        _send(ws, "response.cancel")
+        first, _, _ = _until(ws, "response.done")
+        second, _, _ = _until(ws, "response.done")
+        assert first["response"]["status"] == second["response"]["status"] == "cancelled"
+        assert first["response"]["id"] != second["response"]["id"] and second["response"]["usage"]["output_tokens"] == 0
+        with pytest.raises(TimeoutError):  # nothing more: the waiting one never started
+            ws.recv(timeout=1.5)
+        _held_streams_drop_to_zero(streams)
+
+
 @pytest.mark.parametrize("message, code", [
     ("{not json", "invalid_json"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": ""}), "unknown_event"),
