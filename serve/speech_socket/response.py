@@ -101,11 +101,16 @@ class Response:
         del self.pieces[len(self.pieces) - dropped:]
         return chars
 
-    async def cancel(self) -> None:
-        """Stop now: the stream is closed (its engine row freed) and the response ends cancelled."""
+    def request_cancel(self) -> None:
+        """Ask the response to stop (see cancel); returns at once."""
         self._is_finished = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+    async def cancel(self) -> None:
+        """Stop now: the stream is closed (its engine row freed) and the response ends cancelled."""
+        self.request_cancel()
+        if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
 

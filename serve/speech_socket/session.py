@@ -76,8 +76,7 @@ class SpeechSocket:
             if not self._aborted:
                 raise
         finally:
-            for response in list(self._live):
-                await response.cancel()
+            await self._cancel_live()
             if not self._aborted:
                 await self._drain(sender)
             sender.cancel()
@@ -202,7 +201,15 @@ class SpeechSocket:
     async def _cancel_all(self) -> None:
         self.splitter.clear()
         self.response, self._num_chars, self._omni_text = None, 0, ""
-        for response in list(self._live):
+        await self._cancel_live()
+
+    async def _cancel_live(self) -> None:
+        """Every live response asked to stop first, then each awaited: one waiting behind the
+        speaking one must not start in between."""
+        live = list(self._live)
+        for response in live:
+            response.request_cancel()
+        for response in live:
             await response.cancel()
 
     # ---- csm-serve's dialect -------------------------------------------------------------------
