@@ -61,6 +61,7 @@ class Response:
         self._spoken = 0  # pieces whose audio is all out
         self._is_finished = False  # no more pieces will come
         self._is_waiting = False  # the stream has spoken all it was given
+        self._is_cancelled = self._is_running = False  # request_cancel called; _run entered
         self.task: asyncio.Task | None = None
 
     @property
@@ -102,9 +103,13 @@ class Response:
         return chars
 
     def request_cancel(self) -> None:
-        """Ask the response to stop (see cancel); returns at once."""
-        self._is_finished = True
-        if self.task is not None and not self.task.done():
+        """Ask the response to stop (see cancel); returns at once. A task not yet running is
+        not cancelled from outside (its coroutine would never run, and the client would get no
+        response.done): it sees the request as it starts. Only the first request acts."""
+        if self._is_cancelled:  # once: a second cancel would cut the first one's ending short
+            return
+        self._is_finished = self._is_cancelled = True
+        if self.task is not None and not self.task.done() and self._is_running:
             self.task.cancel()
 
     async def cancel(self) -> None:
@@ -115,8 +120,11 @@ class Response:
                 await self.task
 
     async def _run(self, first: str) -> None:
+        self._is_running = True
         frames, status, error = 0, "failed", None
         try:
+            if self._is_cancelled:
+                raise asyncio.CancelledError
             if self._after is not None:  # the socket's previous response has ended, however it ended
                 await asyncio.wait([self._after])
             await self._presenter.started(self)
