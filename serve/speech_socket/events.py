@@ -199,19 +199,20 @@ class OmniConfig(BaseModel):
                              speed=self.speed, seed=self.seed, audio_transport="binary")
 
 
-class OmniText(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _OmniEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # vLLM-Omni ignores fields it does not know
+
+
+class OmniText(_OmniEvent):
     type: Literal["input.text"]
     text: str = ""
 
 
-class OmniDone(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class OmniDone(_OmniEvent):
     type: Literal["input.done"]
 
 
-class OmniClose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class OmniClose(_OmniEvent):
     type: Literal["session.close"]
 
 

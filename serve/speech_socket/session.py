@@ -26,15 +26,12 @@ from starlette.websockets import WebSocket, WebSocketState
 from ..schemas import ErrorBody
 from ..settings import ServerSettings
 from ..speech import SpeechService
-from ..text import normalize_whitespace, split_text
 from ..text_stream import StreamSplitter
 from .events import (
     CLIENT_EVENTS,
-    OMNI_EVENTS,
     OMNI_TYPES,
     ErrorEvent,
     OmniError,
-    OmniSessionDone,
     SessionConfig,
     SessionCreated,
     SessionFinished,
@@ -42,16 +39,16 @@ from .events import (
     TextCleared,
     TextCommitted,
 )
-from .presenters import OmniPresenter, Outbox, RealtimePresenter
+from .omni import OmniDialect
+from .presenters import Outbox, RealtimePresenter
 from .response import Presenter, Response
 
 log = logging.getLogger(__name__)
 HELLO_S = 0.25  # a client that sends nothing first gets session.created after this
 Dialect = Literal["csm", "omni"]
-_EVENT_GAP = {"clause": 1, "sentence": 10**6}  # vLLM-Omni split_granularity -> clause_min_words
 
 
-class SpeechSocket:
+class SpeechSocket(OmniDialect):
     def __init__(self, ws: WebSocket, speech: SpeechService, settings: ServerSettings, socket_id: str,
                  dialect: Dialect | None) -> None:
         self.ws, self.speech, self.settings, self.id, self.dialect = ws, speech, settings, socket_id, dialect
@@ -268,56 +265,3 @@ class SpeechSocket:
             return
         self.config = config
         self.outbox.event(SessionUpdated(session=config))
-
-    # ---- vLLM-Omni's dialect -------------------------------------------------------------------
-    async def _omni_event(self, raw: dict) -> None:
-        try:
-            event = OMNI_EVENTS.validate_python(raw)
-        except ValidationError as e:
-            first = e.errors()[0]
-            unknown = first["type"] == "union_tag_invalid"
-            self._error(f"Unknown message type: {raw['type']}" if unknown else f"Invalid message: {first['msg']}",
-                        fatal=True)
-            return
-        if self.omni is None and event.type != "session.config":
-            self._error(f"Expected session.config, got: {event.type}", fatal=True)
-            return
-        if event.type == "session.config":
-            if (self.response is not None and self.response.is_open) or self._omni_text or self.splitter.pending:
-                self._error("session.config cannot be applied while an utterance is in progress; send input.done first")
-                return
-            self.omni, self.config = event, event.session()
-            self.splitter = StreamSplitter(self.settings.segment_max_chars,
-                                           _EVENT_GAP.get(event.split_granularity, 10**6))
-        elif event.type == "input.text":
-            if not self._count(event.text):
-                return
-            if self.omni.split_granularity == "none":
-                self._omni_text += event.text
-            else:
-                for piece in self.splitter.append(event.text):
-                    await self._speak(piece, self._omni_presenter(None))
-        elif event.type == "input.done":
-            await self._omni_done()
-        else:  # session.close: unflushed text is dropped, as vLLM-Omni does
-            await self._cancel_all()
-            self._close = (1000, "session closed")
-
-    def _omni_presenter(self, whole_text: str | None) -> OmniPresenter | None:
-        """A presenter for a new utterance (None while one takes text: _speak keeps its own)."""
-        if self.response is not None and self.response.is_open:
-            return None
-        return OmniPresenter(self.outbox, self.omni, self._utterance, whole_text)
-
-    async def _omni_done(self) -> None:
-        if self.omni.split_granularity == "none":
-            text, self._omni_text = self._omni_text, ""
-            pieces, whole = split_text(text, self.settings.segment_max_chars), normalize_whitespace(text)
-        else:
-            pieces, whole = self.splitter.flush(), None
-        presenter = self._omni_presenter(whole)
-        for piece in pieces:
-            await self._speak(piece, presenter)
-        if not await self._end_response():  # nothing to say: the utterance ends at once
-            self.outbox.event(OmniSessionDone(utterance_index=self._utterance, total_sentences=0))
-        self._utterance += 1
