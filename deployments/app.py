@@ -24,6 +24,7 @@ from serve.v2.grpc_service import UNARY, InferenceRPC, RpcStatus
 from .metrics import RayMetrics
 from .placement import AppArgs, engine_actor_options
 from .replica import RayReplicas, ReplicaDeployment
+from .router import least_busy
 
 _EMPTY = {name: getattr(pb, f"{name}Response") for name in UNARY}
 
@@ -110,5 +111,6 @@ def build_app_with(args: dict, before_step: StepHook | None = None):
         ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine, cfg.card),
         max_ongoing_requests=cfg.engine.max_num_seqs,
         max_queued_requests=cfg.max_queued_requests,
+        request_router_config=least_busy(),
     ).bind(cfg.engine.model_dump(), cfg.replica.model_dump(), settings.voices_dir, before_step)
     return SpeechIngress.bind(replicas, cfg.server)

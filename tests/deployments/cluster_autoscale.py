@@ -29,21 +29,22 @@ def _client(url: str, stop: threading.Event, results: list, seed: int) -> None:
 def _scale_down_with_streams(url: str, handle, clients_done) -> dict:
     """Four long streams started as the closed-loop clients stop: 4 ongoing requests at target
     2 is 2 replicas, so after downscale_delay_s the autoscaler stops two of the four while the
-    streams run. Where the streams ran (at least 3 of the 4 replicas hold one, so a stopped
-    replica held one), the lowest RUNNING count and the STOPPING replicas seen while every
+    streams run. Where the streams ran (each replica holds one, so a stopped replica held one), the lowest RUNNING count and the STOPPING replicas seen while every
     stream was still live, and each stream's outcome."""
     ids = [f"down-{i}" for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
         clients_done()
         streams = []
         for i, rid in enumerate(ids):
-            # staggered so each routing choice sees the streams before it (Serve's router picks
-            # the less busy of two replicas: with fresh queue lengths two streams share a replica
-            # only when both candidates already hold one, about 1 time in 36 for all four)
-            streams.append(pool.submit(long_speak, url, 9000 + i, 16.0, rid))
+            # staggered so each routing choice sees the streams before it: the least busy
+            # replica takes each (deployments/router.py), so each of the four holds one
+            streams.append(pool.submit(long_speak, url, 9000 + i, 30.0, rid))  # outlasts downscale_s
             time.sleep(0.6)
-        time.sleep(0.6)
-        homes = stream_homes(handle, ids, 4)
+        homes: dict[str, int] = {}
+        deadline = time.monotonic() + 5
+        while len(homes) < len(ids) and time.monotonic() < deadline:  # each as soon as it runs
+            homes.update(stream_homes(handle, ids))
+            time.sleep(0.2)
         fewest_running, most_stopping = 4, 0
         while not any(f.done() for f in streams):  # every stream still live
             states = engine_states()
@@ -64,10 +65,12 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
 
     from deployments.sim_cluster import app_args, autoscaling, deploy
 
-    deploy(app_args(voices_dir), {"autoscaling_config": autoscaling(cards, target=2.0, downscale_s=4.0)})
+    # downscale_s: longer than the closed-loop clients take to finish plus the four streams to
+    # start, so Serve decides to scale down only once the streams run (4 ongoing: 2 replicas)
+    deploy(app_args(voices_dir), {"autoscaling_config": autoscaling(cards, target=2.0, downscale_s=10.0)})
     wait_running(1)
     handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
-    before = {pid: (s.engine.num_steps, s.engine.num_frames_total) for pid, s in replica_stats(handle, 8).items()}
+    before = {pid: (s.engine.num_steps, s.engine.num_frames_total) for pid, s in replica_stats(handle).items()}
     stop, results, timeline = threading.Event(), [], []
     t0 = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
@@ -82,7 +85,7 @@ def autoscale(sim, voices_dir: str, cards: int, clients: int = 8) -> dict:
             if full_at is not None and time.monotonic() - full_at > 10:  # every card busy for 10 s
                 break
             time.sleep(0.5)
-        under_load = replica_stats(handle)  # the clients use half the slots: these calls find room
+        under_load = replica_stats(handle)
 
         def clients_done() -> None:
             stop.set()

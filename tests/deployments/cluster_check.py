@@ -14,17 +14,16 @@ import numpy as np
 from deployments.sim_cluster import engine_states, wait_running
 
 
-def replica_stats(handle, calls: int = 40) -> dict[int, dict]:
-    """pid -> stats of every engine replica the router reached (idle replicas: the router
-    spreads the calls, so 40 reach each of 4)."""
-    with ThreadPoolExecutor(3) as pool:  # within the slots (3+ replicas x 4): no backpressure
-        stats = list(pool.map(lambda _: handle.stats.remote().result(timeout_s=60), range(calls)))
-    return {s.pid: s for s in stats}
+def replica_stats(handle) -> dict[int, dict]:
+    """pid -> stats of every engine replica the handle's router knows (Serve's broadcast: one
+    call each, busy or not); one that does not answer (on a lost node) is left out."""
+    stats = handle.broadcast("stats").results(timeout_s=60, return_exceptions=True)
+    return {s.pid: s for s in stats if not isinstance(s, BaseException)}
 
 
-def placement(handle, calls: int = 40) -> dict[int, dict]:
-    """pid -> {card, node_id} of every engine replica the router reached."""
-    return {pid: {"card": s.card, "node_id": s.node_id} for pid, s in replica_stats(handle, calls).items()}
+def placement(handle) -> dict[int, dict]:
+    """pid -> {card, node_id} of every engine replica."""
+    return {pid: {"card": s.card, "node_id": s.node_id} for pid, s in replica_stats(handle).items()}
 
 
 def speak(url: str, seed: int) -> int:
@@ -52,15 +51,9 @@ def long_speak(url: str, seed: int, seconds: float = 8.0, request_id: str | None
     return {"outcome": "complete" if complete else "cut", "end": time.monotonic(), "bytes": received, "id": request_id}
 
 
-def stream_homes(handle, ids: list[str], replicas: int) -> dict[str, int]:
-    """request id -> pid of the replica serving it. A replica whose slots are all taken gets
-    no stats call (Serve's router would queue it): with exactly one replica unseen, the
-    streams no seen replica holds are its (pid -1)."""
-    seen = replica_stats(handle)
-    homes = {rid: pid for pid, s in seen.items() for rid in s.streams if rid in ids}
-    if len(seen) == replicas - 1:
-        homes.update({rid: -1 for rid in ids if rid not in homes})
-    return homes
+def stream_homes(handle, ids: list[str]) -> dict[str, int]:
+    """request id -> pid of the replica serving it."""
+    return {rid: pid for pid, s in replica_stats(handle).items() for rid in s.streams if rid in ids}
 
 
 def voices_across(url: str, handle, replicas: int) -> dict:
@@ -107,8 +100,7 @@ def voices_across(url: str, handle, replicas: int) -> dict:
 
 def node_loss(sim, handle, voices_dir: str) -> dict:
     """Two engine replicas, one per card node (max_replicas_per_node: 1), six long streams
-    (three each: the router fills free slots; one slot each stays free for the stats calls
-    that say where each stream runs), then one node is removed (no graceful shutdown): its
+    (three each: each goes to the least busy replica), then one node is removed (no graceful shutdown): its
     streams end within seconds, the others finish, readiness stays up (sampled until Serve
     reports the lost replica gone); the replacement waits for a card on a node of its own
     until a new node joins (as KubeRay replaces a lost worker pod), then serves there, and
@@ -129,9 +121,8 @@ def node_loss(sim, handle, voices_dir: str) -> dict:
             streams.append(pool.submit(long_speak, sim.url, 100 + i, 8.0, rid))
             time.sleep(0.1)
         time.sleep(1.5)  # every stream is under way
-        homes = stream_homes(handle, ids, 2)
-        unseen = (nodes - {node_of[pid] for pid in homes.values() if pid in node_of}) or {None}
-        served_on = {rid: node_of.get(pid, next(iter(unseen))) for rid, pid in homes.items()}
+        homes = stream_homes(handle, ids)
+        served_on = {rid: node_of.get(pid) for rid, pid in homes.items()}
         killed_at = time.monotonic()
         sim.cluster.remove_node(victim, allow_graceful=False)
         ready = []
@@ -157,7 +148,7 @@ def node_loss(sim, handle, voices_dir: str) -> dict:
     replaced_in_s = wait_running(2)
     after, deadline = {}, time.time() + 30
     while len(after) < 2 and time.time() < deadline:  # until the router has heard of the replacement
-        after.update(placement(handle, 12))
+        after.update(placement(handle))
         time.sleep(1)
     return {"nodes_before": sorted(nodes), "victim": victim.node_id, "results": results, "ready_during": ready,
             "ready_while_gone": ready_while_gone, "states_before_new_node": pending,
@@ -182,7 +173,7 @@ def over_capacity(sim, voices_dir: str) -> dict:
         time.sleep(1)
     time.sleep(3)  # the fifth stays pending
     return {"states_over_capacity": engine_states(),
-            "placement_over_capacity": list(placement(handle, 60).values()),
+            "placement_over_capacity": list(placement(handle).values()),
             "statuses_over_capacity": [speak(sim.url, 10 + i) for i in range(3)]}
 
 
@@ -205,7 +196,7 @@ def main(voices_dir: str, port: int) -> dict:
         out["nodes"] = [n.node_id for n in sim.worker_nodes]
         deploy(app_args(voices_dir), {"num_replicas": 4})
         handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
-        out["placement"] = timed("placement", list(placement(handle, 60).values()))
+        out["placement"] = timed("placement", list(placement(handle).values()))
         out["voices"] = timed("voices", voices_across(sim.url, handle, replicas=4))
         out["autoscale"] = timed("autoscale", autoscale(sim, voices_dir, cards=4))
         out["rollout"] = timed("rollout", rolling_update(sim, voices_dir))

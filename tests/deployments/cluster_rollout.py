@@ -48,7 +48,7 @@ def rolling_update(sim, voices_dir: str) -> dict:
     wait_running(2)
     time.sleep(2)  # the routers have heard of both replicas
     handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
-    old = {pid for pid, s in replica_stats(handle, 12).items() if s.engine.num_kv_slots_total == 4}
+    old = {pid for pid, s in replica_stats(handle).items() if s.engine.num_kv_slots_total == 4}
     stop, ready = threading.Event(), []
     sampler = threading.Thread(target=_sample_ready, args=(sim.url, stop, ready), daemon=True)
     sampler.start()
@@ -72,7 +72,7 @@ def rolling_update(sim, voices_dir: str) -> dict:
     sampler.join()
     most_replicas = max((total for _, total, _ in states), default=0)
     fewest_running = min((running for _, _, running in states), default=0)
-    after = replica_stats(handle, 12)
+    after = replica_stats(handle)
     return {"outcomes": [r["outcome"] for r in results], "ready": sorted(set(ready), key=str),
             "ready_samples": len(ready), "most_replicas_during": most_replicas,
             "fewest_running_during": fewest_running, "deploy_returned_s": round(deployed_s, 1),
