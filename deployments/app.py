@@ -104,13 +104,14 @@ def build_app_with(args: dict, before_step: StepHook | None = None):
     """The application, with the replicas' engines given a `before_step` hook (tests inject
     faults with it; it is pickled by value)."""
     cfg = AppArgs.model_validate(args or {})
-    if cfg.server.get("voices_dir"):  # replicas do not share the driver's working directory
-        cfg.server["voices_dir"] = os.path.abspath(cfg.server["voices_dir"])
+    for folder in ("voices_dir", "conversations_dir"):  # replicas do not share the driver's working directory
+        if cfg.server.get(folder):
+            cfg.server[folder] = os.path.abspath(cfg.server[folder])
     settings = ServerSettings(**cfg.server)
     replicas = ReplicaDeployment.options(
         ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine, cfg.card),
         max_ongoing_requests=cfg.engine.max_num_seqs,
         max_queued_requests=cfg.max_queued_requests,
         request_router_config=least_busy(),
-    ).bind(cfg.engine.model_dump(), cfg.replica.model_dump(), settings.voices_dir, before_step)
+    ).bind(cfg.engine.model_dump(), cfg.replica.model_dump(), settings.voices_dir, before_step, cfg.server)
     return SpeechIngress.bind(replicas, cfg.server)

@@ -10,16 +10,18 @@ import asyncio
 from models import EngineConfig
 from observability.metrics import Metrics, MetricsSink
 from replica.config import ReplicaConfig
+from replica.conversation_store import ConversationStore
 from replica.replica import Replica
 from replica.voice_store import VoiceStore
 
 
 async def start_replica(engine: EngineConfig, store: VoiceStore, config: ReplicaConfig | None = None,
                         metrics: MetricsSink | None = None, max_queued_requests: int = 16,
-                        before_step=None) -> Replica:
+                        before_step=None, conversations: ConversationStore | None = None) -> Replica:
     """Build and warm up a replica (off the event loop), compute the stored voices' prefixes
-    and follow the store; `max_queued_requests` streams may wait for a row (admission.py)."""
-    replica = await asyncio.to_thread(Replica.build, engine, store, config, metrics, max_queued_requests, before_step)
+    and follow the stores; `max_queued_requests` streams may wait for a row (admission.py)."""
+    replica = await asyncio.to_thread(Replica.build, engine, store, config, metrics, max_queued_requests, before_step,
+                                      conversations)
     await replica.voices.load_all()
     replica.start_following_store()  # folders changed by hand too
     return replica
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     async def serve() -> None:
         metrics = Metrics()
         replica = await start_replica(engine, store, ReplicaConfig(chunk_s=args.chunk_s), metrics,
-                                      args.max_queued_requests)
+                                      args.max_queued_requests, conversations=settings.conversation_store())
         app = create_app(replica, store, settings, metrics)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port))
         grpc_server = await start_grpc_server(app.state.v2, f"{args.host}:{args.grpc_port}") if args.grpc_port else None

@@ -36,6 +36,7 @@ from replica.records import ErrorInfo, Instances, ReplicaError, ReplicaStats, Sp
 from replica.replica import Replica
 from replica.text_feed import PieceDone
 from replica.voice_store import Voice, VoiceStore
+from serve.settings import ServerSettings
 
 from .autoscaling import replica_autoscaling_stats
 from .metrics import RayMetrics
@@ -60,10 +61,13 @@ class ReplicaDeployment:
     """One Replica on one card. Serve's router is its queue (max_ongoing_requests =
     max_num_seqs), so the replica admits no waiting streams of its own (admission.py)."""
 
-    def __init__(self, engine: dict, replica: dict, voices_dir: str | None, before_step: StepHook | None = None):
+    def __init__(self, engine: dict, replica: dict, voices_dir: str | None, before_step: StepHook | None = None,
+                 server: dict | None = None):
+        """`server`: the ingress's settings (ServerSettings), for the conversations' store."""
         store = VoiceStore(voices_dir)
+        conversations = ServerSettings(**(server or {})).conversation_store()
         self.replica = Replica.build(EngineConfig(**engine), store, ReplicaConfig(**replica), RayMetrics(REPLICA_METRICS),
-                                     max_waiting=0, before_step=before_step)
+                                     max_waiting=0, before_step=before_step, conversations=conversations)
         self.replica.start_following_store()  # Serve runs constructors on the replica's event loop
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[WireChunk]:
@@ -83,6 +87,9 @@ class ReplicaDeployment:
 
     async def forget_voice(self, voice_id: str) -> None:
         await self.replica.forget_voice(voice_id)
+
+    async def forget_conversation(self, conversation_id: str) -> None:
+        await self.replica.forget_conversation(conversation_id)
 
     async def instances(self) -> Instances:
         return await self.replica.instances()
@@ -156,6 +163,13 @@ class RayReplicas:
             if stream is not None:
                 with contextlib.suppress(Exception):  # cancel() re-raises a failed call's error
                     stream.cancel()
+
+    async def forget_conversation(self, conversation_id: str) -> None:
+        """Every replica forgets it now (Serve's broadcast; they also follow the store)."""
+        try:
+            await self.replicas.broadcast("forget_conversation", conversation_id).results_async()
+        except Exception as e:
+            raise ReplicaError(ray_error_info(e, f"conversation {conversation_id}")) from None
 
     async def add_voice(self, voice: Voice) -> None:
         """One replica loads it now (and refuses what the model cannot take); the others load

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from models.core.prompt import Prefix
+from models.params import Segment
 
 ContextKind = Literal["voice", "conversation"]
 KINDS: tuple[ContextKind, ...] = ("voice", "conversation")
@@ -50,10 +51,11 @@ class ContextCache:
         self._misses = dict.fromkeys(KINDS, 0)
         self._evictions = 0
 
-    def get(self, key: ContextKey) -> Prefix | None:
-        """The prefix cached for exactly this key (marked most recently used), or None."""
+    def get(self, key: ContextKey, covering: tuple[Segment, ...] | None = None) -> Prefix | None:
+        """The prefix cached for exactly this key (marked most recently used), or None; with
+        `covering`, only one that context starts with (a conversation's context grows)."""
         entry = self._entries.get((key.kind, key.id))
-        found = entry is not None and entry[0] == key
+        found = entry is not None and entry[0] == key and (covering is None or entry[1].covers(covering))
         if found:
             self._entries.move_to_end((key.kind, key.id))
         counts = self._hits if found else self._misses

@@ -23,11 +23,12 @@ from models.params import EngineStats, GenerationParams, MaxAudioSeconds, Priori
 
 from .admission import QueueTimeout
 from .context_cache import ContextCacheStats
+from .conversation_store import ConversationError, ConversationNotFound, TurnInProgress
 from .text_feed import TextFeed
 from .voice_store import Voice
 
 log = logging.getLogger(__name__)
-ErrorKind = Literal["invalid_request", "not_found", "overloaded", "unavailable", "internal"]
+ErrorKind = Literal["invalid_request", "not_found", "conflict", "overloaded", "unavailable", "internal"]
 INTERNAL_MESSAGE = "The server had an error while processing your request."
 
 
@@ -35,7 +36,9 @@ class SpeechJob(BaseModel):
     """One speech request, as every replica receives it: `texts` are spoken in order in one
     voice, text i with `params.for_segment(i)`, the whole audio at most `max_audio_s` long.
     `priority` and `timeout_s` (the longest it may wait to start): replica/admission.py.
-    With a `feed`, the texts after `texts` come from it as they arrive (replica/text_feed.py)."""
+    With a `feed`, the texts after `texts` come from it as they arrive (replica/text_feed.py).
+    With a `conversation`, the texts are its next turn: spoken after its earlier turns, and
+    kept as a turn of it when the stream completes."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -48,6 +51,7 @@ class SpeechJob(BaseModel):
     timeout_s: float | None = Field(None, gt=0)
     feed: TextFeed | None = None  # more texts as they arrive, after `texts` (the text-in WebSocket)
     marks: bool = False  # yield a PieceDone after each text's audio (its text and timestamps)
+    conversation: str | None = None  # speak the next turn of this conversation (replica/conversations.py)
 
 
 class ErrorInfo(BaseModel):
@@ -84,6 +88,12 @@ def error_info(exc: BaseException, request_id: str) -> ErrorInfo:
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         return ErrorInfo(kind="invalid_request", message=f"{param}: {first['msg']}" if param else first["msg"],
                          param=param, code="invalid_value")
+    if isinstance(exc, ConversationNotFound):
+        return ErrorInfo(kind="not_found", message=str(exc), param="conversation", code="conversation_not_found")
+    if isinstance(exc, TurnInProgress):
+        return ErrorInfo(kind="conflict", message=str(exc), param="conversation", code="turn_in_progress")
+    if isinstance(exc, ConversationError):
+        return ErrorInfo(kind="invalid_request", message=exc.message, param=exc.param, code=exc.code)
     if isinstance(exc, Overloaded):
         return ErrorInfo(kind="overloaded", message="The server is at capacity; retry shortly.", code="overloaded")
     if isinstance(exc, QueueTimeout):  # Triton's words and kind (UNAVAILABLE) for a request's own timeout
@@ -102,13 +112,15 @@ def error_info(exc: BaseException, request_id: str) -> ErrorInfo:
 class Instances(BaseModel):
     """Where the model runs, for Triton's model configuration: the kind of device (Triton's
     KIND_GPU also stands for an NPU card, KIND_CPU for a CPU engine), how many replicas (one
-    per card) and the rows each batches."""
+    per card), the rows each batches and the backbone positions a row holds (the context a
+    conversation's turns must fit in)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["KIND_GPU", "KIND_CPU"]
     count: int
     max_num_seqs: int
+    max_positions: int = 2048
 
 
 def instance_kind(device_type: str) -> Literal["KIND_GPU", "KIND_CPU"]:

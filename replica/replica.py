@@ -12,41 +12,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
 from models.codec.mimi_stream import StreamingMimiDecoder
 from models.core.config import EngineConfig
 from models.core.threads import ThreadPlan
+from models.core.prompt import Prefix
 from models.engine import Engine, StepHook, build_engine
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
-from models.params import EngineStats
+from models.params import FRAME_RATE_HZ, EngineStats, Segment
 from observability.metrics import MetricsSink
 
 from .admission import Admission
 from .config import ReplicaConfig
 from .context_cache import ContextCache
+from .conversation_store import ConversationError, ConversationStore
+from .conversations import ConversationContexts
 from .pipeline import SpeechPipeline, chunk_frames
 from .realtime import RealtimePolicy, StepTimes, budget_s, profile_sizes
 from .recorder import EngineRecorder, held_card
 from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
 from .text_feed import PieceDone, QueueFeed
 from .voice_store import Voice, VoiceStore
-from .voices import VoiceContexts
+from .voices import SYNC_INTERVAL_S, VoiceContexts
 
 log = logging.getLogger(__name__)
 
 
 class Replica:
     def __init__(self, engine: Engine, store: VoiceStore, config: ReplicaConfig | None = None,
-                 metrics: MetricsSink | None = None, max_waiting: int = 0) -> None:
+                 metrics: MetricsSink | None = None, max_waiting: int = 0,
+                 conversations: ConversationStore | None = None) -> None:
         """Serve a warmed-up engine: `max_waiting` streams may wait for one of its
         `max_num_seqs` rows (0 under Ray, where Serve's router queues; see admission.py),
-        `metrics` (optional) gets the engine's and the cache's metrics."""
+        `metrics` (optional) gets the engine's and the cache's metrics, `conversations`
+        (optional) is the store conversation turns are spoken from and kept in."""
         config = config or ReplicaConfig()
         recorder = EngineRecorder(metrics, engine.loaded) if metrics is not None else None
         self.threads = ThreadPlan.for_device(engine.loaded.device.type, engine=config.engine_threads,
@@ -69,6 +75,10 @@ class Replica:
         if recorder is not None:
             recorder.on_cache(self.contexts.stats())
         self.voices = VoiceContexts(store, self.contexts, self._loop, codec)
+        self._engine_config, self._default_max_frames = engine.config, engine.default_max_frames
+        self.conversations = ConversationContexts(
+            conversations, self.contexts, self._loop, codec, engine.loaded.tokenizer, engine.config.max_seq_len,
+            self._room_frames) if conversations is not None else None
         batch_rows = config.max_batch_rows if config.max_batch_rows is not None else max(1, rows // 2)
         admission = Admission(rows, max_waiting, self.realtime, batch_rows, config.admission_wait_s,
                               is_behind=lambda: self.pipeline.is_behind() if config.realtime_admission else False)
@@ -76,19 +86,20 @@ class Replica:
                                        MimiDecodeWorker(StreamingMimiDecoder(codec, rows), self.threads.decode),
                                        chunk_frames(config.chunk_s), recorder.on_stage if recorder else None,
                                        lead=config.realtime_margin)
-        self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows)
+        self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows,
+                                    max_positions=engine.config.max_seq_len)
         self._follow: asyncio.Task | None = None
         self._streams: tuple[str, ...] = ()  # request ids inside synthesize; replaced, never mutated (stats())
 
     @classmethod
     def build(cls, engine_config: EngineConfig, store: VoiceStore, config: ReplicaConfig | None = None,
               metrics: MetricsSink | None = None, max_waiting: int = 0,
-              before_step: StepHook | None = None) -> Replica:
+              before_step: StepHook | None = None, conversations: ConversationStore | None = None) -> Replica:
         """Load the configured model, warm its engine up (the replica is ready after this)
         and serve it. `before_step`: the engine's fault-injection seam (tests)."""
         engine = build_engine(engine_config, before_step)
         engine.warm_up()
-        return cls(engine, store, config, metrics, max_waiting)
+        return cls(engine, store, config, metrics, max_waiting, conversations)
 
     def _on_step(self, stats: EngineStats) -> None:
         """After every engine step, on its thread: learn the step period, record metrics."""
@@ -98,10 +109,24 @@ class Replica:
             self._recorder.on_step(stats)
 
     def start_following_store(self) -> None:
-        """Forget voices deleted or changed in the store within a second, with no request
-        needed (a task on the running loop, for the replica's life)."""
+        """Forget voices deleted or changed in the store, and conversations deleted or expired,
+        within a second, with no request needed (a task on the running loop, for the replica's life)."""
         if self._follow is None:
-            self._follow = asyncio.get_running_loop().create_task(self.voices.follow_store())
+            self._follow = asyncio.get_running_loop().create_task(self.follow_stores())
+
+    async def follow_stores(self, interval_s: float = SYNC_INTERVAL_S) -> None:
+        """Sync with the stores forever; errors are logged, never fatal."""
+        syncs = [("voices", self.voices.sync)]
+        if self.conversations is not None:
+            syncs.append(("conversations", self.conversations.sync))
+        while True:
+            await asyncio.sleep(interval_s)
+            for what, sync in syncs:
+                try:
+                    if forgotten := await sync():
+                        log.info("forgot %s gone from the store: %s", what, ", ".join(forgotten))
+                except Exception:
+                    log.exception("%s sync failed", what)
 
     # ---- the SpeechBackend protocol ------------------------------------------------------------
     async def is_ready(self) -> bool:
@@ -110,25 +135,50 @@ class Replica:
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray | PieceDone]:
         """Float32 24 kHz mono PCM chunks of the job's texts (and its feed's) in its voice, at
         most max_audio_s long, with a PieceDone after each text's audio if the job asks for
-        marks. Every failure is a ReplicaError (before the first chunk for
+        marks; a conversation's turn is spoken after its earlier turns and kept in it when the
+        stream completes. Every failure is a ReplicaError (before the first chunk for
         overload and unusable input); closing the iterator aborts the generation."""
         self._streams = (*self._streams, job.request_id)
         self._record_admission()
         try:
             prefix = await self.voices.prefix(job.voice)
-            started = False
-            async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s,
-                                                  priority=job.priority, timeout_s=job.timeout_s, feed=job.feed,
-                                                  marks=job.marks):
-                if not started:  # admitted: the gauges move now
-                    started = True
-                    self._record_admission()
-                yield pcm
+            if job.conversation is None:
+                async for item in self._speak(job, prefix):
+                    yield item
+                return
+            if self.conversations is None:
+                raise ConversationError("conversation", "conversations are disabled: no conversations directory is "
+                                        "configured")
+            async with self.conversations.turn(job, prefix) as plan:
+                async for item in self._speak(job, plan.prefix, plan.segment_done):
+                    yield item
+                await self.conversations.complete(job, plan)  # only a stream that ran to its end
         except Exception as e:
             raise ReplicaError(error_info(e, job.request_id)) from None
         finally:
             self._streams = tuple(r for r in self._streams if r != job.request_id)
             self._record_admission()
+
+    async def _speak(self, job: SpeechJob, prefix: Prefix | None,
+                     on_segment_done: Callable[[int, Segment], None] | None = None) -> AsyncIterator[np.ndarray | PieceDone]:
+        started = False
+        async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s,
+                                              on_segment_done=on_segment_done, priority=job.priority,
+                                              timeout_s=job.timeout_s, feed=job.feed, marks=job.marks):
+            if not started:  # admitted: the gauges move now
+                started = True
+                self._record_admission()
+            yield pcm
+
+    def _room_frames(self, job: SpeechJob) -> int:
+        """Positions a conversation turn's reply may take past its context (conversations.py):
+        its text pieces and frames at a slow speaking rate (each piece follows the one before
+        it, so two pieces' worth), at most the stream's audio cap."""
+        config = self._engine_config
+        frames = self._default_max_frames(" ".join(job.texts)) + config.frames_margin + 8
+        if job.max_audio_s is not None:
+            frames = min(frames, math.ceil(job.max_audio_s * FRAME_RATE_HZ) + 8)
+        return min(frames, 2 * config.max_frames_cap)
 
     def _record_admission(self) -> None:
         if self._recorder is not None:
@@ -150,6 +200,10 @@ class Replica:
 
     async def forget_voice(self, voice_id: str) -> None:
         self.voices.forget(voice_id)
+
+    async def forget_conversation(self, conversation_id: str) -> None:
+        if self.conversations is not None:
+            self.conversations.forget(conversation_id)
 
     async def instances(self) -> Instances:
         return self._instances

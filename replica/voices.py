@@ -2,7 +2,7 @@
 transcripts) and that context's prefix KV, kept in the replica's context cache under the
 voice's id and store version. The voice store (shared by every replica) owns the voices;
 this follows it: a voice deleted or changed there is forgotten here within a second, with no
-request needed (`follow_store`), and a changed record is never served from the cache.
+request needed (`sync`, which the replica runs every second), and a changed record is never served from the cache.
 
 Event-loop state: one asyncio loop. Clips are read and Mimi-encoded on worker threads, the
 prefix is computed on the engine's thread (between steps).
@@ -78,16 +78,6 @@ class VoiceContexts:
         for voice_id in stale:
             self.forget(voice_id)
         return stale
-
-    async def follow_store(self, interval_s: float = SYNC_INTERVAL_S) -> None:
-        """Run `sync` forever (a replica's background task); errors are logged, never fatal."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                if forgotten := await self.sync():
-                    log.info("forgot voices gone from the store: %s", ", ".join(forgotten))
-            except Exception:
-                log.exception("voice sync failed")
 
     async def load_all(self) -> int:
         """Compute the prefix of every stored voice with clips (as far as the cache holds

@@ -11,7 +11,7 @@ from replica.voice_store import VoiceStore
 from .backend import SpeechBackend
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
-from .routes import health, models, playground, speech, speech_stream, voices
+from .routes import conversations, health, models, playground, speech, speech_stream, voices
 from .settings import ServerSettings
 from .speech import SpeechService
 from .v2 import routes as v2_routes
@@ -25,7 +25,8 @@ def create_app(
     app = FastAPI(title="csm-serve", version="0.1.0", description="OpenAI-compatible speech API for Sesame CSM")
     metrics = metrics if metrics is not None else Metrics()
     app.state.backend, app.state.store, app.state.settings, app.state.metrics = backend, store, settings, metrics
-    app.state.speech = SpeechService(backend, store, settings, metrics)
+    app.state.conversations = settings.conversation_store()
+    app.state.speech = SpeechService(backend, store, settings, metrics, app.state.conversations)
     if isinstance(metrics, Metrics):
         app.add_api_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
     install_error_handlers(app)
@@ -34,7 +35,7 @@ def create_app(
     playground.install(app)
     app.include_router(speech_stream.router)  # API keys checked in the route (a WebSocket has no 401)
     auth = [Depends(require_api_key)]
-    for router in (models.router, speech.router, voices.router):
+    for router in (models.router, speech.router, voices.router, conversations.router):
         app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)
     return app
 

@@ -38,4 +38,7 @@ class SpeechBackend(Protocol):
     async def forget_voice(self, voice_id: str) -> None:
         """Forget a deleted voice now (replicas also follow the store on their own)."""
 
+    async def forget_conversation(self, conversation_id: str) -> None:
+        """Forget a deleted conversation's cached context now (replicas also follow the store)."""
+
     async def instances(self) -> Instances: ...

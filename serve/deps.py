@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: the backend, the speech service, the voice store, the settings,
+"""Typed FastAPI dependencies: the backend, the speech service, the voice and conversation stores, the settings,
 metrics, the request id, API-key auth. All `async def`: FastAPI runs a plain `def` dependency on a worker
 thread, a thread hop per dependency per request (measurable in a burst of refusals)."""
 
@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from observability.metrics import MetricsSink
+from replica.conversation_store import ConversationStore
 from replica.voice_store import VoiceStore
 
 from .backend import SpeechBackend
@@ -30,6 +31,10 @@ async def get_store(request: Request) -> VoiceStore:
     return request.app.state.store
 
 
+async def get_conversations(request: Request) -> ConversationStore:
+    return request.app.state.conversations
+
+
 async def get_settings(request: Request) -> ServerSettings:
     return request.app.state.settings
 
@@ -47,6 +52,7 @@ MetricsDep = Annotated[MetricsSink, Depends(get_metrics)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
 StoreDep = Annotated[VoiceStore, Depends(get_store)]
+ConversationsDep = Annotated[ConversationStore, Depends(get_conversations)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 
 

@@ -21,7 +21,7 @@ from .schemas import ErrorResponse
 log = logging.getLogger(__name__)
 
 _TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+    400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
     405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
     422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
 }
@@ -43,8 +43,8 @@ class APIError(Exception):
 
 # The OpenAI API's status for each kind of failure (the v2 protocol has its own table:
 # serve/v2/protocol.py). Overload is 429 here, as OpenAI's rate limits are.
-STATUS: dict[ErrorKind, int] = {"invalid_request": 400, "not_found": 404, "overloaded": 429, "unavailable": 503,
-                                "internal": 500}
+STATUS: dict[ErrorKind, int] = {"invalid_request": 400, "not_found": 404, "conflict": 409, "overloaded": 429,
+                                "unavailable": 503, "internal": 500}
 
 
 def api_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> APIError:

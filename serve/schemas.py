@@ -52,6 +52,9 @@ class SpeechRequest(BaseModel):
     top_k: TopK = DEFAULT_TOP_K
     max_audio_seconds: MaxAudioSeconds | None = None
     speaker: Speaker | None = Field(None, description="CSM speaker id; default: the voice's")
+    conversation: str | None = Field(None, max_length=128, description=(
+        "a conversation's id (POST /v1/audio/conversations): the input is spoken as its next turn, after its "
+        "earlier turns, and kept as a turn of it when the audio completes"))
     priority: Priority = Field("interactive", description=(
         "interactive: a listener plays it as it arrives (admitted only while every such stream stays real time); "
         "batch: no real-time need (narration, bulk): uses spare capacity, paused between frames when interactive "
@@ -97,6 +100,31 @@ class VoiceObject(BaseModel):
 class VoiceList(BaseModel):
     object: Literal["list"] = "list"
     data: list[VoiceObject]
+
+
+class ConversationCreate(BaseModel):
+    """POST /v1/audio/conversations (the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    voice: str | VoiceRef | None = Field(None, description=(
+        "a voice every turn of the model is spoken in (its sample starts the context); default: each speech "
+        "request's voice"))
+
+
+class ConversationTurnObject(BaseModel):
+    speaker: int
+    text: str
+    source: Literal["audio", "generated"] = Field(description="audio: added with its recording; generated: spoken here")
+
+
+class ConversationObject(BaseModel):
+    id: str
+    object: Literal["audio.conversation"] = "audio.conversation"
+    created_at: int
+    expires_at: int = Field(description="when it is deleted unless it changes before (Unix seconds)")
+    voice: str | None
+    turns: list[ConversationTurnObject]
+    bytes: int = Field(description="what its turns' audio and codes take in the store")
 
 
 class Usage(BaseModel):

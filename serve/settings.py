@@ -6,6 +6,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from replica.conversation_store import ConversationStore
+
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CSM_", extra="forbid", protected_namespaces=())
@@ -17,6 +19,13 @@ class ServerSettings(BaseSettings):
     )
     api_keys: list[str] = Field(default_factory=list, description="if set, Bearer keys every route but health needs")
     voices_dir: str | None = Field(None, description="where voices live; custom voices need it")
+    conversations_dir: str | None = Field(None, description=(
+        "where conversations live (shared by every replica, as voices_dir); conversations need it"))
+    max_conversations: int = Field(1000, ge=1, description="conversations kept at once (then 400 conversation_limit)")
+    max_conversation_bytes: int = Field(16 * 2**20, ge=65536, description=(
+        "bytes of turns (audio, codes) one conversation may hold (then 400 conversation_too_large)"))
+    conversation_idle_s: float = Field(24 * 3600.0, gt=0, description="a conversation unchanged this long is deleted")
+    max_turn_audio_bytes: int = Field(10 * 2**20, ge=1024, description="largest turn audio upload")
     max_sample_bytes: int = Field(10 * 2**20, description="largest voice sample upload")
     segment_max_chars: int = Field(250, ge=20, le=1000, description="long input is spoken in pieces of at most this")
     retry_after_s: int = Field(2, ge=1, description="Retry-After on 429/503")
@@ -28,3 +37,8 @@ class ServerSettings(BaseSettings):
     ws_max_text_chars: int = Field(32768, ge=1, description="most text one response may take")
     ws_max_send_buffer_bytes: int = Field(4 * 2**20, ge=65536, description=(
         "most audio and events waiting for a client that does not read (then close 1008, its row freed)"))
+
+    def conversation_store(self) -> ConversationStore:
+        """The conversations' store as these settings bound it (disabled without a directory)."""
+        return ConversationStore(self.conversations_dir, max_count=self.max_conversations,
+                                 max_bytes=self.max_conversation_bytes, idle_expiry_s=self.conversation_idle_s)

@@ -19,7 +19,8 @@ import numpy as np
 
 from models.params import SAMPLE_RATE_HZ
 from observability import metrics as m
-from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob
+from replica.conversation_store import Conversation, ConversationError, ConversationNotFound, ConversationStore
+from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob, error_info
 from replica.text_feed import PieceDone, TextFeed
 from replica.voice_store import OPENAI_VOICES, VoiceNotFound, VoiceStore
 
@@ -31,6 +32,7 @@ from .text import split_text
 
 log = logging.getLogger(__name__)
 OUTCOMES: dict[ErrorKind, str] = {"invalid_request": "client_error", "not_found": "client_error",
+                                  "conflict": "client_error",
                                   "overloaded": "rejected", "unavailable": "rejected", "internal": "error"}
 
 
@@ -154,8 +156,9 @@ class SpeechStream:
 
 class SpeechService:
     def __init__(self, backend: SpeechBackend, store: VoiceStore, settings: ServerSettings,
-                 metrics: m.MetricsSink) -> None:
+                 metrics: m.MetricsSink, conversations: ConversationStore | None = None) -> None:
         self.backend, self.store, self.settings, self.metrics = backend, store, settings, metrics
+        self.conversations = conversations if conversations is not None else settings.conversation_store()
         self.models = (settings.model_id, *settings.model_aliases)
 
     async def start(self, request: SpeechRequest, protocol: str, request_id: str, fmt: str | None = None,
@@ -192,12 +195,21 @@ class SpeechService:
         if request.model not in self.models:
             raise ReplicaError(ErrorInfo(kind="not_found", message=f"The model '{request.model}' does not exist.",
                                          param="model", code="model_not_found"))
+        voice_key = request.voice_key
+        if request.conversation is not None:  # a conversation with a voice speaks in it
+            voice_key = (await self._conversation(request.conversation)).voice or voice_key
         try:  # the store may stat a shared volume: off the event loop
-            voice = await asyncio.to_thread(self.store.resolve, request.voice_key)
+            voice = await asyncio.to_thread(self.store.resolve, voice_key)
         except VoiceNotFound as e:
             raise ReplicaError(ErrorInfo(kind="invalid_request", message=str(e), param="voice",
                                          code="voice_not_found")) from None
         texts = await asyncio.to_thread(split_text, request.input, self.settings.segment_max_chars)
         return SpeechJob(request_id=request_id, texts=tuple(texts), voice=voice,
                          params=request.generation_params(voice.speaker), max_audio_s=request.max_audio_seconds,
-                         priority=request.priority, timeout_s=timeout_s)
+                         priority=request.priority, timeout_s=timeout_s, conversation=request.conversation)
+
+    async def _conversation(self, conversation_id: str) -> Conversation:
+        try:
+            return await asyncio.to_thread(self.conversations.get, conversation_id)
+        except (ConversationNotFound, ConversationError) as e:
+            raise ReplicaError(error_info(e, conversation_id)) from None

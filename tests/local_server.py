@@ -37,7 +37,8 @@ def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued
 
     async def main():
         metrics = Metrics()
-        served = await start_replica(config, store, replica, metrics, max_queued_requests, before_step)
+        served = await start_replica(config, store, replica, metrics, max_queued_requests, before_step,
+                                     server_settings.conversation_store())
         state["replica"] = served
         served.grpc_port = grpc_port
         app = create_app(served, store, server_settings, metrics)

@@ -184,7 +184,8 @@ class EngineLoop:
                 case AddRequest(_, stream):
                     stream.put(error)
                 case ComputePrefix(_, _, future) | CallEngine(_, future):
-                    future.set_exception(error)
+                    if future.set_running_or_notify_cancel():  # a caller that gave up is not told
+                        future.set_exception(error)
 
     def _drain_inbox(self) -> None:
         for command in self._queued():
@@ -195,11 +196,15 @@ class EngineLoop:
                     self._streams.pop(request_id, None)
                     self.engine.abort_request(request_id)
                 case ComputePrefix(context, base, future):
+                    if not future.set_running_or_notify_cancel():  # cancelled while queued: nothing to do
+                        continue
                     try:
                         future.set_result(self.engine.compute_prefix(context, base))
                     except Exception as e:
                         future.set_exception(e)
                 case CallEngine(fn, future):
+                    if not future.set_running_or_notify_cancel():
+                        continue
                     try:
                         future.set_result(fn(self.engine))
                     except Exception as e:

@@ -42,7 +42,7 @@ class V2Error(Exception):
     `grpc_code` over gRPC. `retry_after_s` is set where retrying helps."""
 
     _GRPC = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-             404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.INVALID_ARGUMENT,
+             404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.ABORTED, 413: grpc.StatusCode.INVALID_ARGUMENT,
              503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
 
     def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
@@ -56,8 +56,8 @@ class V2Error(Exception):
 
 # The v2 protocol's status for each kind of failure (the OpenAI API has its own table:
 # serve/errors.py). Overload is 503 + Retry-After here (Triton's answer; UNAVAILABLE over gRPC).
-STATUS: dict[ErrorKind, int] = {"invalid_request": 400, "not_found": 404, "overloaded": 503, "unavailable": 503,
-                                "internal": 500}
+STATUS: dict[ErrorKind, int] = {"invalid_request": 400, "not_found": 404, "conflict": 409, "overloaded": 503,
+                                "unavailable": 503, "internal": 500}
 
 
 def v2_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> V2Error:

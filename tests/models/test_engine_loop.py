@@ -152,3 +152,28 @@ def test_requests_sent_as_the_loop_stops_are_answered_not_left_waiting(make_engi
             await asyncio.wait_for(engine.compute_prefix(()), timeout=5)
 
     asyncio.run(main())
+
+
+def test_a_prefix_given_up_while_queued_does_not_stop_the_loop(loop):
+    """A caller that stops waiting for a prefix (its task cancelled, e.g. its event loop
+    closed) while the command waits in the inbox: the loop skips it and keeps serving."""
+    import threading
+
+    from models import Segment
+
+    release = threading.Event()
+    held = loop.call(lambda engine: release.wait(10))  # the loop's thread is busy until released
+
+    async def run():
+        task = asyncio.ensure_future(loop.compute_prefix((Segment(text="Given up."),)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wrap_future(held)
+        prefix = await loop.compute_prefix((Segment(text="Still served."),))
+        frames, last = await _collect(loop, "after", GenerationParams(seed=1, max_frames=2))
+        return prefix, frames, last
+
+    prefix, frames, last = asyncio.run(run())
+    assert loop.is_alive and prefix.length > 0 and len(frames) == 2 and last.is_finished

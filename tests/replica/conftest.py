@@ -8,6 +8,7 @@ import pytest
 import soundfile
 
 from replica.config import ReplicaConfig
+from replica.conversation_store import ConversationStore
 from replica.replica import Replica
 from replica.voice_store import Voice, VoiceStore
 
@@ -19,13 +20,15 @@ def store(tmp_path):
 
 @pytest.fixture
 def make_replica(make_engine, store):
-    """make_replica(max_waiting=0, before_step=None, config=None, **engine overrides); every
-    replica made is shut down after the test."""
+    """make_replica(max_waiting=0, before_step=None, config=None, conversations=None, **engine
+    overrides); every replica made is shut down after the test."""
     made = []
 
-    def make(max_waiting: int = 0, before_step=None, config: ReplicaConfig | None = None, **engine) -> Replica:
+    def make(max_waiting: int = 0, before_step=None, config: ReplicaConfig | None = None,
+             conversations: ConversationStore | None = None, **engine) -> Replica:
         replica = Replica(make_engine(before_step=before_step, **{"max_num_seqs": 2, **engine}), store,
-                          config or ReplicaConfig(chunk_s=0.16, realtime_admission=False), max_waiting=max_waiting)
+                          config or ReplicaConfig(chunk_s=0.16, realtime_admission=False), max_waiting=max_waiting,
+                          conversations=conversations)
         made.append(replica)
         return replica
 

@@ -130,7 +130,7 @@ def test_the_background_task_follows_the_store(make_replica, store):
     async def run():
         voice = make_voice(store, "brief")
         await replica.voices.prefix(voice)
-        task = asyncio.create_task(replica.voices.follow_store(interval_s=0.05))
+        task = asyncio.create_task(replica.follow_stores(interval_s=0.05))
         try:
             store.delete(voice.id)
             for _ in range(100):
