@@ -49,8 +49,9 @@ async def create_conversation(
         key = body.voice.id if not isinstance(body.voice, str) else body.voice
         try:
             voice = (await asyncio.to_thread(store.resolve, key)).id
-        except VoiceNotFound as e:
-            raise APIError(400, str(e), "voice", "voice_not_found") from e
+        except VoiceNotFound as e:  # the id is not echoed: a generated one could look like a secret
+            raise APIError(400, "voice: no such voice; use an OpenAI voice name or a custom voice id", "voice",
+                           "voice_not_found") from e
     try:
         conversation = await asyncio.to_thread(conversations.create, voice)
     except ConversationError as e:
