@@ -14,10 +14,18 @@ ties are broken at random. The counts are asked afresh each time, not taken from
 router's cache, so several ingresses (each with its own router) see each other's streams.
 Replicas that do not answer within Serve's probe deadline are left out of that choice, and a
 replica at `max_ongoing_requests` is never chosen (the request waits in Serve's queue, as
-with the default router)."""
+with the default router).
+
+A conversation's turn goes first to the replica that holds the conversation's cached prefix
+(replica/conversations.py): the one its id hashes to among the running replicas (rendezvous
+hashing, so each conversation keeps its replica while the set of replicas stays, and only
+the conversations of a replica that left or joined move). When that replica is full the turn
+goes to the least busy one, which computes the context from the store: the same audio, only
+slower to start."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from ray.serve.config import RequestRouterConfig
@@ -25,15 +33,30 @@ from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, R
 
 
 class LeastBusyRouter(FIFOMixin, RequestRouter):
-    """The replica with the fewest ongoing requests, among all that answer (FIFO order)."""
+    """A conversation's replica first; else the replica with the fewest ongoing requests,
+    among all that answer (FIFO order)."""
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         cache = self.replica_queue_len_cache
         for replica in candidate_replicas:
             cache.invalidate_key(replica.replica_id)  # probe every one now: fresh counts
-        # one rank: Serve probes them all and takes the lowest count; the shuffle breaks ties
-        return [random.sample(candidate_replicas, len(candidate_replicas))]
+        # the last rank: Serve probes them all and takes the lowest count; the shuffle breaks ties
+        ranks = [random.sample(candidate_replicas, len(candidate_replicas))]
+        if candidate_replicas and (conversation := _conversation(pending_request)) is not None:
+            ranks.insert(0, [home(conversation, candidate_replicas)])
+        return ranks
+
+
+def home(conversation: str, replicas: list[RunningReplica]) -> RunningReplica:
+    """The replica a conversation hashes to (the highest hash of id and replica wins)."""
+    return max(replicas, key=lambda r: hashlib.sha256(f"{conversation}/{r.replica_id.unique_id}".encode()).digest())
+
+
+def _conversation(pending_request: PendingRequest | None) -> str | None:
+    """The conversation a speech job continues (the first argument of `synthesize`), if any."""
+    args = pending_request.args if pending_request is not None else ()
+    return getattr(args[0], "conversation", None) if args else None
 
 
 def least_busy() -> RequestRouterConfig:

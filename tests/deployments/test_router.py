@@ -3,7 +3,9 @@ least busy replica, also when two routers (the driver's handle and another deplo
 send streams in turn. Serve's default two-random-choices router leaves a replica idle while
 another holds two streams in 7 of 12 such rounds, so six rounds in a row with four streams on
 four replicas fail it with probability 1 - (5/12)^6 > 0.99; a router that trusted its own
-cached counts would not see the other router's streams."""
+cached counts would not see the other router's streams. A conversation's turns all go to
+one replica (where its prefix is cached), different conversations to different ones, and a
+turn whose replica is full goes to another."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import asyncio
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pytest
 from ray import serve
@@ -27,6 +30,18 @@ class Holder:
         yield os.getpid()  # where the stream runs, first
         await asyncio.sleep(seconds)
 
+    async def turn(self, job: "Turn"):
+        yield os.getpid()
+        await asyncio.sleep(job.seconds)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Stands for a SpeechJob: the router reads `conversation` from the first argument."""
+
+    conversation: str | None
+    seconds: float = 0.0
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Relay:
@@ -40,8 +55,8 @@ class Relay:
             yield item
 
 
-def _home(handle, seconds: float) -> int:
-    stream = handle.options(stream=True).hold.remote(seconds)
+def _home(handle, seconds: float | Turn, method: str = "hold") -> int:
+    stream = getattr(handle.options(stream=True), method).remote(seconds)
     pid = next(iter(stream))
     for _ in stream:  # held until it ends
         pass
@@ -65,3 +80,23 @@ def test_streams_go_to_the_least_busy_replica_from_every_router(ray_serve):
         assert len({pid for pids in rounds for pid in pids}) == 4
     finally:
         serve.delete("router-check")
+
+
+def test_a_conversation_keeps_its_replica_until_it_is_full(ray_serve):
+    serve.run(Holder.bind(), name="affinity-check", route_prefix=None)
+    holder = serve.get_deployment_handle("Holder", app_name="affinity-check")
+    try:
+        _home(holder, 0.0)
+        homes = {c: {_home(holder, Turn(c), "turn") for _ in range(6)} for c in (f"conv_{i}" for i in range(8))}
+        assert all(len(pids) == 1 for pids in homes.values()), homes  # every turn where the one before ran
+        assert len({next(iter(p)) for p in homes.values()}) >= 2, homes  # conversations spread over replicas
+        assert len({_home(holder, Turn(None), "turn") for _ in range(12)}) >= 2  # no conversation: least busy
+        (home,) = homes["conv_0"]
+        with ThreadPoolExecutor(5) as pool:  # four long turns fill its replica (max_ongoing_requests 4)...
+            held = [pool.submit(_home, holder, Turn("conv_0", 3.0), "turn") for _ in range(4)]
+            time.sleep(1.0)
+            overflow = _home(holder, Turn("conv_0"), "turn")  # ...so the next goes elsewhere, at once
+            assert [h.result(timeout=60) for h in held] == [home] * 4
+        assert overflow != home
+    finally:
+        serve.delete("affinity-check")
