@@ -13,13 +13,14 @@ conversation are ordered: `turn()` holds its lock (a file created exclusively) w
 is being generated, and a second one gets TurnInProgress (a lock older than `stale_lock_s`
 was left by a process that died, and is taken over). No torch here.
 
-This is the store of issue 25's conversations; the API, the context window, the cached
-prefix and the routing that use it are not built yet.
+The API is serve/routes/conversations.py; a replica reads turns through
+replica/conversations.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -98,15 +99,21 @@ class ConversationStore:
     def _ids(self) -> list[str]:
         return [p.name for p in self.dir.iterdir() if _ID.match(p.name)] if self.dir is not None else []
 
-    def create(self, voice: str | None = None) -> Conversation:
+    def create(self, voice: str | None = None, conversation_id: str | None = None) -> Conversation:
+        """A new conversation; `conversation_id` (a conversation id's shape) names it instead of a
+        random id (the v2 protocol's sequences: sequence_id_to_conversation). ConversationError
+        at the count bound or when that id exists."""
         if self.dir is None:
             raise ConversationError(None, "conversations are disabled: no conversations directory is configured")
         self.expire()
         if len(self._ids()) >= self.max_count:
             raise ConversationError(None, f"at most {self.max_count} conversations; delete one first",
                                     "conversation_limit")
+        if conversation_id is not None and (not _ID.match(conversation_id) or (self.dir / conversation_id).exists()):
+            raise ConversationError("conversation", f"conversation {conversation_id!r} exists or is not an id")
         now = self._clock()
-        conversation = Conversation(id=f"conv_{secrets.token_hex(8)}", voice=voice, created_at=int(now), updated_at=now)
+        conversation = Conversation(id=conversation_id or f"conv_{secrets.token_hex(8)}", voice=voice,
+                                    created_at=int(now), updated_at=now)
         staging = self.dir / f".{conversation.id}.partial"
         staging.mkdir()
         self._write(staging, conversation)
@@ -205,3 +212,10 @@ class ConversationStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
+
+
+def sequence_conversation(sequence_id: int | str) -> str:
+    """The conversation a v2 sequence id names (Triton's sequence_id: a uint64 or a string,
+    chosen by the client): the same id always names the same conversation."""
+    kind = "int" if isinstance(sequence_id, int) else "str"
+    return "conv_" + hashlib.sha256(f"v2-sequence/{kind}/{sequence_id}".encode()).hexdigest()[:16]

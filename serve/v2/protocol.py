@@ -9,7 +9,11 @@ API's extensions carry (`voice`, `seed`, `temperature`, `top_k`, `speaker`,
 scheduling parameters: `priority` (1 is the highest, 0 the model's default) maps onto the
 OpenAI edge's `priority`: 0 and 1 are `interactive`, 2 and above `batch`; `timeout`
 (microseconds) bounds how long the request may wait to start, after which it fails with
-Triton's "Request timeout expired" (UNAVAILABLE: 503 over HTTP).
+Triton's "Request timeout expired" (UNAVAILABLE: 503 over HTTP). Triton's sequence parameters
+name a conversation (the OpenAI edge's `conversation`): `sequence_id` (a uint64 or a string,
+chosen by the client) names it, `sequence_start` creates it (anew, if the id was in use),
+`sequence_end` deletes it once that request's turn is spoken; a request in a sequence that
+was never started is refused (400), as Triton refuses one without the START flag.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.utils import deserialize_bytes_tensor
 
 from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
+from replica.conversation_store import sequence_conversation
 from replica.records import ErrorInfo, ErrorKind
 
 from ..schemas import SpeechRequest
@@ -82,6 +88,21 @@ class InferParams(BaseModel):
     triton_enable_empty_final_response: bool = False
     priority: int = Field(0, ge=0, description="Triton's: 0 the default (interactive), 1 interactive, 2+ batch")
     timeout: int | None = Field(None, ge=0, description="Triton's: microseconds the request may wait to start")
+    sequence_id: Annotated[int, Field(ge=0, lt=2**64)] | Annotated[str, Field(max_length=128)] | None = Field(
+        None, description="Triton's: a conversation, named by the client (0 or empty: none)")
+    sequence_start: bool = Field(False, description="Triton's: this request starts the sequence (a new conversation)")
+    sequence_end: bool = Field(False, description="Triton's: the sequence ends after this request (it is deleted)")
+
+
+@dataclass(frozen=True)
+class SequenceTurn:
+    """A request's place in a Triton sequence: the conversation its id names (replica/
+    conversation_store.sequence_conversation), and whether it starts or ends it."""
+
+    sequence_id: int | str
+    conversation: str
+    start: bool
+    end: bool
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,7 @@ class TextInference:
     validated_ns: int
     wants_empty_final: bool = False
     timeout_s: float | None = None  # Triton's `timeout`: how long it may wait to start
+    sequence: SequenceTurn | None = None  # Triton's sequence parameters: speech.conversation is its conversation
 
 
 def check_text_input(names: list[str], datatype: str, shape: list[int]) -> None:
@@ -149,17 +171,27 @@ def text_inference(model: str, client_id: str, request_id: str, text: str, param
         params = InferParams.model_validate(parameters)
     except ValidationError as e:
         raise V2Error(400, _first_error(e, "parameters")) from None
-    extensions = params.model_dump(exclude={"voice", "triton_enable_empty_final_response", "priority", "timeout"},
-                                   exclude_none=True)
+    extensions = params.model_dump(exclude={"voice", "triton_enable_empty_final_response", "priority", "timeout",
+                                            "sequence_id", "sequence_start", "sequence_end"}, exclude_none=True)
     priority = "batch" if params.priority >= 2 else "interactive"
+    sequence = _sequence(params)
     try:
         speech = SpeechRequest(model=model, input=text, voice=params.voice, response_format="pcm", priority=priority,
-                               **extensions)
+                               conversation=sequence.conversation if sequence else None, **extensions)
     except ValidationError as e:
         raise V2Error(400, _first_error(e, None, rename={"input": f"input '{TEXT}'"})) from None
     timeout_s = params.timeout / 1e6 if params.timeout else None  # Triton: 0 is no timeout
     return TextInference(model, client_id, request_id, speech, protocol, arrived_ns, time.monotonic_ns(),
-                         params.triton_enable_empty_final_response, timeout_s)
+                         params.triton_enable_empty_final_response, timeout_s, sequence)
+
+
+def _sequence(params: InferParams) -> SequenceTurn | None:
+    if params.sequence_id in (None, 0, ""):  # tritonclient sends none of them outside a sequence
+        if params.sequence_start or params.sequence_end:
+            raise V2Error(400, "parameters sequence_start / sequence_end need a sequence_id")
+        return None
+    return SequenceTurn(params.sequence_id, sequence_conversation(params.sequence_id), params.sequence_start,
+                        params.sequence_end)
 
 
 def _first_error(e: ValidationError, prefix: str | None, rename: dict[str, str] | None = None) -> str:

@@ -24,6 +24,7 @@ from replica.records import Instances, ReplicaError
 from ..audio import as_mono_float
 from ..speech import SpeechService, SpeechStream, StreamTiming
 from .protocol import VERSION, TextInference, V2Error, v2_error
+from .sequences import Sequences
 
 
 @dataclass
@@ -57,6 +58,7 @@ class V2Service:
         self.speech, self.settings = speech, speech.settings
         self.models = list(speech.models)
         self.stats = {name: ModelStats() for name in self.models}
+        self.sequences = Sequences(speech.conversations, speech.backend)
 
     def check_model(self, model: str, version: str | None = None) -> None:
         if model not in self.stats:
@@ -71,12 +73,19 @@ class V2Service:
         return await self.speech.backend.instances()
 
     async def start(self, inference: TextInference) -> SpeechStream:
-        """Start the inference; raises V2Error (bad voice, overload, ...), recording the failure."""
+        """Start the inference (a sequence's first request creates its conversation); raises
+        V2Error (bad voice, overload, ...), recording the failure."""
         try:
+            if inference.sequence is not None:
+                await self.sequences.begin(inference.sequence)
             return await self.speech.start(inference.speech, inference.protocol, inference.request_id, "fp32",
                                            inference.timeout_s)
-        except ReplicaError as e:
+        except (ReplicaError, V2Error) as e:
             self._record_failure(inference)
+            if inference.sequence is not None:
+                await self.sequences.finish(inference.sequence)
+            if isinstance(e, V2Error):
+                raise
             raise v2_error(e.info, inference.request_id, self.settings.retry_after_s) from None
 
     async def audio(self, inference: TextInference, stream: SpeechStream) -> AsyncIterator[np.ndarray]:
@@ -93,6 +102,8 @@ class V2Service:
             await stream.aclose()
             if stream.outcome != "ok":
                 self._record_failure(inference)
+            if inference.sequence is not None:  # its turn is kept (or not) by now
+                await self.sequences.finish(inference.sequence)
 
     def record_success(self, inference: TextInference, timing: StreamTiming, output_ns: int) -> None:
         """Count a successful inference: every duration at once (perf_analyzer requires their

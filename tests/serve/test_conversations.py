@@ -1,6 +1,8 @@
 """Conversations over real HTTP on loopback, in-process and through Ray Serve: the REST
 resource (create, show, add a recorded turn, delete), speech requests that speak its next
-turn through the official openai client (`extra_body`), and hostile input: unknown, deleted
+turn through the official openai client (`extra_body`), Triton's sequences through
+tritonclient (HTTP and gRPC: sequence_id names the conversation, sequence_start creates it,
+sequence_end deletes it), and hostile input: unknown, deleted
 and path-like ids (404), a turn while another is spoken (409), garbage audio, a turn too long
 for the model's context, the size and count bounds (400 naming the bound) - each a clean
 OpenAI error, with nothing stored."""
@@ -9,10 +11,15 @@ import threading
 from pathlib import Path
 
 import httpx
+import numpy as np
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from models import EngineConfig
+from replica.conversation_store import sequence_conversation
 from tests.conftest import assert_no_leak, wav_bytes
 from tests.local_server import local_server
 
@@ -23,18 +30,19 @@ EXTRA = {"seed": 5, "max_audio_seconds": 0.48}
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.slow)])
-def served(request, tmp_path_factory) -> tuple[str, Path]:
+def served(request, tmp_path_factory) -> tuple[str, Path, str]:
+    """(base URL, the conversations' folder, the gRPC address)."""
     voices, folder = tmp_path_factory.mktemp("voices"), tmp_path_factory.mktemp("conversations")
     if request.param == "local":
-        with local_server(str(voices), EngineConfig(**ENGINE), conversations_dir=str(folder), **BOUNDS) as (url, _):
-            yield url, folder
+        with local_server(str(voices), EngineConfig(**ENGINE), conversations_dir=str(folder), **BOUNDS) as (url, rep):
+            yield url, folder, f"127.0.0.1:{rep.grpc_port}"
     else:
         from tests.ray_serve import deployed
 
+        runtime = request.getfixturevalue("ray_serve")
         server = {"voices_dir": str(voices), "conversations_dir": str(folder), **BOUNDS}
-        with deployed(request.getfixturevalue("ray_serve"), {"engine": ENGINE, "server": server,
-                                                              "cpus_per_engine": 1}) as url:
-            yield url, folder
+        with deployed(runtime, {"engine": ENGINE, "server": server, "cpus_per_engine": 1}) as url:
+            yield url, folder, f"127.0.0.1:{runtime.grpc_port}"
 
 
 @pytest.fixture
@@ -154,7 +162,6 @@ def test_bad_turns_are_refused_and_nothing_is_stored(url, conversation):
 def test_the_size_bound_is_a_400_that_names_it(url, conversation):
     import io
 
-    import numpy as np
     import soundfile
 
     noise = io.BytesIO()  # noise barely compresses: 3 s of it is over the 64 KiB bound as FLAC
@@ -180,3 +187,36 @@ def test_the_count_bound_is_a_400_that_names_it(url, conversation):
     again = httpx.post(url + "/v1/audio/conversations", timeout=30)  # room again
     assert again.status_code == 200
     httpx.delete(url + f"/v1/audio/conversations/{again.json()['id']}", timeout=30)
+
+
+def _infer(client, module, text: str, **sequence) -> np.ndarray:
+    tensor = module.InferInput("text", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+    return client.infer("csm-1b", [tensor], parameters={"seed": 5, "max_audio_seconds": 0.48},
+                        **sequence).as_numpy("audio")
+
+
+def test_triton_sequences_are_conversations(served):
+    url, _, grpc_address = served
+    http = httpclient.InferenceServerClient(url.split("//")[1])
+    grpc_ = grpcclient.InferenceServerClient(grpc_address)
+    with pytest.raises(InferenceServerException) as never_started:  # Triton's answer without the START flag
+        _infer(http, httpclient, "Where were we?", sequence_id=4242)
+    assert "must specify the START flag" in never_started.value.message()
+    conversation = sequence_conversation(4242)
+    assert len(_infer(http, httpclient, "Hello.", sequence_id=4242, sequence_start=True)) == 6 * 1920
+    assert len(_infer(grpc_, grpcclient, "Hello again.", sequence_id=4242)) == 6 * 1920  # the same conversation
+    turns = _get(url, conversation).json()["turns"]
+    assert [(t["text"], t["source"]) for t in turns] == [("Hello.", "generated"), ("Hello again.", "generated")]
+    _infer(grpc_, grpcclient, "Goodbye.", sequence_id=4242, sequence_end=True)
+    assert _get(url, conversation).status_code == 404  # ended: deleted, its turn spoken first
+    _infer(grpc_, grpcclient, "Named.", sequence_id="session-a", sequence_start=True)
+    _infer(grpc_, grpcclient, "Started over.", sequence_id="session-a", sequence_start=True)  # START again: anew
+    named = sequence_conversation("session-a")
+    assert [t["text"] for t in _get(url, named).json()["turns"]] == ["Started over."]
+    _infer(http, httpclient, "Bye.", sequence_id="session-a", sequence_end=True)
+    assert _get(url, named).status_code == 404
+    no_id = httpx.post(url + "/v2/models/csm-1b/infer", timeout=30, json={
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Hi."]}],
+        "parameters": {"sequence_start": True}})
+    assert no_id.status_code == 400 and "need a sequence_id" in no_id.json()["error"]
