@@ -58,6 +58,8 @@ PAUSED = MetricDef("tts_engine_paused_requests", "gauge", "Batch-priority reques
 CONTEXT_LOOKUPS = MetricDef("tts_context_cache_lookups_total", "counter", "Context prefix lookups by kind (voice, conversation) and result (hit: its KV was cached; miss: computed).", ("kind", "result"))
 CONTEXT_EVICTIONS = MetricDef("tts_context_cache_evictions_total", "counter", "Context prefixes evicted (least recently used) to stay within the cache's byte budget.")
 CONTEXT_BYTES = MetricDef("tts_context_cache_bytes", "gauge", "Bytes of prefix KV the context cache holds.")
+CONTEXT_POSITIONS = MetricDef("tts_context_positions_total", "counter", "Backbone positions of requests' contexts by kind (voice, conversation) and how each request had them: reused (from a cached prefix) or computed (prefilled for it). For conversations, reused over all is how often turns landed where their context was.", ("kind", "how"))
+CONVERSATIONS = MetricDef("tts_conversations", "gauge", "Conversations kept in the store, as the ingress last counted them (on each create and delete).")
 CONTEXT_ENTRIES = MetricDef("tts_context_cache_entries", "gauge", "Context prefixes (voices, conversations) the cache holds.")
 MEM_USED = MetricDef("tts_device_memory_used_bytes", "gauge", "Device memory in use (process RSS on CPU).", ("device",))
 MEM_TOTAL = MetricDef("tts_device_memory_total_bytes", "gauge", "Device memory capacity (physical RAM on CPU).", ("device",))
@@ -67,9 +69,9 @@ MODEL_INFO = MetricDef("tts_model_info", "gauge", "Always 1; the model, dtype, d
 
 ALL = (REQUESTS, ERRORS, TTFA, DURATION, RTF, UNDERRUNS, UNDERRUN_SECONDS, MIN_SLACK, AUDIO_SECONDS, AUDIO_FRAMES, INPUT_CHARS, RUNNING, WAITING,
        KV_USED, KV_TOTAL, BATCH_SIZE, STEP_SECONDS, STAGE_SECONDS, CAPACITY, HEADROOM, STREAMS, PAUSED, FINISHED, CONTEXT_LOOKUPS, CONTEXT_EVICTIONS, CONTEXT_BYTES,
-       CONTEXT_ENTRIES, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
+       CONTEXT_ENTRIES, CONTEXT_POSITIONS, CONVERSATIONS, MEM_USED, MEM_TOTAL, RSS, LOAD_SECONDS, MODEL_INFO)
 REQUEST_METRICS = (REQUESTS, ERRORS, TTFA, DURATION, RTF, UNDERRUNS, UNDERRUN_SECONDS, MIN_SLACK, AUDIO_SECONDS,
-                   INPUT_CHARS, STAGE_SECONDS)  # recorded by the edges (and stages by replicas too)
+                   INPUT_CHARS, STAGE_SECONDS, CONVERSATIONS)  # recorded by the edges (and stages by replicas too)
 REPLICA_METRICS = (*(d for d in ALL if d not in REQUEST_METRICS), STAGE_SECONDS)  # recorded by a replica
 
 

@@ -78,6 +78,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("{{kind}} {{result}}",
          f"sum by (kind, result) (rate(ray_tts_context_cache_lookups_total{{{SEL}}}[$__rate_interval]))"),
     ]),
+    ("Context positions: reused from a cached prefix vs computed for the request", "none", [
+        ("{{kind}} {{how}}",
+         f"sum by (kind, how) (rate(ray_tts_context_positions_total{{{SEL}}}[$__rate_interval]))"),
+    ]),
+    ("Conversations kept", "none", [
+        ("conversations", f"max(ray_tts_conversations{{{SEL}}})"),
+    ]),
     ("How engine requests end (length = ran to the frame cap)", "reqps", [
         ("{{reason}} {{replica}}",
          f"sum by (reason, replica) (rate(ray_tts_engine_requests_finished_total{{{SEL}}}[$__rate_interval]))"),

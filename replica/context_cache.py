@@ -38,6 +38,7 @@ class ContextCacheStats:
     num_hits: tuple[tuple[str, int], ...]  # (kind, count): lookups that found their prefix
     num_misses: tuple[tuple[str, int], ...]  # (kind, count): lookups that had to compute it
     num_evictions: int  # entries dropped to stay within max_bytes
+    num_positions: tuple[tuple[str, str, int], ...] = ()  # (kind, reused | computed, positions): requests' contexts
 
 
 class ContextCache:
@@ -50,6 +51,7 @@ class ContextCache:
         self._hits = dict.fromkeys(KINDS, 0)
         self._misses = dict.fromkeys(KINDS, 0)
         self._evictions = 0
+        self._positions = {(kind, how): 0 for kind in KINDS for how in ("reused", "computed")}
 
     def get(self, key: ContextKey, covering: tuple[Segment, ...] | None = None) -> Prefix | None:
         """The prefix cached for exactly this key (marked most recently used), or None; with
@@ -84,13 +86,21 @@ class ContextCache:
         self._changed()
         return dropped
 
+    def count(self, kind: ContextKind, reused: int, computed: int) -> None:
+        """A request's context: `reused` positions came from a cached prefix, `computed` were
+        prefilled for it."""
+        self._positions[kind, "reused"] += reused
+        self._positions[kind, "computed"] += computed
+        self._changed()
+
     def keys(self, kind: ContextKind) -> list[ContextKey]:
         """The cached keys of one kind, least recently used first."""
         return [key for key, _ in self._entries.values() if key.kind == kind]
 
     def stats(self) -> ContextCacheStats:
         return ContextCacheStats(len(self._entries), self._num_bytes, self.max_bytes, tuple(self._hits.items()),
-                                 tuple(self._misses.items()), self._evictions)
+                                 tuple(self._misses.items()), self._evictions,
+                                 tuple((kind, how, n) for (kind, how), n in self._positions.items()))
 
     def _drop(self, slot: tuple[str, str]) -> bool:
         entry = self._entries.pop(slot, None)

@@ -120,6 +120,10 @@ class ConversationStore:
         staging.rename(self.dir / conversation.id)
         return conversation
 
+    def count(self) -> int:
+        """Conversations kept now (expired ones included until the next create or expire())."""
+        return len(self._ids())
+
     def get(self, conversation_id: str) -> Conversation:
         """The conversation; ConversationNotFound if it never was, was deleted or expired."""
         folder = self._folder(conversation_id)

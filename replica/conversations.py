@@ -117,8 +117,12 @@ class ConversationContexts:
         key = _key(conversation)
         cached = self.cache.get(key, covering=context)
         if cached is not None and len(cached.context) == len(context):
+            self.cache.count("conversation", cached.length, 0)
             return cached
-        prefix = await self._loop.compute_prefix(context, cached or voice)  # only the positions after the base
+        base = cached or voice
+        prefix = await self._loop.compute_prefix(context, base)  # only the positions after the base
+        reused = base.length if base is not None else 0
+        self.cache.count("conversation", reused, prefix.length - reused)
         self.cache.put(key, prefix)
         return prefix
 

@@ -36,6 +36,7 @@ class EngineRecorder:
         self._last_memory = 0.0
         self._finished: dict[str, int] = {}
         self._lookups: dict[tuple[str, str], int] = {}
+        self._positions: dict[tuple[str, str], int] = {}
         self._evictions = 0
         self._cache: ContextCacheStats | None = None  # the latest, re-exported with the memory gauges
         self._info = {"model": loaded.name, "dtype": str(loaded.dtype).removeprefix("torch."), "device": self.device,
@@ -95,6 +96,11 @@ class EngineRecorder:
                 if count > seen:
                     self.metrics.inc(m.CONTEXT_LOOKUPS, count - seen, {"kind": kind, "result": result})
                     self._lookups[kind, result] = count
+        for kind, how, count in stats.num_positions:
+            seen = self._positions.get((kind, how), 0)
+            if count > seen:
+                self.metrics.inc(m.CONTEXT_POSITIONS, count - seen, {"kind": kind, "how": how})
+                self._positions[kind, how] = count
         if stats.num_evictions > self._evictions:
             self.metrics.inc(m.CONTEXT_EVICTIONS, stats.num_evictions - self._evictions)
             self._evictions = stats.num_evictions

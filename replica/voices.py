@@ -42,7 +42,12 @@ class VoiceContexts:
         if not voice.clips:
             return None
         key = ContextKey("voice", voice.id, voice.version)
-        return self.cache.get(key) or await self._load(key, voice)
+        if (prefix := self.cache.get(key)) is not None:
+            self.cache.count("voice", prefix.length, 0)
+            return prefix
+        prefix = await self._load(key, voice)
+        self.cache.count("voice", 0, prefix.length)
+        return prefix
 
     async def _load(self, key: ContextKey, voice: Voice) -> Prefix:
         """Compute and cache a voice's prefix in a task of its own, shared by every request

@@ -15,7 +15,9 @@ from replica.records import ReplicaError
 from replica.voice_store import VoiceNotFound
 
 from ..audio import AudioDecodeError, decode_audio
-from ..deps import BackendDep, ConversationsDep, RequestIdDep, SettingsDep, StoreDep
+from ..deps import BackendDep, ConversationsDep, MetricsDep, RequestIdDep, SettingsDep, StoreDep
+from observability import metrics as m
+
 from ..errors import APIError, api_error
 from ..schemas import ConversationCreate, ConversationObject, ConversationTurnObject
 
@@ -41,7 +43,7 @@ def _refused(e: ConversationError) -> APIError:
 
 @router.post("/v1/audio/conversations", response_model=ConversationObject)
 async def create_conversation(
-    conversations: ConversationsDep, store: StoreDep, settings: SettingsDep,
+    conversations: ConversationsDep, store: StoreDep, settings: SettingsDep, metrics: MetricsDep,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationObject:
     voice = None
@@ -56,7 +58,14 @@ async def create_conversation(
         conversation = await asyncio.to_thread(conversations.create, voice)
     except ConversationError as e:
         raise _refused(e) from e
+    finally:
+        await _count(conversations, metrics)
     return _object(conversation, settings.conversation_idle_s)
+
+
+async def _count(conversations, metrics) -> None:
+    if conversations.dir is not None:
+        metrics.set(m.CONVERSATIONS, await asyncio.to_thread(conversations.count))
 
 
 @router.get("/v1/audio/conversations/{conversation_id}", response_model=ConversationObject)
@@ -71,13 +80,15 @@ async def get_conversation(conversation_id: str, conversations: ConversationsDep
 
 
 @router.delete("/v1/audio/conversations/{conversation_id}")
-async def delete_conversation(conversation_id: str, conversations: ConversationsDep, backend: BackendDep) -> dict:
+async def delete_conversation(conversation_id: str, conversations: ConversationsDep, backend: BackendDep,
+                              metrics: MetricsDep) -> dict:
     try:
         conversation = await asyncio.to_thread(conversations.delete, conversation_id)
     except ConversationNotFound as e:
         raise _not_found(e) from e
     except ConversationError as e:
         raise _refused(e) from e
+    await _count(conversations, metrics)
     try:
         await backend.forget_conversation(conversation.id)
     except ReplicaError as e:  # the files are gone; the replicas follow the store and forget it anyway

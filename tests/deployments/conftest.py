@@ -7,7 +7,8 @@ import pytest
 def app_args(tmp_path_factory):
     return {
         "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": 4},
-        "server": {"voices_dir": str(tmp_path_factory.mktemp("voices"))},
+        "server": {"voices_dir": str(tmp_path_factory.mktemp("voices")),
+                   "conversations_dir": str(tmp_path_factory.mktemp("conversations"))},
         "cpus_per_engine": 1,
         "max_queued_requests": 2,
     }

@@ -135,6 +135,11 @@ def test_prometheus_scrape_dashboard_and_alert_queries(app_url, prometheus):
     voice = httpx.post(app_url + "/v1/audio/voices", data={"name": "Metrics", "transcript": "Counted words."},
                        files={"audio_sample": ("s.wav", wav_bytes(1.0), "audio/wav")}, timeout=120)
     assert voice.status_code == 200, voice.text  # its prefix is computed: a context cache lookup
+    conversation = httpx.post(app_url + "/v1/audio/conversations", timeout=30).json()["id"]  # counted
+    turn = {"model": "tts-1", "voice": "alloy", "input": "A turn.", "conversation": conversation, "seed": 1,
+            "max_audio_seconds": 0.24}
+    for _ in range(2):  # the first computes nothing (no context yet); the second reuses the first turn's prefix
+        assert httpx.post(app_url + "/v1/audio/speech", json=turn, timeout=120).status_code == 200
     values = {}
     deadline, seed = time.time() + 120, 100
     while time.time() < deadline and len(values) < len(checks):

@@ -93,6 +93,11 @@ def test_turn_codes_equal_transformers_cached_or_not(make_replica, store, conver
     assert spoken.shape == (6, 32) and torch.equal(spoken, _reference(tiny, segments[:3], TEXTS[3], 0, 6))
     hits = dict(replica.stats().contexts.num_hits)["conversation"]
     assert hits >= 1  # turn 3 started from turn 1's warmed prefix, extended by the recording of turn 2
+    positions = {(kind, how): n for kind, how, n in replica.stats().contexts.num_positions}
+    recorded = segment_positions(tiny.tokenizer, segments[2])
+    # turn 1 computed turn 0 (no prefix yet); turn 3 reused turns 0-1 and computed only the recording of turn 2
+    assert positions["conversation", "computed"] == segment_positions(tiny.tokenizer, segments[0]) + recorded
+    assert positions["conversation", "reused"] == sum(segment_positions(tiny.tokenizer, s) for s in segments[:2])
 
     # the same three turns in a conversation this replica never held: computed from scratch
     second = conversations.create()
