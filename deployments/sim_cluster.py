@@ -29,9 +29,12 @@ class SimCluster:
 
 
 def app_args(voices_dir: str, max_num_seqs: int = 4) -> dict:
+    """The app on simulated cards; conversations live beside the voices (`<voices_dir>-conversations`)."""
+    conversations = voices_dir.rstrip("/") + "-conversations"
     return {
         "engine": {"model": "csm-tiny", "device": "cpu", "dtype": "float32", "max_num_seqs": max_num_seqs},
-        "card": "npu", "server": {"voices_dir": voices_dir}, "max_queued_requests": 4,
+        "card": "npu", "server": {"voices_dir": voices_dir, "conversations_dir": conversations},
+        "max_queued_requests": 4,
         "replica": {"realtime_admission": False},  # the tiny model on a loaded CPU host: count-based admission
     }
 

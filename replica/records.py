@@ -144,3 +144,4 @@ class ReplicaStats:
     realtime_capacity: int = 0  # interactive streams this replica predicts it keeps real time (realtime.py)
     headroom: int = 0  # interactive streams that could start here now without waiting
     node_id: str | None = None  # the Ray node (set by the Ray deployment)
+    conversations: tuple[str, ...] = ()  # ids of the conversations whose context is cached here

@@ -215,6 +215,7 @@ class Replica:
             engine=self._loop.stats(), contexts=self.contexts.stats(), num_streams=admission.num_active,
             num_waiting_streams=admission.num_waiting, streams=self._streams,
             voices=tuple(self.voices.loaded), pid=os.getpid(),
+            conversations=tuple(key.id for key in self.contexts.keys("conversation")),
             num_threads=threading.active_count(), card=held_card(), num_batch_streams=admission.num_held("batch"),
             realtime_capacity=admission.capacity(), headroom=admission.headroom())
 

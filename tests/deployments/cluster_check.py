@@ -182,6 +182,7 @@ def main(voices_dir: str, port: int) -> dict:
 
     from deployments.sim_cluster import app_args, deploy, sim_cluster
     from tests.deployments.cluster_autoscale import autoscale
+    from tests.deployments.cluster_conversations import conversations_across
     from tests.deployments.cluster_rollout import rolling_update
 
     out: dict = {"phase_s": {}}
@@ -198,6 +199,7 @@ def main(voices_dir: str, port: int) -> dict:
         handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
         out["placement"] = timed("placement", list(placement(handle).values()))
         out["voices"] = timed("voices", voices_across(sim.url, handle, replicas=4))
+        out["conversations"] = timed("conversations", conversations_across(sim.url, handle))
         out["autoscale"] = timed("autoscale", autoscale(sim, voices_dir, cards=4))
         out["rollout"] = timed("rollout", rolling_update(sim, voices_dir))
         out["node_loss"] = timed("node_loss", node_loss(sim, handle, voices_dir))

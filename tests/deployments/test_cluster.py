@@ -1,7 +1,9 @@
 """A real multi-node Ray cluster on loopback with simulated Ascend cards (Ray's NPU resource),
 2 nodes x 2 cards, the application deployed from a Serve config as KubeRay does: each engine
 replica holds exactly one card (Ray hands each its own ASCEND_RT_VISIBLE_DEVICES); a custom voice
-speaks on every replica and, deleted, is forgotten by all within 2.5 s; under load Serve scales
+speaks on every replica and, deleted, is forgotten by all within 2.5 s; a conversation's turns
+all land on the replica that holds its context, give the same audio as a twin conversation on
+any replica, and after that replica is killed its next turn is the same audio from another; under load Serve scales
 from 1 replica to one per card, then the autoscaler itself scales down while streams run on the
 replicas it removes (they finish in full), and back to 1; a changed config rolls out under load
 (no stream cut, readiness never drops, new requests on the new replicas); losing a node
@@ -47,6 +49,11 @@ def test_many_cards_one_service(tmp_path):
     # deleted: every replica forgets it within the store-following period (1 s) + one stats sweep
     assert voices["deleted_status"] == 200 and 0 <= voices["forgotten_everywhere_in_s"] < 2.5
     assert voices["speak_deleted_status"] == 400  # voice_not_found, as for any unknown voice
+    talk = result["conversations"]  # each turn where its conversation's context is: one replica, the same each turn
+    assert all(len(set(map(tuple, held))) == 1 and len(held[0]) == 1 for held in talk["holders"]), talk
+    assert max(talk["max_pcm_difference"]) <= 2 and talk["difference_after_loss"] <= 2, talk  # same audio anywhere
+    assert talk["killed"] not in talk["holders_after_loss"] and len(talk["holders_after_loss"]) == 1, talk
+    assert talk["turns"] == [6, 6], talk  # the recorded turn, 4 replies and the one after the loss
     scale = result["autoscale"]
     assert scale["timeline"][0][1] == 1 and scale["to_full_s"] > 0  # from 1 replica to one per card
     # nothing cut or lost: each request got all its audio, or a 429 before it started (8 clients
