@@ -1,6 +1,7 @@
 // csm-serve playground: speaks through the same OpenAI-compatible API any client uses.
 // "Speak" asks for `pcm` (24 kHz, 16-bit, mono) and hands every chunk to Web Audio as it
 // arrives; `window.csmPlayground` records what happened (for people and for the browser tests).
+import { startConversation } from "./conversation.js";
 import { startLive } from "./live.js";
 
 const SAMPLE_RATE = 24000;
@@ -114,6 +115,7 @@ function speechBody(format) {
     speed: num("speed") ?? 1, temperature: num("temperature") ?? 0.9, seed: num("seed") ?? Math.floor(Math.random() * 2 ** 31),
   };
   if (num("max-seconds") !== null) body.max_audio_seconds = num("max-seconds");
+  if (state.conversation?.id()) body.conversation = state.conversation.id();
   return body;
 }
 
@@ -176,8 +178,9 @@ async function speak() {
     run.audioContextState = state.context.state;
     run.status = "done";
     state.body = body;
-    $("download").disabled = false;
+    $("download").disabled = Boolean(body.conversation); // a conversation's reply is its turn: not spoken again
     status(`done: ${run.chunks} chunks`);
+    if (body.conversation) document.dispatchEvent(new Event("csm-spoken"));
   } catch (e) {
     run.status = abort.signal.aborted ? "stopped" : "error";
     run.message = e.message;
@@ -289,6 +292,7 @@ async function start() {
     settings: () => ({ voice: $("voice").value, speed: num("speed") ?? 1, seed: num("seed"),
                        temperature: num("temperature") ?? 0.9 }),
   });
+  state.conversation = startConversation({ api, showError, hook });
   try { await loadModelAndVoices(); } catch (e) { showError(e.message); }
   hook.ready = true;
 }

@@ -33,7 +33,8 @@ SHOTS = Path(os.environ.get("PLAYGROUND_SCREENSHOTS", "out/playground"))  # look
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with local_server(str(tmp_path_factory.mktemp("voices")), engine=ENGINE) as running:
+    with local_server(str(tmp_path_factory.mktemp("voices")), engine=ENGINE,
+                      conversations_dir=str(tmp_path_factory.mktemp("conversations"))) as running:
         yield running[0]
 
 
@@ -194,6 +195,36 @@ def test_record_a_voice_from_the_microphone(server, browser):
     body = {"model": "csm-1b", "input": "Said in the recorded voice.", "voice": voice_id, "response_format": "pcm",
             "speed": 1, "temperature": 0.9, "seed": 5}
     assert run["pcmHash"] == fnv1a(httpx.post(server + "/v1/audio/speech", json=body, timeout=60).content)
+
+
+def test_a_conversation_with_a_recorded_turn_and_a_reply(server, browser):
+    """Start a conversation, add your turn from the (fake) microphone with its words, then Speak:
+    the reply is spoken in the conversation and listed as its turn; ending it deletes it."""
+    open_page(browser, server)
+    browser.find_element(By.ID, "conv-start").click()
+    conversation = wait_for(browser, "return window.csmPlayground.conversation.id")
+    browser.find_element(By.ID, "conv-transcript").send_keys("Can you hear me?")
+    browser.find_element(By.ID, "conv-record").click()
+    wait_for(browser, "return document.getElementById('conv-record').textContent.startsWith('Stop')")
+    time.sleep(1.5)
+    browser.find_element(By.ID, "conv-record").click()
+    wait_for(browser, "return window.csmPlayground.conversation.added === 1")
+    run = speak(browser, "Yes, loud and clear.", seed=4)
+    assert run["status"] == "done" and run["samples"] > 0, run
+    wait_for(browser, "return window.csmPlayground.conversation.turns.length === 2")
+    listed = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#conv-turns li")]
+    assert listed == ["You: Can you hear me?", "Model: Yes, loud and clear."]
+    turns = httpx.get(server + f"/v1/audio/conversations/{conversation}", timeout=10).json()["turns"]
+    assert [(t["source"], t["text"]) for t in turns] == [("audio", "Can you hear me?"),
+                                                         ("generated", "Yes, loud and clear.")]
+    assert not browser.find_element(By.ID, "download").is_enabled()  # a reply is its turn, not spoken again
+    browser.find_element(By.ID, "conv-end").click()
+    wait_for(browser, "return window.csmPlayground.conversation.id === null")
+    deadline = time.monotonic() + 10
+    while httpx.get(server + f"/v1/audio/conversations/{conversation}", timeout=10).status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert not severe(browser)
 
 
 def test_usable_at_desktop_and_phone_widths(server, browser):
