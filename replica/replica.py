@@ -21,8 +21,8 @@ import numpy as np
 
 from models.codec.mimi_stream import StreamingMimiDecoder
 from models.core.config import EngineConfig
-from models.core.threads import ThreadPlan
 from models.core.prompt import Prefix
+from models.core.threads import ThreadPlan
 from models.engine import Engine, StepHook, build_engine
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop

@@ -20,12 +20,12 @@ import numpy as np
 from models.params import SAMPLE_RATE_HZ
 from observability import metrics as m
 from replica.conversation_store import Conversation, ConversationError, ConversationNotFound, ConversationStore
+from replica.playback import PlaybackClock, PlaybackSummary
 from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob, error_info
 from replica.text_feed import PieceDone, TextFeed
 from replica.voice_store import OPENAI_VOICES, VoiceNotFound, VoiceStore
 
 from .backend import SpeechBackend
-from replica.playback import PlaybackClock, PlaybackSummary
 from .schemas import SpeechRequest
 from .settings import ServerSettings
 from .text import split_text

@@ -10,14 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, File, Form, UploadFile
 
 from models.params import FRAME_RATE_HZ, SAMPLE_RATE_HZ, Speaker
+from observability import metrics as m
 from replica.conversation_store import Conversation, ConversationError, ConversationNotFound
 from replica.records import ReplicaError
 from replica.voice_store import VoiceNotFound
 
 from ..audio import AudioDecodeError, decode_audio
 from ..deps import BackendDep, ConversationsDep, MetricsDep, RequestIdDep, SettingsDep, StoreDep
-from observability import metrics as m
-
 from ..errors import APIError, api_error
 from ..schemas import ConversationCreate, ConversationObject, ConversationTurnObject
 

@@ -30,7 +30,7 @@ class Holder:
         yield os.getpid()  # where the stream runs, first
         await asyncio.sleep(seconds)
 
-    async def turn(self, job: "Turn"):
+    async def turn(self, job: Turn):
         yield os.getpid()
         await asyncio.sleep(job.seconds)
 
