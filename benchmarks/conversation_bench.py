@@ -33,6 +33,7 @@ import torch
 
 from benchmarks.engine_bench import WORDS, device_name
 from models import EngineConfig, GenerationParams, Segment
+from models.codec.encode import encode_clip
 from models.core.prompt import build_prompt
 from replica.config import ReplicaConfig
 from replica.conversation_store import ConversationStore
@@ -78,13 +79,11 @@ def transformers_first_frame(replica: Replica, conversations: ConversationStore,
     loaded = replica._loop.engine.loaded
     model, context = loaded.model, []
     for turn in conversations.get(conversation).turns:
-        if turn.audio:
-            with torch.no_grad():
-                pcm = torch.as_tensor(conversations.load_audio(conversation, turn))
-                codes = model.codec_model.encode(pcm[None, None].to(model.dtype)).audio_codes[0].T.tolist()
+        if turn.audio:  # encoded as the replica encodes it (not timed: transformers would encode it too)
+            codes = encode_clip(model.codec_model, conversations.load_audio(conversation, turn))
         else:
-            codes = conversations.load_codes(conversation, turn).tolist()
-        context.append(Segment(speaker=turn.speaker, text=turn.text, codes=tuple(map(tuple, codes))))
+            codes = tuple(map(tuple, conversations.load_codes(conversation, turn).tolist()))
+        context.append(Segment(speaker=turn.speaker, text=turn.text, codes=codes))
     t0 = time.perf_counter()
     ids = torch.tensor([build_prompt(loaded.tokenizer, loaded.special_ids, text, 0, tuple(context)).token_ids])
     with torch.no_grad():
