@@ -34,6 +34,7 @@ APP = "csm"
 # Where the pods mount things (k8s/base/rayservice.yaml, k8s/components/model-volume).
 MODEL_DIR = "/models/csm-1b"  # the checkpoint directory on the read-only models PVC (mounted at /models)
 VOICES_DIR = "/voices"  # the ReadWriteMany voices PVC
+CONVERSATIONS_DIR = "/conversations"  # a subPath of the same PVC
 
 # One engine replica per card; KubeRay's worker group maxReplicas must allow as many workers,
 # plus the surge of a rolling update (SURGE_PERCENT of the replicas, rounded up).
@@ -61,7 +62,7 @@ COMMON: dict = {
         APP: {
             "args": {
                 "engine": {"model": MODEL_DIR},
-                "server": {"voices_dir": VOICES_DIR},
+                "server": {"voices_dir": VOICES_DIR, "conversations_dir": CONVERSATIONS_DIR},
             },
             "deployments": {
                 "SpeechReplica": {
