@@ -16,6 +16,10 @@ class ReplicaConfig(BaseModel):
         description="bytes of prefix KV the context cache keeps (voices, conversations); on a card this memory "
         "competes with the decode slots",
     )
+    conversation_refill: float = Field(0.5, gt=0.0, le=1.0, description=(
+        "when a conversation outgrows the model's context, its window slides to fill this share of the positions "
+        "for turns, so the next turns extend it (their context stays cached) instead of sliding and recomputing "
+        "it every turn; 1: always the most turns that fit"))
     realtime_admission: bool = Field(True, description=(
         "admit an interactive stream only while every interactive stream stays real time (learned step times, "
         "the streams' playback clocks); off: max_num_seqs is the only bound"))

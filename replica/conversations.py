@@ -2,7 +2,10 @@
 KV kept hot in the replica's context cache, and the turn kept when it is spoken.
 
 A turn's context is the voice's sample (if any) then the newest turns that fit the model with
-room for the reply (`fit_context`); older turns stay stored but drop out of the window. The
+room for the reply (`fit_context`); older turns stay stored but drop out of the window. A
+window keeps its start while its turns fit; when they no longer do it slides to fill half the
+positions (`conversation_refill`), so the turns after a slide extend the new window instead of
+each recomputing one. The
 conversation's cached prefix is the KV of exactly such a context. After a turn completes, the
 prefix of its context plus the turn just spoken is computed in the background (only the new
 turn's positions are prefilled, from the prefix it was spoken with), so the next turn finds
@@ -57,13 +60,16 @@ class TurnPlan:
 
 class ConversationContexts:
     def __init__(self, store: ConversationStore, cache: ContextCache, loop: EngineLoop, codec, tokenizer,
-                 max_positions: int, room_frames: Callable[[SpeechJob], int]) -> None:
+                 max_positions: int, room_frames: Callable[[SpeechJob], int], refill: float = 0.5) -> None:
         """`room_frames(job)`: backbone positions a turn's reply may need (its frames and the
-        text pieces it is spoken in), kept free when the window is chosen."""
+        text pieces it is spoken in), kept free when the window is chosen. `refill`: the share
+        of the positions for turns a window fills when it slides (fit_context)."""
         self.store, self.cache, self._loop, self._codec = store, cache, loop, codec
         self._tokenizer, self._max_positions, self._room_frames = tokenizer, max_positions, room_frames
         self._segments: OrderedDict[tuple[str, str], Segment] = OrderedDict()  # (conversation, turn file), LRU first
         self._warming: dict[str, asyncio.Task] = {}  # conversation id -> its next prefix being computed
+        self._starts: dict[str, int] = {}  # conversation id -> the index of its window's first turn
+        self._refill = refill
 
     @contextlib.asynccontextmanager
     async def turn(self, job: SpeechJob, voice: Prefix | None) -> AsyncIterator[TurnPlan]:
@@ -128,7 +134,7 @@ class ConversationContexts:
 
     async def _context(self, job: SpeechJob, conversation: Conversation, fixed: tuple[Segment, ...]) -> tuple[Segment, ...]:
         """`fixed` and the newest turns that fit with room for the reply (read newest first,
-        only as far back as could fit)."""
+        only as far back as could fit), keeping the start of the last window while it fits."""
         newest: list[Segment] = []
         positions = 0
         for turn in reversed(conversation.turns):
@@ -137,13 +143,17 @@ class ConversationContexts:
             segment = await self._segment(conversation.id, turn)
             newest.append(segment)
             positions += len(segment.codes) + 3  # a lower bound on what it takes
+        skipped = len(conversation.turns) - len(newest)  # too old to fit: not read
+        keep = max(0, self._starts.get(conversation.id, 0) - skipped)
         try:
-            return await asyncio.to_thread(fit_context, self._tokenizer, fixed, tuple(reversed(newest)),
-                                           " ".join(job.texts), job.params.speaker, self._max_positions,
-                                           self._room_frames(job))
+            context = await asyncio.to_thread(fit_context, self._tokenizer, fixed, tuple(reversed(newest)),
+                                              " ".join(job.texts), job.params.speaker, self._max_positions,
+                                              self._room_frames(job), keep, self._refill)
         except ValueError as e:
             raise RequestError("input", f"this turn does not fit the model's context: {e}",
                                "context_length_exceeded") from None
+        self._starts[conversation.id] = len(conversation.turns) - (len(context) - len(fixed))
+        return context
 
     async def _segment(self, conversation_id: str, turn: Turn) -> Segment:
         """A stored turn as a context segment (a clip is Mimi-encoded once, then remembered)."""
@@ -168,13 +178,15 @@ class ConversationContexts:
     def forget(self, conversation_id: str) -> None:
         """Drop a conversation's prefix and read turns here (unknown ids are ignored)."""
         self.cache.forget("conversation", conversation_id)
+        self._starts.pop(conversation_id, None)
         for slot in [s for s in self._segments if s[0] == conversation_id]:
             del self._segments[slot]
 
     async def sync(self) -> list[str]:
         """Forget every conversation held here that the store no longer has (deleted,
         expired); returns their ids."""
-        held = {key.id for key in self.cache.keys("conversation")} | {slot[0] for slot in self._segments}
+        held = ({key.id for key in self.cache.keys("conversation")} | {slot[0] for slot in self._segments}
+                | set(self._starts))
         gone = []
         for conversation_id in held:
             try:

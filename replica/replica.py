@@ -78,7 +78,7 @@ class Replica:
         self._engine_config, self._default_max_frames = engine.config, engine.default_max_frames
         self.conversations = ConversationContexts(
             conversations, self.contexts, self._loop, codec, engine.loaded.tokenizer, engine.config.max_seq_len,
-            self._room_frames) if conversations is not None else None
+            self._room_frames, config.conversation_refill) if conversations is not None else None
         batch_rows = config.max_batch_rows if config.max_batch_rows is not None else max(1, rows // 2)
         admission = Admission(rows, max_waiting, self.realtime, batch_rows, config.admission_wait_s,
                               is_behind=lambda: self.pipeline.is_behind() if config.realtime_admission else False)

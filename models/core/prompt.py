@@ -78,20 +78,30 @@ def segment_positions(tokenizer, segment: Segment) -> int:
 
 
 def fit_context(tokenizer, fixed: tuple[Segment, ...], turns: tuple[Segment, ...], text: str, speaker: int,
-                max_positions: int, room_frames: int) -> tuple[Segment, ...]:
+                max_positions: int, room_frames: int, keep: int = 0, refill: float = 1.0) -> tuple[Segment, ...]:
     """The context for speaking `text` after a dialogue: `fixed` (a voice's sample) first, then
     the newest of `turns` (oldest first) that fit in `max_positions` with `room_frames` left for
     the new turn's audio; older turns drop out of the window (a turn is in whole or not at all,
     and a turn never sits without every newer one). Positions are counted as build_prompt
-    counts them. Raises ValueError if `fixed` and the text alone leave no room."""
+    counts them. Raises ValueError if `fixed` and the text alone leave no room.
+
+    `keep`: the window the last turn used starts at turns[keep]; while the turns from there
+    still fit, that start is kept (the cached prefix of that window extends). When they do not,
+    the window slides, taking the newest turns that fill at most `refill` of the positions
+    left for turns (at least the newest turn, if it fits): with refill below 1 a slide makes
+    room for the next turns too, so they extend the new window instead of sliding (and
+    recomputing it) every time."""
     used = sum(segment_positions(tokenizer, s) for s in (*fixed, Segment(speaker=speaker, text=text)))
     if used + room_frames > max_positions:
         raise ValueError(f"the text and the voice take {used} positions; with {room_frames} frames of room "
                          f"that is over the model's {max_positions}")
-    window: list[Segment] = []
-    for turn in reversed(turns):
-        used += segment_positions(tokenizer, turn)
-        if used + room_frames > max_positions:
+    free = max_positions - used - room_frames  # positions left for turns
+    sizes = [segment_positions(tokenizer, turn) for turn in turns]
+    if keep and sum(sizes[keep:]) <= free:
+        return (*fixed, *turns[keep:])
+    budget, taken, window = (free if sum(sizes) <= free else int(refill * free)), 0, 0
+    for size in reversed(sizes):
+        if taken + size > (budget if window else free):  # the newest turn needs only to fit
             break
-        window.append(turn)
-    return (*fixed, *reversed(window))
+        taken, window = taken + size, window + 1
+    return (*fixed, *turns[len(turns) - window:])

@@ -15,6 +15,7 @@ import torch
 from models import GenerationParams, Segment
 from models.codec.encode import encode_clip
 from models.core.prompt import build_prompt, segment_positions
+from replica.config import ReplicaConfig
 from replica.conversation_store import ConversationStore, TurnInProgress
 from replica.records import ReplicaError, SpeechJob
 from tests.replica.conftest import sample_pcm
@@ -139,7 +140,8 @@ def test_the_window_slides_past_the_oldest_turn(make_replica, store, conversatio
     job = _job(store, conversation.id, TEXTS[3], request_id="slid")
     new_turn = segment_positions(tiny.tokenizer, Segment(speaker=0, text=TEXTS[3])) + big._room_frames(job)
     max_seq_len = positions[1] + positions[2] + new_turn + positions[0] // 2  # turns 1, 2 fit; 0 does not
-    small = make_replica(conversations=conversations, max_seq_len=max_seq_len, max_frames_cap=16)
+    small = make_replica(conversations=conversations, max_seq_len=max_seq_len, max_frames_cap=16,
+                         config=ReplicaConfig(chunk_s=0.16, realtime_admission=False, conversation_refill=1.0))
     replay = conversations.create()
     for s, turn in zip(segments[:3], conversations.get(conversation.id).turns[:3]):
         if turn.audio:
@@ -150,6 +152,33 @@ def test_the_window_slides_past_the_oldest_turn(make_replica, store, conversatio
     spoken = torch.tensor(_segments(conversations, replay.id, tiny.model.codec_model)[3].codes)
     assert torch.equal(spoken, _reference(tiny, segments[1:3], TEXTS[3], 0, 6))
     assert not torch.equal(spoken, _reference(tiny, segments[:3], TEXTS[3], 0, 6))  # the window did matter
+
+
+@pytest.mark.parametrize("refill", [0.5, 1.0])
+def test_after_a_slide_the_next_turns_extend_the_new_window(make_replica, store, conversations, refill):
+    """A dialogue longer than a small model's context: with refill 0.5 a slide leaves room, so
+    the turns after it reuse the slid window's cached prefix; with 1.0 (always the most turns
+    that fit) every turn past the first slide slides again and recomputes its whole window."""
+    replica = make_replica(conversations=conversations, max_seq_len=128, max_frames_cap=16,
+                           config=ReplicaConfig(chunk_s=0.16, realtime_admission=False, conversation_refill=refill))
+    conversation = conversations.create()
+    used = []
+
+    async def run():
+        for k in range(10):
+            before = {how: n for kind, how, n in replica.stats().contexts.num_positions if kind == "conversation"}
+            await _speak(replica, _job(store, conversation.id, f"Turn number {k}.", request_id=f"t{k}"))
+            after = {how: n for kind, how, n in replica.stats().contexts.num_positions if kind == "conversation"}
+            used.append((after["reused"] - before["reused"], after["computed"] - before["computed"]))
+
+    asyncio.run(run())
+    slid = [k for k in range(2, len(used)) if used[k][0] == 0]  # nothing reused: the window moved
+    assert slid, used  # the dialogue outgrew the context
+    after_first = used[slid[0] + 1:]
+    if refill == 0.5:  # each turn after a slide reuses its window (but one in a few slides again)
+        assert sum(reused > 0 for reused, _ in after_first) > len(after_first) / 2, used
+    else:
+        assert all(reused == 0 for reused, _ in after_first), used
 
 
 def test_a_cut_turn_is_not_kept_and_turns_are_ordered(make_replica, store, conversations):
