@@ -40,12 +40,14 @@ def _serve_pids() -> dict[str, int]:
 
 
 def _overload_burst(http: httpx.Client, url: str, n: int, probes: int) -> tuple[list, list]:
-    """n simultaneous 4 s requests, then `probes` sequential requests while the engine is
-    still full. Returns ([(status, seconds, response)] for the burst, same for the probes)."""
+    """n simultaneous 8 s requests, then `probes` sequential requests while the engine is
+    still full (8 s of audio keeps it full for seconds even where it runs 3x faster than real
+    time). Returns ([(status, seconds, response)] for the burst, same for the probes)."""
     def one(i):
         t0 = time.perf_counter()
-        r = http.post(url, json={"model": "tts-1", "voice": "alloy", "input": f"Load {i}.", "response_format": "pcm",
-                                 "seed": i, "max_audio_seconds": 4.0})
+        text = f"Load number {i}, a sentence long enough for eight seconds."  # its default frame cap is over 100
+        r = http.post(url, json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm",
+                                 "seed": i, "max_audio_seconds": 8.0})
         return r.status_code, time.perf_counter() - t0, r
 
     with ThreadPoolExecutor(max_workers=n) as pool:
@@ -80,7 +82,7 @@ def test_overload_gets_429_quickly_and_admitted_requests_finish(app_url):
     assert len(refused) >= 12 and len(served) >= 2
     for status, seconds, r in refused + probes:
         assert status == 429 and r.headers["retry-after"] and r.json()["error"]["type"] == "rate_limit_error"
-    assert all(len(o[2].content) == 50 * 1920 * 2 for o in served)
+    assert all(len(o[2].content) == 100 * 1920 * 2 for o in served)
     burst_s = sorted(o[1] for o in refused)
     probe_s = sorted(o[1] for o in probes)
     print(f"overload: 24 sent, {len(served)} ok, {len(refused)} rejected; rejection burst p50 "

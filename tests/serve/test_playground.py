@@ -201,6 +201,7 @@ def test_a_conversation_with_a_recorded_turn_and_a_reply(server, browser):
     """Start a conversation, add your turn from the (fake) microphone with its words, then Speak:
     the reply is spoken in the conversation and listed as its turn; ending it deletes it."""
     open_page(browser, server)
+    severe(browser)  # read: what earlier tests logged (one shows an API error on purpose) is theirs
     browser.find_element(By.ID, "conv-start").click()
     conversation = wait_for(browser, "return window.csmPlayground.conversation.id")
     browser.find_element(By.ID, "conv-transcript").send_keys("Can you hear me?")
