@@ -10,8 +10,9 @@ stream that tips that card over its budget.
 
 So every request asks every replica for its number of ongoing requests (one small actor
 call each: a few per request, against seconds of audio) and goes to the one with the fewest;
-ties are broken at random. The counts are asked afresh each time, not taken from the
-router's cache, so several ingresses (each with its own router) see each other's streams.
+ties are broken at random. The counts are asked afresh (unless this router asked within the
+last FRESH_S, for a burst), not kept for Serve's default 10 s, so several ingresses (each with
+its own router) see each other's streams.
 Replicas that do not answer within Serve's probe deadline are left out of that choice, and a
 replica at `max_ongoing_requests` is never chosen (the request waits in Serve's queue, as
 with the default router).
@@ -27,20 +28,31 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
+
+# Counts this recent are taken from the router's cache, which counts this router's own sends: a
+# burst routed within it does not probe once per request (concurrent probes all saw the same free
+# slot, and the replica refused all but one of them: a refused request leaves Serve's queue count,
+# so the queue bound let more in)
+FRESH_S = 0.1
 
 
 class LeastBusyRouter(FIFOMixin, RequestRouter):
     """A conversation's replica first; else the replica with the fewest ongoing requests,
     among all that answer (FIFO order)."""
 
+    _probed_at = 0.0  # when every replica was last asked
+
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
-        cache = self.replica_queue_len_cache
-        for replica in candidate_replicas:
-            cache.invalidate_key(replica.replica_id)  # probe every one now: fresh counts
+        now = time.monotonic()
+        if now - self._probed_at > FRESH_S:  # probe every one now: fresh counts (other routers' streams too)
+            self._probed_at = now
+            for replica in candidate_replicas:
+                self.replica_queue_len_cache.invalidate_key(replica.replica_id)
         # the last rank: Serve probes them all and takes the lowest count; the shuffle breaks ties
         ranks = [random.sample(candidate_replicas, len(candidate_replicas))]
         if candidate_replicas and (conversation := _conversation(pending_request)) is not None:
