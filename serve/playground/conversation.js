@@ -3,10 +3,11 @@
 // model's turn); "Record my turn" adds what you say (the microphone, and the words typed beside
 // it) as your turn. `window.csmPlayground.conversation` records what happened (for the tests).
 
+import { microphone } from "./microphone.js";
+
 export function startConversation({ api, showError, hook }) {
   const $ = (id) => document.getElementById(id);
   const conv = (hook.conversation = { id: null, turns: [], added: 0 });
-  let recorder = null;
 
   function render() {
     $("conv-turns").replaceChildren(...conv.turns.map((t) => {
@@ -56,32 +57,13 @@ export function startConversation({ api, showError, hook }) {
     render();
   }
 
-  async function toggleRecording() {
-    if (recorder) { recorder.stop(); return; }
-    if (!navigator.mediaDevices?.getUserMedia) {
-      showError("The microphone needs a secure page: open the playground over https or on localhost.");
-      return;
-    }
-    try {
-      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-      const parts = [];
-      recorder = new MediaRecorder(stream);
-      recorder.ondataavailable = (e) => parts.push(e.data);
-      recorder.onstop = () => {
-        stream.getTracks().forEach((t) => t.stop());
-        const blob = new Blob(parts, { type: recorder.mimeType });
-        recorder = null;
-        $("conv-record").textContent = "Record my turn";
-        addTurn(blob);
-      };
-      recorder.start();
-      $("conv-record").textContent = "Stop and add my turn";
-    } catch (e) { showError(`Microphone: ${e.message}`); }
-  }
-
   $("conv-start").addEventListener("click", begin);
   $("conv-end").addEventListener("click", end);
-  $("conv-record").addEventListener("click", toggleRecording);
+  $("conv-record").addEventListener("click", microphone({
+    showError,
+    onStart: () => { $("conv-record").textContent = "Stop and add my turn"; },
+    onRecorded: (blob) => { $("conv-record").textContent = "Record my turn"; addTurn(blob); },
+  }));
   document.addEventListener("csm-spoken", refresh); // a reply in the conversation became its turn
   render();
   return { id: () => conv.id };

@@ -3,11 +3,12 @@
 // arrives; `window.csmPlayground` records what happened (for people and for the browser tests).
 import { startConversation } from "./conversation.js";
 import { startLive } from "./live.js";
+import { microphone } from "./microphone.js";
 
 const SAMPLE_RATE = 24000;
 const MAX_CHARS = 4096;
 const $ = (id) => document.getElementById(id);
-const state = { model: null, body: null, abort: null, recorded: null, recorder: null, context: null };
+const state = { model: null, body: null, abort: null, recorded: null, context: null };
 const hook = (window.csmPlayground = { ready: false, runs: 0, last: null, lastDownload: null, errors: [] });
 
 // --- the API: bearer key, OpenAI-shaped errors ------------------------------------------------
@@ -217,29 +218,16 @@ async function download() {
 
 // --- custom voices: a file or a microphone recording, with its transcript ------------------------
 
-async function toggleRecording() {
-  if (state.recorder) { state.recorder.stop(); return; }
-  if (!navigator.mediaDevices?.getUserMedia) {
-    showError("The microphone needs a secure page: open the playground over https or on localhost.");
-    return;
-  }
-  try {
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    const recorder = (state.recorder = new MediaRecorder(stream));
-    const parts = [];
-    const started = performance.now();
-    recorder.ondataavailable = (e) => parts.push(e.data);
-    recorder.onstop = () => {
-      stream.getTracks().forEach((t) => t.stop());
-      state.recorded = new Blob(parts, { type: recorder.mimeType });
-      state.recorder = null;
+function voiceRecorder() {
+  return microphone({
+    showError,
+    onStart: () => { $("record").textContent = "Stop recording"; $("recording").textContent = "recording…"; },
+    onRecorded: (blob, seconds) => {
+      state.recorded = blob;
       $("record").textContent = "Record from microphone";
-      $("recording").textContent = `recorded ${((performance.now() - started) / 1000).toFixed(1)} s`;
-    };
-    recorder.start();
-    $("record").textContent = "Stop recording";
-    $("recording").textContent = "recording…";
-  } catch (e) { showError(`Microphone: ${e.message}`); }
+      $("recording").textContent = `recorded ${seconds.toFixed(1)} s`;
+    },
+  });
 }
 
 async function createVoice(event) {
@@ -273,7 +261,7 @@ async function start() {
   $("speak").addEventListener("click", speak);
   $("stop").addEventListener("click", () => state.abort?.abort());
   $("download").addEventListener("click", download);
-  $("record").addEventListener("click", toggleRecording);
+  $("record").addEventListener("click", voiceRecorder());
   $("voice-form").addEventListener("submit", createVoice);
   $("key-form").addEventListener("submit", async (event) => {
     event.preventDefault();
