@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# RAY_worker_niceness=0: Serve's processes at the host's priority, not Ray's default 15 (deployments/priority.py)
 serve: venv  ## Ray Serve app from serve_config.yaml on 127.0.0.1:8000 (gRPC: 8001); Ray metrics on 127.0.0.1:8080/metrics
-	$(VENV)/bin/ray start --head --metrics-export-port=8080 --dashboard-host=127.0.0.1 --disable-usage-stats
+	RAY_worker_niceness=0 $(VENV)/bin/ray start --head --metrics-export-port=8080 --dashboard-host=127.0.0.1 --disable-usage-stats
 	RAY_ADDRESS=auto $(VENV)/bin/serve run serve_config.yaml; $(VENV)/bin/ray stop
 
 serve-local: venv  ## the same API in one process, without Ray (HTTP 127.0.0.1:8000, Triton gRPC 127.0.0.1:8001)

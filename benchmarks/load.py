@@ -173,6 +173,17 @@ def pct(values: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
     return {f"p{q}": (float(np.percentile(arr, q)) if arr.size else None) for q in qs}
 
 
+def max_concurrent(results: list[Result]) -> int:
+    """The most of these streams playing at one moment (from first audio to last byte)."""
+    events = sorted(e for r in results if r.wall_s is not None and r.ttfa_s is not None
+                    for e in ((r.start + r.ttfa_s, 1), (r.start + r.wall_s, -1)))
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
 def decode_bodies(results: list[Result]) -> None:
     """Audio seconds of whole-body (non-pcm) responses, decoded after the level so decoding
     does not slow the load; an undecodable body turns the request into a failure."""
@@ -198,7 +209,9 @@ def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
     return {
         "sent": len(results), **{k: len(v) for k, v in by.items()},
         "wall_s": wall_s,
-        "ttfa_s": pct([r.ttfa_s for r in ok if r.ttfa_s is not None], (50, 95, 99)),
+        "ttfa_s": {**pct([r.ttfa_s for r in ok if r.ttfa_s is not None], (50, 95, 99)),
+                   "max": max((r.ttfa_s for r in ok if r.ttfa_s is not None), default=None)},
+        "max_concurrent_ok": max_concurrent(ok),
         "rtf": pct([r.wall_s / r.audio_s for r in ok if r.audio_s > 0 and r.wall_s is not None], (50, 95)),
         "audio_s": {"total": float(sum(audio)), "min": min(audio, default=None), "max": max(audio, default=None)},
         "throughput_audio_s_per_s": sum(audio) / wall_s if wall_s > 0 else 0.0,

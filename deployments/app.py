@@ -7,6 +7,7 @@ serveConfigV2 import.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ray import serve
@@ -23,9 +24,11 @@ from serve.v2.grpc_service import UNARY, InferenceRPC, RpcStatus
 
 from .metrics import RayMetrics
 from .placement import AppArgs, engine_actor_options
+from .priority import check_priority
 from .replica import RayReplicas, ReplicaDeployment
-from .router import least_busy
+from .router import by_headroom
 
+log = logging.getLogger(__name__)
 _EMPTY = {name: getattr(pb, f"{name}Response") for name in UNARY}
 
 
@@ -42,6 +45,7 @@ class SpeechIngress:
     `grpc_options` in serve_config.yaml): one-line forwards to the shared gRPC adapter."""
 
     def __init__(self, replicas: DeploymentHandle, server: dict) -> None:
+        check_priority(log)  # streams pass through here: not below the host's daemons (priority.py)
         self.settings = ServerSettings(**server)
         self.store = VoiceStore(self.settings.voices_dir)
         self.metrics = RayMetrics(REQUEST_METRICS)
@@ -108,10 +112,14 @@ def build_app_with(args: dict, before_step: StepHook | None = None):
         if cfg.server.get(folder):
             cfg.server[folder] = os.path.abspath(cfg.server[folder])
     settings = ServerSettings(**cfg.server)
+    # The replica's admission is the one queue (replica/admission.py): Serve sends it every stream
+    # its rows and its waiting line can take, so Serve's own queue (max_queued_requests at each
+    # handle) fills only while no replica can take a request (start-up, a node lost).
     replicas = ReplicaDeployment.options(
         ray_actor_options=engine_actor_options(cfg.engine, cfg.cpus_per_engine, cfg.card),
-        max_ongoing_requests=cfg.engine.max_num_seqs,
+        max_ongoing_requests=cfg.engine.max_num_seqs + cfg.max_queued_requests,
         max_queued_requests=cfg.max_queued_requests,
-        request_router_config=least_busy(),
-    ).bind(cfg.engine.model_dump(), cfg.replica.model_dump(), settings.voices_dir, before_step, cfg.server)
+        request_router_config=by_headroom(),
+    ).bind(cfg.engine.model_dump(), cfg.replica.model_dump(), settings.voices_dir, before_step, cfg.server,
+           cfg.max_queued_requests)
     return SpeechIngress.bind(replicas, cfg.server)

@@ -23,7 +23,7 @@ async def start_replica(engine: EngineConfig, store: VoiceStore, config: Replica
     replica = await asyncio.to_thread(Replica.build, engine, store, config, metrics, max_queued_requests, before_step,
                                       conversations)
     await replica.voices.load_all()
-    replica.start_following_store()  # folders changed by hand too
+    replica.start_background()  # folders changed by hand too
     return replica
 
 

@@ -29,7 +29,10 @@ class AppArgs(BaseModel):
     server: dict = Field(default_factory=dict, description="ServerSettings fields")
     card: Card = Field("auto", description="the card each engine replica asks Ray for; auto: from engine.device")
     cpus_per_engine: float = Field(2, gt=0, description="CPU cores per engine replica without a card")
-    max_queued_requests: int = Field(32, ge=0, description="requests waiting per caller beyond the slots")
+    max_queued_requests: int = Field(32, ge=0, description=(
+        "streams that may wait at an engine replica beyond its free rows (batch streams for a row, interactive "
+        "ones for a moment: replica/admission.py); Serve's max_ongoing_requests is max_num_seqs plus this, and "
+        "each handle queues this many while no replica can take a request"))
 
 
 def card_for(engine: EngineConfig, card: Card = "auto") -> Card:

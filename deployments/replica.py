@@ -40,6 +40,8 @@ from serve.settings import ServerSettings
 
 from .autoscaling import replica_autoscaling_stats
 from .metrics import RayMetrics
+from .priority import check_priority
+from .router import routing_stats
 from .text_channel import ChannelFeed, start_channels
 
 log = logging.getLogger(__name__)
@@ -58,17 +60,18 @@ class WireChunk:
 
 @serve.deployment(name=REPLICA_NAME, graceful_shutdown_timeout_s=120, health_check_period_s=10)
 class ReplicaDeployment:
-    """One Replica on one card. Serve's router is its queue (max_ongoing_requests =
-    max_num_seqs), so the replica admits no waiting streams of its own (admission.py)."""
+    """One Replica on one card. Its admission is the queue (admission.py): Serve's
+    max_ongoing_requests leaves room for its rows and its `max_waiting` line (app.py)."""
 
     def __init__(self, engine: dict, replica: dict, voices_dir: str | None, before_step: StepHook | None = None,
-                 server: dict | None = None):
+                 server: dict | None = None, max_waiting: int = 0):
         """`server`: the ingress's settings (ServerSettings), for the conversations' store."""
+        check_priority(log)
         store = VoiceStore(voices_dir)
         conversations = ServerSettings(**(server or {})).conversation_store()
         self.replica = Replica.build(EngineConfig(**engine), store, ReplicaConfig(**replica), RayMetrics(REPLICA_METRICS),
-                                     max_waiting=0, before_step=before_step, conversations=conversations)
-        self.replica.start_following_store()  # Serve runs constructors on the replica's event loop
+                                     max_waiting=max_waiting, before_step=before_step, conversations=conversations)
+        self.replica.start_background()  # Serve runs constructors on the replica's event loop
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[WireChunk]:
         try:
@@ -99,6 +102,12 @@ class ReplicaDeployment:
 
     def check_health(self) -> None:
         self.replica.check_health()
+
+    def record_routing_stats(self) -> dict[str, int]:
+        """Serve's controller polls this (router.ROUTING_STATS_PERIOD_S) for the routers:
+        the real-time capacity and the batch streams, held and waiting (router.py)."""
+        stats = self.replica.stats()
+        return routing_stats(stats.realtime_capacity, stats.num_batch_streams + stats.num_waiting_batch_streams)
 
     def record_autoscaling_stats(self) -> dict[str, int]:
         """Serve calls this while an autoscaling_config is set (every

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 
@@ -62,6 +63,7 @@ def sim_cluster(nodes: int, cards_per_node: int, http_port: int, head_cpus: int 
     from ray import serve
     from ray.cluster_utils import Cluster
 
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Serve's processes at normal priority (priority.py)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": head_cpus, "include_dashboard": False, "resources": {HEAD_RESOURCE: 1}})
     workers = [cluster.add_node(num_cpus=node_cpus, resources={"NPU": cards_per_node}) for _ in range(nodes)]

@@ -174,23 +174,32 @@ class Engine:
             self.step()
 
     def profile_steps(self, sizes: list[int], periods: int = 3, stop_above_s: float | None = None,
-                      ) -> tuple[tuple[int, float], ...]:
+                      should_stop: Callable[[], bool] | None = None) -> tuple[tuple[int, float], ...]:
         """Time the decode step period at each batch size in `sizes` (ascending; the median of
         `periods` periods each, short throwaway requests, the fault-injection seam off), up to
-        the first size whose period exceeds `stop_above_s`. Returns ((rows, seconds), ...).
-        On an idle engine only (after warm_up): the real-time admission's first estimates."""
+        the first size whose period exceeds `stop_above_s`, or until `should_stop()` (asked
+        between steps: someone else needs the engine; that size's requests are aborted).
+        Returns ((rows, seconds), ...) of the sizes completed. On an idle engine only (after
+        warm_up): the real-time admission's idle profile."""
         hook, self._before_step = self._before_step, None
         measured = []
         try:
             for rows in sizes:
-                for i in range(rows):
-                    self.add_request(f"__profile__/{rows}/{i}", "Warm up.", GenerationParams(max_frames=periods + 3, seed=i))
-                seen = []
+                ids = [f"__profile__/{rows}/{i}" for i in range(rows)]
+                for i, request_id in enumerate(ids):
+                    self.add_request(request_id, "Warm up.", GenerationParams(max_frames=periods + 3, seed=i))
+                seen, stopped = [], False
                 while self.has_unfinished_requests():
+                    if not stopped and should_stop is not None and should_stop():
+                        stopped = True
+                        for request_id in ids:
+                            self.abort_request(request_id)
                     self.step()
                     if self._period[0] == rows:  # the previous step's, timed at this one's start
                         seen.append(self._period[1])
                     self._period = (0, 0.0)
+                if stopped:
+                    break
                 if seen:
                     measured.append((rows, statistics.median(seen)))
                     if stop_above_s is not None and measured[-1][1] > stop_above_s:

@@ -21,7 +21,14 @@ class RequestError(ValueError):
 
 
 class Overloaded(RuntimeError):
-    """Every slot is busy and the queue is full."""
+    """No stream can start now. `retry_after_s`: when capacity is expected back (None: unknown)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return type(self), (str(self), self.retry_after_s)
 
 
 class EngineDeadError(RuntimeError):

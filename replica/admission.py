@@ -1,4 +1,4 @@
-"""The capacity policy, in one place.
+"""The capacity policy, in one place: every stream gets one decision when it arrives.
 
 Rows: a replica serves at most `num_rows` speech streams at once, where `num_rows` is the
 engine's `max_num_seqs`: every running stream holds one streaming-Mimi decoder row for its
@@ -13,16 +13,21 @@ clocks); a lone stream is always admitted. A `batch` stream (no listener waiting
 a row, at most `max_batch_rows` of them, and the engine pauses batch rows between frames
 while interactive ones need the step (realtime.RealtimePolicy.batch_rows).
 
-Waiting: a stream that cannot start waits, interactive ones first, each class first come
-first served, for at most `wait_s` (or its own `timeout_s`, Triton's `timeout`, if shorter):
-then `QueueTimeout` (its own timeout) or `Overloaded`. The line holds `max_waiting` streams
-beyond the free rows; beyond that `Overloaded` is raised at once (each protocol answers from
-its error table: 429 + Retry-After on the OpenAI API, 503 / UNAVAILABLE on v2).
+Deciding at arrival: an interactive stream that cannot start now is refused at once
+(`Overloaded`, with `retry_after_s`: when the running streams' remaining audio says headroom
+comes back), unless headroom is expected within `wait_s` (a short wait, well under a second:
+a stream about to end, or the next row of a growing batch): then it waits that long at most.
+It never waits behind a stream that will play for seconds. A `batch` stream may wait its own,
+longer bound (`batch_wait_s`). A stream's own `timeout_s` (Triton's `timeout`) bounds any wait:
+then `QueueTimeout`. Waiters are served interactive first, each class first come first served;
+the line holds `max_waiting` streams beyond the free rows, beyond that a stream is refused at
+once. Each protocol answers `Overloaded` from its error table: 429 + Retry-After on the OpenAI
+API, 503 / UNAVAILABLE on v2.
 
-Under Ray, Serve's router is the row queue (`max_ongoing_requests` = max_num_seqs per
-replica, `max_queued_requests` beyond), so replicas run with `max_waiting = 0`: only a stream
-that has a free row but no real-time headroom waits here. In-process, this is the queue
-(`max_queued_requests`). Event-loop state only: use from one asyncio loop.
+This is the one queue: in-process and under Ray alike (there, Serve's `max_ongoing_requests`
+leaves room for this line, so Serve's own queue holds nothing while a replica runs, and the
+router sends each stream to the replica with the most headroom). Event-loop state only: use
+from one asyncio loop.
 """
 
 from __future__ import annotations
@@ -37,11 +42,23 @@ from dataclasses import dataclass
 from models.errors import Overloaded
 from models.params import Priority
 
-from .realtime import RealtimePolicy
+from .realtime import FRAME_S, RealtimePolicy
+
+SOON_S = 0.1  # how soon a row of a growing batch, or a listener catching up, is expected
 
 
 class QueueTimeout(RuntimeError):
     """A stream waited for a row its own timeout long (Triton's `timeout` parameter)."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted stream's row; its stream keeps `frames_left` (an upper bound on the frames
+    it may still generate; inf: unknown, e.g. text still coming) up to date."""
+
+    row: int
+    priority: Priority
+    frames_left: float = math.inf
 
 
 @dataclass(eq=False)
@@ -52,15 +69,15 @@ class _Waiter:
 
 class Admission:
     def __init__(self, num_rows: int, max_waiting: int, realtime: RealtimePolicy | None = None,
-                 max_batch_rows: int | None = None, wait_s: float | None = None,
+                 max_batch_rows: int | None = None, wait_s: float = 0.25, batch_wait_s: float | None = None,
                  is_behind: Callable[[], bool] | None = None, recheck_s: float = 0.05) -> None:
         self.num_rows, self.max_waiting = num_rows, max_waiting
         self.realtime = realtime
         self.max_batch_rows = num_rows if max_batch_rows is None else max_batch_rows
-        self.wait_s, self.recheck_s = wait_s, recheck_s
+        self.wait_s, self.batch_wait_s, self.recheck_s = wait_s, batch_wait_s, recheck_s
         self._is_behind = is_behind or (lambda: False)
         self._free = list(range(num_rows))
-        self._held: dict[int, Priority] = {}
+        self._held: dict[int, Ticket] = {}
         self._waiters: list[_Waiter] = []
         self._recheck: asyncio.TimerHandle | None = None
 
@@ -69,11 +86,14 @@ class Admission:
         return len(self._held)
 
     def num_held(self, priority: Priority) -> int:
-        return sum(p == priority for p in self._held.values())
+        return sum(t.priority == priority for t in self._held.values())
 
     @property
     def num_waiting(self) -> int:
         return sum(not w.future.done() for w in self._waiters)
+
+    def num_waiting_for(self, priority: Priority) -> int:
+        return sum(w.priority == priority and not w.future.done() for w in self._waiters)
 
     def capacity(self) -> int:
         """Interactive streams this replica keeps real time (rows, when there is no policy)."""
@@ -81,17 +101,40 @@ class Admission:
 
     def headroom(self) -> int:
         """Interactive streams that could still start now without waiting."""
-        waiting = sum(w.priority == "interactive" and not w.future.done() for w in self._waiters)
-        return max(0, min(len(self._free), self.capacity() - self.num_held("interactive")) - waiting)
+        room = min(len(self._free), self.capacity() - self.num_held("interactive"))
+        return max(0, room - self.num_waiting_for("interactive"))
+
+    def expected_start_s(self, priority: Priority = "interactive") -> float:
+        """Seconds until one more stream of `priority` is expected to be admissible (0: now;
+        inf: unknown), from the running streams' remaining frames at the predicted step period."""
+        waiting = self.num_waiting_for(priority)
+        if not waiting and self._admissible(priority):
+            return 0.0
+        period = self._period()
+        ends = sorted(t.frames_left * period for t in self._held.values())
+        interactive = sorted(t.frames_left * period for t in self._held.values() if t.priority == "interactive")
+        need = [_kth(ends, len(self._held) + waiting + 1 - self.num_rows)]  # rows: streams that must end first
+        if priority == "batch":
+            need.append(_kth(sorted(t.frames_left * period for t in self._held.values() if t.priority == "batch"),
+                             self.num_held("batch") + waiting + 1 - self.max_batch_rows))
+        else:
+            over = self.num_held("interactive") + waiting + 1 - self.capacity()
+            need.append(_kth(interactive, over) if over > 0 else SOON_S)  # within capacity: slow start, a catch-up
+        return max(need)
 
     @contextlib.asynccontextmanager
-    async def row(self, priority: Priority = "interactive", timeout_s: float | None = None) -> AsyncIterator[int]:
+    async def row(self, priority: Priority = "interactive", timeout_s: float | None = None) -> AsyncIterator[Ticket]:
         """Hold a decoder row (and so the right to a KV slot) for one stream (see above)."""
-        row = await self._acquire(priority, timeout_s)
+        ticket = await self._acquire(priority, timeout_s)
         try:
-            yield row
+            yield ticket
         finally:
-            self._release(row)
+            self._release(ticket.row)
+
+    def _period(self) -> float:
+        if self.realtime is None:
+            return FRAME_S
+        return self.realtime.times.model.predict(max(1, len(self._held))) or FRAME_S
 
     def _admissible(self, priority: Priority) -> bool:
         if not self._free:
@@ -104,21 +147,28 @@ class Admission:
         within = self.realtime.admits(interactive) if self.realtime is not None else interactive < self.num_rows
         return within and not self._is_behind()
 
-    def _take(self, priority: Priority) -> int:
+    def _take(self, priority: Priority) -> Ticket:
         row = heapq.heappop(self._free)
-        self._held[row] = priority
-        return row
+        self._held[row] = ticket = Ticket(row, priority)
+        return ticket
 
-    async def _acquire(self, priority: Priority, timeout_s: float | None) -> int:
-        if not any(w.priority == priority and not w.future.done() for w in self._waiters) and self._admissible(priority):
+    def _limit(self, priority: Priority, timeout_s: float | None) -> float:
+        wait = self.wait_s if priority == "interactive" else self.batch_wait_s
+        return min(math.inf if timeout_s is None else timeout_s, math.inf if wait is None else wait)
+
+    async def _acquire(self, priority: Priority, timeout_s: float | None) -> Ticket:
+        expected = self.expected_start_s(priority)
+        if expected == 0.0:
             return self._take(priority)
-        if self.num_waiting >= self.max_waiting + len(self._free):
-            raise Overloaded(f"all {self.num_rows} streams are busy or at the real-time bound, "
-                             f"and {self.num_waiting} are waiting")
+        limit = self._limit(priority, timeout_s)
+        line_full = self.num_waiting >= self.max_waiting + len(self._free)
+        if line_full or (priority == "interactive" and expected > limit):
+            raise Overloaded(f"all {self.num_rows} streams are busy or at the real-time bound "
+                             f"({self.num_held('interactive')} interactive, {self.num_held('batch')} batch, "
+                             f"{self.num_waiting} waiting)", _finite(expected))
         waiter = _Waiter(priority, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._arm_recheck()
-        limit = min(timeout_s if timeout_s is not None else math.inf, self.wait_s if self.wait_s is not None else math.inf)
         try:
             done, _ = await asyncio.wait({waiter.future}, timeout=None if limit == math.inf else limit)
         except asyncio.CancelledError:
@@ -128,7 +178,7 @@ class Admission:
             self._abandon(waiter)
             if timeout_s is not None and timeout_s <= limit:
                 raise QueueTimeout("Request timeout expired")
-            raise Overloaded(f"no stream could start within {limit:g} s")
+            raise Overloaded(f"no stream could start within {limit:g} s", _finite(self.expected_start_s(priority)))
         self._waiters.remove(waiter)
         return waiter.future.result()
 
@@ -136,7 +186,7 @@ class Admission:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
         if waiter.future.done() and not waiter.future.cancelled():  # handed a row just as it left
-            self._release(waiter.future.result())
+            self._release(waiter.future.result().row)
         else:
             waiter.future.cancel()
 
@@ -164,3 +214,14 @@ class Admission:
         self._recheck = None
         self._dispatch()
         self._arm_recheck()
+
+
+def _kth(values: list[float], k: int) -> float:
+    """The k-th smallest of sorted `values` (1-based); 0 for k <= 0, inf past the end."""
+    if k <= 0:
+        return 0.0
+    return values[k - 1] if k <= len(values) else math.inf
+
+
+def _finite(seconds: float) -> float | None:
+    return None if math.isinf(seconds) else seconds

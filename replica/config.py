@@ -26,8 +26,12 @@ class ReplicaConfig(BaseModel):
     realtime_margin: float = Field(0.2, ge=0.0, le=5.0, description=(
         "real-time headroom kept: a step must take at most 80 ms / (1 + margin); the stream's chunks grow as "
         "fast as a listener's buffer does at that step time (replica/pipeline.py next_chunk_frames)"))
-    admission_wait_s: float = Field(30.0, gt=0, description=(
-        "longest a stream waits to start (a row, real-time headroom) before 429 / 503 + Retry-After"))
+    admission_wait_s: float = Field(0.25, gt=0, le=5.0, description=(
+        "longest an interactive stream waits to start, and only when headroom is expected that soon (a stream "
+        "about to end); otherwise it is refused at once with 429 / 503 + a Retry-After from the running streams' "
+        "remaining audio (replica/admission.py)"))
+    batch_wait_s: float = Field(300.0, gt=0, description=(
+        "longest a batch-priority stream waits for a row before 429 / 503 + Retry-After"))
     max_batch_rows: int | None = Field(None, ge=0, description=(
         "rows batch-priority streams may hold at once; default half of max_num_seqs (at least 1)"))
     engine_threads: int | None = Field(None, ge=1, le=256, description=(

@@ -10,6 +10,7 @@ ends there with reason `length`, and the last chunk is cut to the exact sample.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -28,7 +29,7 @@ from models.params import (
     Segment,
 )
 
-from .admission import Admission
+from .admission import Admission, Ticket
 from .playback import PlaybackClock
 from .text_feed import PieceDone, TextFeed
 
@@ -67,29 +68,52 @@ class SpeechPipeline:
         now = time.monotonic()
         return any((slack := clock.slack(now)) is not None and slack < 0 for clock in self._clocks.values())
 
-    async def stream(
+    @contextlib.asynccontextmanager
+    async def admit(self, priority: Priority = "interactive", timeout_s: float | None = None) -> AsyncIterator[Ticket]:
+        """Hold a row for one stream: admitted now (or after a short wait) or refused
+        (Overloaded, QueueTimeout: admission.py). Whatever the stream needs before it speaks
+        (its voice's or conversation's prefix) is computed inside, once admitted."""
+        t0 = time.perf_counter()
+        async with self.admission.row(priority, timeout_s) as ticket:
+            self._on_stage("queue", time.perf_counter() - t0)
+            yield ticket
+
+    async def stream(self, request_id: str, texts: tuple[str, ...] | list[str], voice: Prefix | None = None,
+                     params: GenerationParams | None = None, max_audio_s: float | None = None,
+                     on_segment_done: Callable[[int, Segment], None] | None = None, priority: Priority = "interactive",
+                     timeout_s: float | None = None, feed: TextFeed | None = None,
+                     marks: bool = False) -> AsyncIterator[np.ndarray | PieceDone]:
+        """`admit`, then `speak` (arguments as there): Overloaded or QueueTimeout before the
+        first chunk when the stream is not admitted."""
+        async with self.admit(priority, timeout_s) as ticket:
+            async with contextlib.aclosing(self.speak(ticket, request_id, texts, voice, params, max_audio_s,
+                                                      on_segment_done, feed, marks)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def speak(
         self,
+        ticket: Ticket,
         request_id: str,
         texts: tuple[str, ...] | list[str],
         voice: Prefix | None = None,
         params: GenerationParams | None = None,
         max_audio_s: float | None = None,
         on_segment_done: Callable[[int, Segment], None] | None = None,
-        priority: Priority = "interactive",
-        timeout_s: float | None = None,
         feed: TextFeed | None = None,
         marks: bool = False,
     ) -> AsyncIterator[np.ndarray | PieceDone]:
-        """Yield float32 PCM chunks (24 kHz mono): the first one frame (80 ms, so first audio
-        costs prefill + one frame + one small decode), the next ones growing with the audio
-        already out (next_chunk_frames) up to `chunk_frames` frames (steady state: few, batched
-        decodes).
+        """Yield float32 PCM chunks (24 kHz mono) on the row `ticket` holds (admit): the first
+        one frame (80 ms, so first audio costs prefill + one frame + one small decode), the next
+        ones growing with the audio already out (next_chunk_frames) up to `chunk_frames` frames
+        (steady state: few, batched decodes).
 
         Text i runs with `params.for_segment(i)` (seed + i) and the context `voice` plus text
-        i-1's audio; the whole stream is at most `max_audio_s` long. Raises Overloaded (no row
-        free, wait line full), QueueTimeout (waited `timeout_s`) or RequestError before the
-        first chunk. `on_segment_done(i, segment)` gets each text as spoken once its audio is
-        out (its codes are the context of the next text). `priority`: admission.py.
+        i-1's audio; the whole stream is at most `max_audio_s` long. Raises RequestError before
+        the first chunk for unusable input. `on_segment_done(i, segment)` gets each text as
+        spoken once its audio is out (its codes are the context of the next text). The ticket's
+        `frames_left` follows the stream (an upper bound: the texts' frame caps, the audio cap),
+        for the admission's estimate of when rows free up.
 
         `feed`: the texts after `texts`, taken one at a time as each previous text's codes
         exist (so a text that came while the one before was speaking follows it with no gap);
@@ -98,31 +122,30 @@ class SpeechPipeline:
         params = params or GenerationParams()
         max_samples = round(max_audio_s * SAMPLE_RATE_HZ) if max_audio_s else None
         frame_budget = -(-max_samples // SAMPLES_PER_FRAME) if max_samples else None
-        t0 = time.perf_counter()
-        async with self.admission.row(priority, timeout_s) as row:
-            self._on_stage("queue", time.perf_counter() - t0)
-            clock = PlaybackClock() if priority == "interactive" else None
-            if clock is not None:
-                self._clocks[request_id] = clock
-            try:  # closing the stream closes the generation at once (its engine request is aborted)
-                pieces = _pieces(texts, feed, clock)
-                async with contextlib.aclosing(self._generate(request_id, pieces, row, voice, params, frame_budget,
-                                                              max_samples, on_segment_done, priority)) as items:
-                    async for item in items:
-                        if isinstance(item, PieceDone):
-                            if marks:
-                                yield item
-                            continue
-                        if clock is not None:
-                            clock.delivered(time.monotonic(), len(item))
-                        yield item
-            finally:
-                self._clocks.pop(request_id, None)
+        clock = PlaybackClock() if ticket.priority == "interactive" else None
+        if clock is not None:
+            self._clocks[request_id] = clock
+        try:  # closing the stream closes the generation at once (its engine request is aborted)
+            pieces = _pieces(texts, feed, clock)
+            left = _FramesLeft(ticket, [self.loop.engine.default_max_frames(t) for t in texts], frame_budget,
+                               feed is not None)
+            async with contextlib.aclosing(self._generate(request_id, pieces, ticket, voice, params, frame_budget,
+                                                          max_samples, on_segment_done, left)) as items:
+                async for item in items:
+                    if isinstance(item, PieceDone):
+                        if marks:
+                            yield item
+                        continue
+                    if clock is not None:
+                        clock.delivered(time.monotonic(), len(item))
+                    yield item
+        finally:
+            self._clocks.pop(request_id, None)
 
-    async def _generate(self, request_id: str, texts: AsyncIterator[str], row: int, voice: Prefix | None,
+    async def _generate(self, request_id: str, texts: AsyncIterator[str], ticket: Ticket, voice: Prefix | None,
                         params: GenerationParams, frame_budget: int | None, max_samples: int | None,
                         on_segment_done: Callable[[int, Segment], None] | None,
-                        priority: Priority) -> AsyncIterator[np.ndarray | PieceDone]:
+                        left: _FramesLeft) -> AsyncIterator[np.ndarray | PieceDone]:
         voice_context = voice.context if voice is not None else ()
         is_first = True  # the row's first decode resets it
         chunk = 1  # frames in the next chunk (next_chunk_frames)
@@ -139,14 +162,15 @@ class SpeechPipeline:
             pending: list[list[int]] = []
             sent = time.perf_counter()
             async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
-                                                voice_context + previous, voice, frame_cap, priority):
+                                                voice_context + previous, voice, frame_cap, ticket.priority):
                 if not frames and out.frames:
                     self._on_stage("prefill", time.perf_counter() - sent)
                 frames += out.frames
+                left.update(i, len(frames), num_frames + len(frames))
                 pending += out.frames
                 if len(pending) >= chunk or (out.is_finished and pending):
                     t0 = time.perf_counter()
-                    pcm = await self.decoder.decode(row, is_first, pending)
+                    pcm = await self.decoder.decode(ticket.row, is_first, pending)
                     self._on_stage("decode", time.perf_counter() - t0)
                     delivered = num_frames + len(frames)  # every frame so far is out with this chunk
                     pending, is_first = [], False
@@ -168,6 +192,22 @@ class SpeechPipeline:
     def shutdown(self) -> None:
         self.loop.shutdown()
         self.decoder.close()
+
+
+class _FramesLeft:
+    """Keeps a ticket's `frames_left`: the frames the stream may still generate, at most what
+    its known texts' caps allow (the current one's less what it made) and what its audio cap
+    leaves; unknown (inf) while a feed may bring more text."""
+
+    def __init__(self, ticket: Ticket, caps: list[int], frame_budget: int | None, has_feed: bool) -> None:
+        self.ticket, self.caps, self.frame_budget, self.has_feed = ticket, caps, frame_budget, has_feed
+        self.update(0, 0, 0)
+
+    def update(self, text: int, text_frames: int, stream_frames: int) -> None:
+        left = math.inf if self.has_feed else max(0, sum(self.caps[text:]) - text_frames)
+        if self.frame_budget is not None:
+            left = min(left, max(0, self.frame_budget - stream_frames))
+        self.ticket.frames_left = left
 
 
 async def _pieces(texts: tuple[str, ...] | list[str], feed: TextFeed | None,

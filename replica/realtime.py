@@ -9,19 +9,29 @@ loop competing for the cores (and the GIL) show in it. What the period cannot sh
 or an edge that falls behind on its own) the admission sees in the streams' own playback
 clocks (pipeline.py, where PCM leaves the replica).
 
-Learning: at start, the replica times the period at batch sizes 1, 2, 4, ... max_num_seqs on
-its idle engine (`profile_sizes`, Engine.profile_steps: a few steps each, stopping at the
-first size over the budget, so a model too slow for real time costs one size); then an
-exponential moving average per batch size from every decode-only step while serving (with
-the decode worker and the event loop competing, which the idle profile cannot see), forgotten
-30 s after that size last ran; sizes without a fresh estimate take the profile scaled by
-serving's cost over idle (StepTimes.model). New streams join one row at a time beyond the
-largest batch that ran lately (RealtimePolicy.admits), so each size is seen before the next. At a
-batch size not seen: linear interpolation between seen sizes; beyond the largest seen, its
-period scaled linearly with the rows (pessimistic: a batch costs at most proportionally
-more). Without the profile that extrapolation alone would never let a replica whose one-row
-step takes more than half the budget try a second row, and so never learn it is cheap. The engine's thread
-writes (`observe`); the event loop reads `model`, an immutable snapshot replaced whole.
+Learning, two inputs:
+- the idle profile: the period at batch sizes 1, 2, 4, ... max_num_seqs on the idle engine
+  (`profile_sizes`, Engine.profile_steps), at start and again whenever the engine has been
+  idle a while and the profile is old (replica.py), so a profile taken in a slow moment does
+  not stay. Its points are made non-decreasing (a noisy size never looks cheaper than a
+  smaller one); between them linear, beyond the largest linear in the rows.
+- serving: every decode-only step while serving (the decode worker, the event loop, the
+  ingress and the neighbours compete then, which the idle profile cannot see) updates an
+  exponential moving average for its batch size, forgotten `forget_s` after that size last
+  ran, and one `offset`: the moving average of what serving costs beyond the profile, over
+  every size (a memory that outlives the sizes' estimates: the next burst starts from it).
+
+A size that ran lately is predicted by its own average; any other by the profile plus the
+offset. What serving costs beyond idle is mostly a constant per step (the other threads and
+processes take their share of every step), so it carries to other sizes as an offset, not as
+a ratio: a ratio taken at one row (where the overhead is a large share) priced every larger
+size far above its cost, and a burst's ratio pinned the capacity at one stream until it was
+forgotten (the previous rule). A slow stretch raises the offset and the sizes that ran; a few
+fast steps after it bring both back, within a second. There is no slow start: a stream is
+admitted or refused when it arrives (admission.py), on the prediction for the batch it makes;
+the margin absorbs what the prediction misses, and a stream behind its listener stops further
+admissions. The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an
+immutable snapshot replaced whole.
 """
 
 from __future__ import annotations
@@ -81,24 +91,49 @@ def budget_s(margin: float) -> float:
     return FRAME_S / (1.0 + margin)
 
 
+def monotone(points: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+    """The least-squares non-decreasing fit of (rows, seconds) points sorted by rows (pool
+    adjacent violators): a noisy larger size never looks cheaper than a smaller one."""
+    blocks: list[tuple[float, int]] = []  # (sum, count) of pooled neighbours
+    for _, t in points:
+        blocks.append((t, 1))
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            (s1, n1), (s0, n0) = blocks.pop(), blocks.pop()
+            blocks.append((s0 + s1, n0 + n1))
+    fitted: list[float] = []
+    for total, count in blocks:
+        fitted += [total / count] * count
+    return tuple((rows, t) for (rows, _), t in zip(points, fitted, strict=True))
+
+
+@dataclass(frozen=True)
+class RealtimeInputs:
+    """What the capacity is computed from, for stats: the idle profile (smoothed) and when it
+    was taken (monotonic seconds; None: never), the sizes' fresh serving averages, the
+    serving offset, and the prediction per size."""
+
+    profile: tuple[tuple[int, float], ...]
+    profiled_at: float | None
+    serving: tuple[tuple[int, float], ...]
+    offset_s: float
+    predicted: tuple[tuple[int, float], ...]
+
+
 class StepTimes:
-    """The learner: `seed` (the start-up profile) and `observe` on the engine's thread,
-    `model` read anywhere (a snapshot of the immutable state, replaced whole on each write).
+    """The learner (module docstring): `seed` and `observe` on the engine's thread, `model`
+    read anywhere (a snapshot of immutable state, replaced whole on each write)."""
 
-    A size's serving estimate is forgotten `forget_s` after it was last observed: the size
-    falls back to its profile value. Sizes above the current capacity are not visited, so
-    without this one slow stretch (a burst of prefills, a noisy neighbour) would lower the
-    capacity for good; with it the replica tries that size again once the estimate is old,
-    within the margin, and learns it anew."""
-
-    def __init__(self, alpha: float = 0.2, forget_s: float = 30.0, clock=time.monotonic) -> None:
-        self.alpha, self.forget_s, self._clock = alpha, forget_s, clock
+    def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, offset_alpha: float = 0.05,
+                 clock=time.monotonic) -> None:
+        self.alpha, self.forget_s, self.offset_alpha, self._clock = alpha, forget_s, offset_alpha, clock
         self._estimates: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA s, last seen)
-        self._state: tuple[tuple, tuple] = ((), ())  # (profile, estimates) as sorted item tuples
+        self._offset = 0.0  # engine thread only
+        # (smoothed profile, estimates as sorted items, offset, when profiled): replaced whole
+        self._state: tuple[tuple, tuple, float, float | None] = ((), (), 0.0, None)
 
     def seed(self, profile: tuple[tuple[int, float], ...]) -> None:
-        """The idle periods per size (Engine.profile_steps): what each size falls back to."""
-        self._state = (tuple(sorted(profile)), self._state[1])
+        """The idle periods per size (Engine.profile_steps); replaces the previous profile."""
+        self._state = (monotone(tuple(sorted(profile))), self._state[1], self._state[2], self._clock())
 
     def observe(self, rows: int, seconds: float) -> None:
         if rows < 1 or seconds <= 0:
@@ -106,25 +141,30 @@ class StepTimes:
         now, old = self._clock(), self._estimates.get(rows)
         fresh = old is None or now - old[1] > self.forget_s
         self._estimates[rows] = (seconds if fresh else old[0] + self.alpha * (seconds - old[0]), now)
-        self._state = (self._state[0], tuple(sorted(self._estimates.items())))
+        idle = StepModel(self._state[0]).predict(rows)
+        if idle is not None:
+            self._offset += self.offset_alpha * (seconds - idle - self._offset)
+        self._state = (self._state[0], tuple(sorted(self._estimates.items())), self._offset, self._state[3])
 
     @property
     def model(self) -> StepModel:
-        """Fresh serving estimates where a size ran lately; elsewhere the idle profile, scaled
-        by what serving costs now against idle at the largest size that ran lately (the
-        decode worker, the event loop and the neighbours slow every size alike)."""
-        profile, fresh = self._state[0], self._fresh()
-        scale = 1.0
-        if fresh and profile:
-            top = max(fresh)
-            scale = fresh[top] / StepModel(profile).predict(top)
-        periods = {rows: seconds * scale for rows, seconds in profile}
+        """A size's own serving average where it ran lately; elsewhere the idle profile plus
+        the serving offset."""
+        profile, _, offset, _ = self._state
+        fresh = self._fresh()
+        periods = {rows: max(0.0, seconds + offset) for rows, seconds in profile}
         periods.update(fresh)
         return StepModel(tuple(sorted(periods.items())))
 
     def largest_recent(self) -> int:
         """The largest batch size that ran within `forget_s` (0: none)."""
         return max(self._fresh(), default=0)
+
+    def inputs(self, rows: int) -> RealtimeInputs:
+        profile, _, offset, profiled_at = self._state
+        model = self.model
+        predicted = tuple((b, model.predict(b)) for b in range(1, rows + 1)) if model.periods else ()
+        return RealtimeInputs(profile, profiled_at, tuple(sorted(self._fresh().items())), offset, predicted)
 
     def _fresh(self) -> dict[int, float]:
         now = self._clock()
@@ -148,14 +188,11 @@ class RealtimePolicy:
         return max(1, self.times.model.capacity(self.margin, self.rows))
 
     def admits(self, num_interactive: int) -> bool:
-        """Whether one more interactive stream may start beside `num_interactive`: within
-        the capacity, and growing one row at a time (slow start): at most one row beyond the
-        largest batch that ran lately, so the cost of each new size is seen before the next
-        (a burst of arrivals is not all admitted on the idle profile's word)."""
+        """Whether one more interactive stream may start beside `num_interactive`: within the
+        capacity (the prediction for the batch it makes)."""
         if not self.enabled:
             return num_interactive < self.rows
-        return num_interactive == 0 or (num_interactive < self.capacity()
-                                         and num_interactive <= self.times.largest_recent())
+        return num_interactive == 0 or num_interactive < self.capacity()
 
     def batch_rows(self, num_interactive: int) -> int | None:
         """Batch rows that may step with `num_interactive` interactive rows (the scheduler's

@@ -23,6 +23,7 @@ from models.params import EngineStats, GenerationParams, MaxAudioSeconds, Priori
 
 from .admission import QueueTimeout
 from .context_cache import ContextCacheStats
+from .realtime import RealtimeInputs
 from .conversation_store import ConversationError, ConversationNotFound, TurnInProgress
 from .text_feed import TextFeed
 from .voice_store import Voice
@@ -63,6 +64,7 @@ class ErrorInfo(BaseModel):
     message: str
     param: str | None = None
     code: str | None = None
+    retry_after_s: float | None = None  # overloaded: when capacity is expected back (None: unknown)
 
 
 class ReplicaError(Exception):
@@ -95,7 +97,8 @@ def error_info(exc: BaseException, request_id: str) -> ErrorInfo:
     if isinstance(exc, ConversationError):
         return ErrorInfo(kind="invalid_request", message=exc.message, param=exc.param, code=exc.code)
     if isinstance(exc, Overloaded):
-        return ErrorInfo(kind="overloaded", message="The server is at capacity; retry shortly.", code="overloaded")
+        return ErrorInfo(kind="overloaded", message="The server is at capacity; retry shortly.", code="overloaded",
+                         retry_after_s=exc.retry_after_s)
     if isinstance(exc, QueueTimeout):  # Triton's words and kind (UNAVAILABLE) for a request's own timeout
         return ErrorInfo(kind="unavailable", message="Request timeout expired", code="timeout")
     if isinstance(exc, EngineDeadError):
@@ -143,5 +146,8 @@ class ReplicaStats:
     num_batch_streams: int = 0  # of num_streams, those of batch priority
     realtime_capacity: int = 0  # interactive streams this replica predicts it keeps real time (realtime.py)
     headroom: int = 0  # interactive streams that could start here now without waiting
+    num_waiting_batch_streams: int = 0  # of num_waiting_streams, those of batch priority
+    realtime: RealtimeInputs | None = None  # what the capacity is computed from (realtime.py)
+    niceness: int = 0  # the engine thread's CPU niceness (deployments/priority.py)
     node_id: str | None = None  # the Ray node (set by the Ray deployment)
     conversations: tuple[str, ...] = ()  # ids of the conversations whose context is cached here

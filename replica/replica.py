@@ -11,10 +11,12 @@ state: its async methods run on one asyncio loop; `stats()` may be read from any
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -29,7 +31,7 @@ from models.frontend.engine_loop import EngineLoop
 from models.params import FRAME_RATE_HZ, EngineStats, Segment
 from observability.metrics import MetricsSink
 
-from .admission import Admission
+from .admission import Admission, Ticket
 from .config import ReplicaConfig
 from .context_cache import ContextCache
 from .conversation_store import ConversationError, ConversationStore
@@ -64,11 +66,9 @@ class Replica:
         engine.set_batch_rows(self.realtime.batch_rows)
         self._recorder = recorder
         self._loop = EngineLoop(engine, on_step=self._on_step, threads=self.threads.engine)
+        self._config = config
         if config.realtime_admission:  # first estimates: the idle engine's period per batch size
-            profile = self._loop.call(lambda e: e.profile_steps(profile_sizes(rows), stop_above_s=budget_s(
-                config.realtime_margin))).result()
-            log.info("step period per batch size (idle): %s", ", ".join(f"{b}: {t * 1e3:.1f} ms" for b, t in profile))
-            self.step_times.seed(profile)
+            self._seed_profile(self._loop.call(self._profile_idle).result())
         else:
             self.step_times.observe(1, engine.stats().last_step_s)  # warm-up's last step: what capacity reports
         self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)
@@ -81,6 +81,7 @@ class Replica:
             self._room_frames, config.conversation_refill) if conversations is not None else None
         batch_rows = config.max_batch_rows if config.max_batch_rows is not None else max(1, rows // 2)
         admission = Admission(rows, max_waiting, self.realtime, batch_rows, config.admission_wait_s,
+                              config.batch_wait_s,
                               is_behind=lambda: self.pipeline.is_behind() if config.realtime_admission else False)
         self.pipeline = SpeechPipeline(self._loop, admission,
                                        MimiDecodeWorker(StreamingMimiDecoder(codec, rows), self.threads.decode),
@@ -88,7 +89,7 @@ class Replica:
                                        lead=config.realtime_margin)
         self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows,
                                     max_positions=engine.config.max_seq_len)
-        self._follow: asyncio.Task | None = None
+        self._background: list[asyncio.Task] = []
         self._streams: tuple[str, ...] = ()  # request ids inside synthesize; replaced, never mutated (stats())
 
     @classmethod
@@ -108,11 +109,53 @@ class Replica:
         if self._recorder is not None:
             self._recorder.on_step(stats)
 
-    def start_following_store(self) -> None:
-        """Forget voices deleted or changed in the store, and conversations deleted or expired,
-        within a second, with no request needed (a task on the running loop, for the replica's life)."""
-        if self._follow is None:
-            self._follow = asyncio.get_running_loop().create_task(self.follow_stores())
+    def start_background(self) -> None:
+        """On the running loop, for the replica's life: follow the stores (forget voices deleted
+        or changed, conversations deleted or expired, within a second, with no request needed)
+        and keep the idle profile fresh (keep_profile)."""
+        if not self._background:
+            loop = asyncio.get_running_loop()
+            self._background = [loop.create_task(self.follow_stores())]
+            if self._config.realtime_admission:
+                self._background.append(loop.create_task(self.keep_profile()))
+
+    def _profile_idle(self, engine: Engine) -> tuple[tuple[int, float], ...]:
+        """On the engine's thread: the idle profile, if the engine is idle; it yields to any
+        command that arrives meanwhile (a stream's request) and returns what it completed."""
+        if engine.has_unfinished_requests():
+            return ()
+        sizes = profile_sizes(engine.config.max_num_seqs)
+        return engine.profile_steps(sizes, stop_above_s=2 * budget_s(self._config.realtime_margin),
+                                    should_stop=self._loop.has_commands)
+
+    def _seed_profile(self, profile: tuple[tuple[int, float], ...]) -> None:
+        """Take a new idle profile: its sizes replace the old ones' (an interrupted profile
+        renews only the sizes it completed)."""
+        if not profile:
+            return
+        merged = {**dict(self.step_times.inputs(0).profile), **dict(profile)}
+        self.step_times.seed(tuple(sorted(merged.items())))
+        log.info("step period per batch size (idle): %s", ", ".join(f"{b}: {t * 1e3:.1f} ms" for b, t in profile))
+
+    async def keep_profile(self, idle_s: float = 2.0, every_s: float = 60.0) -> None:
+        """Re-time the idle profile once no stream has been here for `idle_s` and the profile
+        is over `every_s` old, so one taken in a slow moment does not stay (realtime.py)."""
+        idle_since: float | None = None
+        while True:
+            await asyncio.sleep(idle_s / 4)
+            admission = self.pipeline.admission
+            if admission.num_active or admission.num_waiting:
+                idle_since = None
+                continue
+            now = time.monotonic()
+            idle_since = idle_since if idle_since is not None else now
+            profiled_at = self.step_times.inputs(0).profiled_at
+            if now - idle_since >= idle_s and (profiled_at is None or now - profiled_at >= every_s):
+                try:
+                    self._seed_profile(await asyncio.wrap_future(self._loop.call(self._profile_idle)))
+                except Exception:
+                    log.exception("re-profiling the idle engine failed")
+                idle_since = None
 
     async def follow_stores(self, interval_s: float = SYNC_INTERVAL_S) -> None:
         """Sync with the stores forever; errors are logged, never fatal."""
@@ -136,39 +179,38 @@ class Replica:
         """Float32 24 kHz mono PCM chunks of the job's texts (and its feed's) in its voice, at
         most max_audio_s long, with a PieceDone after each text's audio if the job asks for
         marks; a conversation's turn is spoken after its earlier turns and kept in it when the
-        stream completes. Every failure is a ReplicaError (before the first chunk for
-        overload and unusable input); closing the iterator aborts the generation."""
+        stream completes. The stream is admitted or refused first (admission.py); only then is
+        its voice's or conversation's prefix computed and the conversation's turn lock taken, so
+        a refused stream costs no engine time. Every failure is a ReplicaError (before the first
+        chunk for overload and unusable input); closing the iterator aborts the generation."""
         self._streams = (*self._streams, job.request_id)
-        self._record_admission()
         try:
-            prefix = await self.voices.prefix(job.voice)
-            if job.conversation is None:
-                async for item in self._speak(job, prefix):
-                    yield item
-                return
-            if self.conversations is None:
-                raise ConversationError("conversation", "conversations are disabled: no conversations directory is "
-                                        "configured")
-            async with self.conversations.turn(job, prefix) as plan:
-                async for item in self._speak(job, plan.prefix, plan.segment_done):
-                    yield item
-                await self.conversations.complete(job, plan)  # only a stream that ran to its end
+            async with self.pipeline.admit(job.priority, job.timeout_s) as ticket:
+                self._record_admission()
+                prefix = await self.voices.prefix(job.voice)
+                if job.conversation is None:
+                    async with contextlib.aclosing(self._speak(job, ticket, prefix)) as items:
+                        async for item in items:
+                            yield item
+                    return
+                if self.conversations is None:
+                    raise ConversationError("conversation", "conversations are disabled: no conversations directory "
+                                            "is configured")
+                async with (self.conversations.turn(job, prefix) as plan,
+                            contextlib.aclosing(self._speak(job, ticket, plan.prefix, plan.segment_done)) as items):
+                    async for item in items:
+                        yield item
+                    await self.conversations.complete(job, plan)  # only a stream that ran to its end
         except Exception as e:
             raise ReplicaError(error_info(e, job.request_id)) from None
         finally:
             self._streams = tuple(r for r in self._streams if r != job.request_id)
             self._record_admission()
 
-    async def _speak(self, job: SpeechJob, prefix: Prefix | None,
-                     on_segment_done: Callable[[int, Segment], None] | None = None) -> AsyncIterator[np.ndarray | PieceDone]:
-        started = False
-        async for pcm in self.pipeline.stream(job.request_id, job.texts, prefix, job.params, job.max_audio_s,
-                                              on_segment_done=on_segment_done, priority=job.priority,
-                                              timeout_s=job.timeout_s, feed=job.feed, marks=job.marks):
-            if not started:  # admitted: the gauges move now
-                started = True
-                self._record_admission()
-            yield pcm
+    def _speak(self, job: SpeechJob, ticket: Ticket, prefix: Prefix | None,
+               on_segment_done: Callable[[int, Segment], None] | None = None) -> AsyncIterator[np.ndarray | PieceDone]:
+        return self.pipeline.speak(ticket, job.request_id, job.texts, prefix, job.params, job.max_audio_s,
+                                    on_segment_done=on_segment_done, feed=job.feed, marks=job.marks)
 
     def _room_frames(self, job: SpeechJob) -> int:
         """Positions a conversation turn's reply may take past its context (conversations.py):
@@ -217,7 +259,16 @@ class Replica:
             voices=tuple(self.voices.loaded), pid=os.getpid(),
             conversations=tuple(key.id for key in self.contexts.keys("conversation")),
             num_threads=threading.active_count(), card=held_card(), num_batch_streams=admission.num_held("batch"),
-            realtime_capacity=admission.capacity(), headroom=admission.headroom())
+            realtime_capacity=admission.capacity(), headroom=admission.headroom(),
+            num_waiting_batch_streams=admission.num_waiting_for("batch"),
+            realtime=self.step_times.inputs(self._engine_config.max_num_seqs), niceness=self._niceness())
+
+    def _niceness(self) -> int:
+        tid = self._loop.thread_id
+        try:
+            return os.getpriority(os.PRIO_PROCESS, tid) if tid is not None else 0
+        except OSError:  # the thread is gone
+            return 0
 
     def check_health(self) -> None:
         """Raise EngineDeadError if the engine's loop has stopped."""
@@ -225,6 +276,6 @@ class Replica:
 
     def shutdown(self) -> None:
         """Stop the engine's loop (streams in flight end with EngineDeadError) and the decoder."""
-        if self._follow is not None:  # thread-safe: a test may stop a replica from another thread
-            self._follow.get_loop().call_soon_threadsafe(self._follow.cancel)
+        for task in self._background:  # thread-safe: a test may stop a replica from another thread
+            task.get_loop().call_soon_threadsafe(task.cancel)
         self.pipeline.shutdown()

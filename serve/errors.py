@@ -4,6 +4,7 @@ Bad input never becomes a 500, and no response carries a stack trace."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 
@@ -47,13 +48,26 @@ STATUS: dict[ErrorKind, int] = {"invalid_request": 400, "not_found": 404, "confl
                                 "unavailable": 503, "internal": 500}
 
 
+def retry_after(info: ErrorInfo, default_s: int) -> float:
+    """Seconds a client should wait before retrying: when the replica expects capacity back
+    (from its running streams' remaining audio), else `default_s`."""
+    return info.retry_after_s if info.retry_after_s is not None else float(default_s)
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """`Retry-After` (whole seconds, at least 1, as HTTP defines it) and `retry-after-ms`
+    (what OpenAI's SDKs read first, to the millisecond)."""
+    return {"Retry-After": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(1, round(seconds * 1000)))}
+
+
 def api_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> APIError:
     """The HTTP response for a failure's ErrorInfo: its status, the client message (internal
     errors name the request id, so an operator can find the logged traceback), and
-    Retry-After where retrying helps."""
+    Retry-After where retrying helps (`retry_after_s`: the default when the failure has no
+    estimate of its own)."""
     status = STATUS[info.kind]
     message = f"{info.message} (request id {request_id})" if info.kind == "internal" else info.message
-    headers = {"Retry-After": str(retry_after_s)} if status in (429, 503) else None
+    headers = retry_after_headers(retry_after(info, retry_after_s)) if status in (429, 503) else None
     return APIError(status, message, info.param, info.code, headers)
 
 

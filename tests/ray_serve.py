@@ -4,6 +4,7 @@ application deployed on it as `csm` at `/` for the module's lifetime."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 
@@ -19,6 +20,7 @@ def ray_runtime(free_port):
     import ray
     from ray import serve
 
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as make serve runs Serve (deployments/priority.py)
     metrics_port, port, grpc_port = free_port(), free_port(), free_port()
     # address="local": always a Ray of its own, never another cluster running on this host
     ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False,

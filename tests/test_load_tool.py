@@ -20,7 +20,7 @@ def server(tmp_path_factory):
         yield url
 
 
-LEVEL_FIELDS = {"label", "mode", "sent", "ok", "rejected", "failed", "lost", "wall_s", "ttfa_s", "rtf", "audio_s",
+LEVEL_FIELDS = {"label", "mode", "max_concurrent_ok", "sent", "ok", "rejected", "failed", "lost", "wall_s", "ttfa_s", "rtf", "audio_s",
                 "throughput_audio_s_per_s", "rejections", "errors_by_status"}
 
 

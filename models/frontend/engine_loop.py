@@ -105,6 +105,16 @@ class EngineLoop:
         return self.engine.config.max_num_seqs
 
     @property
+    def thread_id(self) -> int | None:
+        """The loop thread's native id (its CPU priority is its own on Linux)."""
+        return self._thread.native_id
+
+    def has_commands(self) -> bool:
+        """Whether commands wait in the inbox (any thread; the engine's work in progress, a
+        profile, may yield to them)."""
+        return not self._inbox.empty()
+
+    @property
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._stop
 

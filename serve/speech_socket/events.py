@@ -160,11 +160,14 @@ class SessionFinished(BaseModel):
 
 
 class ErrorEvent(BaseModel):
-    """The same error record as HTTP's body; `event_id`: the client event it answers."""
+    """The same error record as HTTP's body; `event_id`: the client event it answers;
+    `retry_after_ms` (an extension, HTTP's retry-after-ms): for a response refused at capacity
+    (code `overloaded`), when to try again."""
 
     type: Literal["error"] = "error"
     event_id: str | None = None
     error: ErrorBody
+    retry_after_ms: int | None = None
 
 
 ServerEvent = Annotated[SessionCreated | SessionUpdated | TextCommitted | TextCleared | ResponseCreated | AudioDelta

@@ -25,7 +25,7 @@ from replica.records import ErrorInfo
 from replica.text_feed import PieceDone
 
 from ..audio import AudioEncoder, make_encoder
-from ..errors import api_error, error_body
+from ..errors import api_error, error_body, retry_after
 from ..schemas import ErrorBody, Usage
 from .events import (
     AudioDelta,
@@ -114,7 +114,10 @@ class RealtimePresenter:
         if encoder is not None and end.status != "failed":
             self._send_audio(response, encoder.flush())
         if end.error is not None:
-            self.outbox.event(ErrorEvent(error=error_record(end.error, response.id, self.retry_after_s)))
+            wait_ms = (round(retry_after(end.error, self.retry_after_s) * 1000) if end.error.kind == "overloaded"
+                       else None)
+            self.outbox.event(ErrorEvent(error=error_record(end.error, response.id, self.retry_after_s),
+                                         retry_after_ms=wait_ms))
         usage = Usage(input_tokens=end.num_chars, output_tokens=end.num_frames,
                       total_tokens=end.num_chars + end.num_frames)
         self.outbox.event(ResponseDone(response=ResponseSummary(id=response.id, status=end.status, usage=usage)))

@@ -31,6 +31,7 @@ from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
 from replica.conversation_store import sequence_conversation
 from replica.records import ErrorInfo, ErrorKind
 
+from ..errors import retry_after
 from ..schemas import SpeechRequest
 
 TEXT, AUDIO = "text", "audio"
@@ -51,7 +52,7 @@ class V2Error(Exception):
              404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.ABORTED, 413: grpc.StatusCode.INVALID_ARGUMENT,
              503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
 
-    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.retry_after_s = status, message, retry_after_s
 
@@ -71,7 +72,7 @@ def v2_error(info: ErrorInfo, request_id: str, retry_after_s: int) -> V2Error:
     so an operator can find the logged traceback)."""
     status = STATUS[info.kind]
     message = f"{info.message} (request id {request_id})" if info.kind == "internal" else info.message
-    return V2Error(status, message, retry_after_s if status == 503 else None)
+    return V2Error(status, message, retry_after(info, retry_after_s) if status == 503 else None)
 
 
 class InferParams(BaseModel):

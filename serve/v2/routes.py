@@ -16,7 +16,7 @@ from models.params import SAMPLE_RATE_HZ
 from observability import metrics as m
 
 from ..deps import get_request_id, require_api_key
-from ..errors import APIError
+from ..errors import APIError, retry_after_headers
 from .protocol import TextInference, V2Error, text_inference
 from .records import model_config, model_metadata, model_statistics, server_metadata
 from .service import V2Service
@@ -127,7 +127,7 @@ async def _collect(service: V2Service, inference: TextInference):
 
 async def _v2_error(request: Request, exc: V2Error) -> JSONResponse:
     request.app.state.metrics.inc(m.ERRORS, labels={"code": str(exc.status)})
-    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    headers = retry_after_headers(exc.retry_after_s) if exc.retry_after_s else None
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
 

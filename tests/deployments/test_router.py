@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import pytest
 from ray import serve
 
-from deployments.router import least_busy
+from deployments.router import by_headroom
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @serve.deployment(num_replicas=4, max_ongoing_requests=4, ray_actor_options={"num_cpus": 0},
-                  request_router_config=least_busy())
+                  request_router_config=by_headroom())
 class Holder:
     async def hold(self, seconds: float):
         yield os.getpid()  # where the stream runs, first

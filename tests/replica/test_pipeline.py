@@ -14,20 +14,26 @@ from replica.pipeline import chunk_frames, next_chunk_frames
 from replica.playback import PlaybackClock
 
 
-def test_streams_beyond_the_rows_wait_then_are_refused(make_replica):
-    """One row (= one KV slot), one place in the wait line: the second stream waits for the
-    first to end, a third is refused with Overloaded before any audio."""
+def test_streams_beyond_the_rows_are_refused_at_once_or_wait_in_their_line(make_replica):
+    """One row (= one KV slot), one place in the wait line. While the first stream has seconds
+    of audio left, an interactive stream is refused at once (its Retry-After: the first one's
+    frames left at the step period) rather than waiting; a batch stream waits for the row; a
+    stream beyond the line is refused at once. When the row frees, the batch stream gets it."""
     replica = make_replica(max_waiting=1, max_num_seqs=1)
     pipeline = replica.pipeline
 
     async def run():
         first = pipeline.stream("a", ["Hello there."], params=GenerationParams(max_frames=50))
         await anext(first)
-        second = asyncio.ensure_future(anext(pipeline.stream("b", ["Hi."], params=GenerationParams(max_frames=2))))
+        with pytest.raises(Overloaded) as refused:
+            await anext(pipeline.stream("b", ["Hi."]))
+        assert refused.value.retry_after_s > 1.0  # ~49 frames left, at 80 ms a step without a profile
+        second = asyncio.ensure_future(anext(pipeline.stream("c", ["Hi."], params=GenerationParams(max_frames=2),
+                                                             priority="batch")))
         await asyncio.sleep(0.05)
         assert not second.done() and replica.stats().num_waiting_streams == 1
-        with pytest.raises(Overloaded):
-            await anext(pipeline.stream("c", ["Hi."]))
+        with pytest.raises(Overloaded):  # the line is full
+            await anext(pipeline.stream("d", ["Hi."], priority="batch"))
         await first.aclose()  # frees the row: the waiting stream gets it
         return await second
 

@@ -2,13 +2,15 @@
 and the admission rule driven by a fixed model (no engine, no clock but asyncio's)."""
 
 import asyncio
+import math
+import time
 
 import pytest
 
 from models.errors import Overloaded
 from replica.admission import Admission, QueueTimeout
 from replica.config import ReplicaConfig
-from replica.realtime import FRAME_S, RealtimePolicy, StepModel, StepTimes, budget_s, profile_sizes
+from replica.realtime import FRAME_S, RealtimePolicy, StepModel, StepTimes, budget_s, monotone, profile_sizes
 
 
 def test_the_model_predicts_seen_sizes_interpolates_and_extrapolates_pessimistically():
@@ -32,17 +34,24 @@ def test_capacity_is_the_most_rows_whose_step_stays_under_a_frame_with_the_margi
 
 def test_a_replica_starts_from_its_idle_engines_period_at_each_batch_size(make_replica):
     """With real-time admission on, the replica times batch sizes 1, 2, 4, ... max_num_seqs
-    on its own engine before serving, up to the first size over the budget: whatever this
-    machine's speed, the model then holds a prefix of those sizes, all of them unless the last
-    one measured is over the budget."""
+    on its own engine before serving, up to the first size over twice the budget: whatever
+    this machine's speed, the profile then holds a prefix of those sizes, all of them unless
+    the last one measured is over that bound, made non-decreasing."""
     assert profile_sizes(16) == [1, 2, 4, 8, 16] and profile_sizes(6) == [1, 2, 4, 6] and profile_sizes(1) == [1]
     replica = make_replica(config=ReplicaConfig(realtime_admission=True), max_num_seqs=6)
-    periods = replica.step_times.model.periods
-    sizes = [rows for rows, _ in periods]
-    assert sizes == profile_sizes(6)[: len(sizes)] and sizes[0] == 1 and all(t > 0 for _, t in periods)
-    if periods[-1][1] <= budget_s(0.2):
+    inputs = replica.stats().realtime
+    sizes = [rows for rows, _ in inputs.profile]
+    assert sizes == profile_sizes(6)[: len(sizes)] and sizes[0] == 1 and all(t > 0 for _, t in inputs.profile)
+    assert all(a[1] <= b[1] for a, b in zip(inputs.profile, inputs.profile[1:]))
+    if inputs.profile[-1][1] <= 2 * budget_s(0.2):
         assert sizes == [1, 2, 4, 6]
+    assert inputs.profiled_at is not None and len(inputs.predicted) == 6
     assert replica.stats().engine.num_kv_slots_used == 0  # the profile's requests are gone
+
+
+def test_the_profile_is_made_non_decreasing():
+    assert monotone(((1, 0.03), (2, 0.05), (4, 0.04), (8, 0.07))) == ((1, 0.03), (2, 0.045), (4, 0.045), (8, 0.07))
+    assert monotone(((1, 0.03),)) == ((1, 0.03),) and monotone(()) == ()
 
 
 def test_step_times_learn_a_moving_average_per_batch_size():
@@ -54,43 +63,52 @@ def test_step_times_learn_a_moving_average_per_batch_size():
     assert times.model.periods == ((1, 0.01), (2, pytest.approx(0.03)))
 
 
-def test_a_stale_estimate_falls_back_to_the_scaled_profile_so_the_replica_tries_that_size_again():
+def test_serving_costs_carry_to_other_sizes_as_an_offset_and_a_slow_stretch_passes_within_steps():
     now = [0.0]
-    times = StepTimes(alpha=0.5, forget_s=30.0, clock=lambda: now[0])
+    times = StepTimes(alpha=0.5, forget_s=10.0, offset_alpha=0.5, clock=lambda: now[0])
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
-    assert times.model.capacity(0.2, 4) == 4 and times.largest_recent() == 0  # idle: four rows keep real time
-    times.observe(3, 0.09)  # a slow stretch at three rows: twice the idle 0.045 s
-    assert times.model.periods == ((1, 0.06), (2, 0.08), (3, 0.09), (4, 0.10))  # every size scaled alike
-    assert times.model.capacity(0.2, 4) == 1 and times.largest_recent() == 3
-    now[0] = 29.0
-    times.observe(2, 0.05)  # two rows run on: their estimate stays fresh
-    now[0] = 31.0  # three rows have not run for over 30 s: the scale is two rows' (0.05 / 0.04)
-    assert times.model.periods == (
-        (1, pytest.approx(0.0375)), (2, 0.05), (4, pytest.approx(0.0625))) and times.model.capacity(0.2, 4) == 4
-    assert times.largest_recent() == 2
-    times.observe(3, 0.06)  # tried again: learned anew, not averaged with the old stretch
-    assert dict(times.model.periods)[3] == 0.06
+    assert times.model.capacity(0.2, 4) == 4  # idle: four rows keep real time
+    times.observe(1, 0.045)  # serving one stream costs 15 ms a step more than idle
+    # the offset (half of it, alpha 0.5) prices the other sizes: added, not multiplied (x1.5 would put
+    # four rows at 75 ms, over the 66.7 ms budget)
+    assert dict(times.model.periods) == {1: 0.045, 2: pytest.approx(0.0475), 4: pytest.approx(0.0575)}
+    assert times.model.capacity(0.2, 4) == 4
+    times.observe(3, 0.2)  # a slow stretch at three rows (a burst of refusals takes the cores)
+    assert times.model.capacity(0.2, 4) == 1
+    for _ in range(8):  # it passes: a few fast steps at three rows bring the size and the offset back
+        now[0] += 0.05
+        times.observe(3, 0.05)
+    assert times.model.capacity(0.2, 4) == 4
 
 
-def test_streams_join_one_row_beyond_the_largest_batch_that_ran_lately():
-    """Slow start: on the idle profile alone four rows fit, but a burst is let in one row at a
-    time, each size seen running before the next joins."""
+def test_the_offset_outlives_the_sizes_estimates_and_a_new_profile_replaces_the_old():
+    now = [0.0]
+    times = StepTimes(alpha=0.5, forget_s=10.0, offset_alpha=0.5, clock=lambda: now[0])
+    times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
+    for _ in range(20):
+        times.observe(2, 0.05)  # serving costs 10 ms a step beyond idle
+    now[0] = 11.0  # two rows have not run for over 10 s: their estimate is gone, the offset stays
+    assert times.largest_recent() == 0 and times.inputs(4).serving == ()
+    assert dict(times.model.periods) == {1: pytest.approx(0.04), 2: pytest.approx(0.05), 4: pytest.approx(0.06)}
+    assert times.inputs(4).offset_s == pytest.approx(0.01)
+    times.seed(((1, 0.02), (2, 0.025), (4, 0.03)))  # re-profiled (idle): the machine is faster now
+    assert times.inputs(4).profiled_at == 11.0
+    assert dict(times.model.periods)[4] == pytest.approx(0.04)
+
+
+def test_a_burst_is_admitted_up_to_the_capacity_at_once():
+    """No slow start: the prediction for the batch a stream makes decides, when it arrives."""
     times = StepTimes()
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
     policy = RealtimePolicy(times, rows=8, margin=0.2)
     assert policy.capacity() == 5  # 5 rows: 0.0625 s (beyond 4 rows: 0.0125 s a row)
-    assert policy.admits(0) and not policy.admits(1)  # nothing ran yet: one stream
-    times.observe(1, 0.03)
-    assert policy.admits(1) and not policy.admits(2)
-    times.observe(2, 0.04)
-    assert policy.admits(2)
+    assert all(policy.admits(n) for n in range(5)) and not policy.admits(5)
     assert not RealtimePolicy(times, rows=2, margin=0.2).admits(2)  # never beyond the rows
 
 
 def _policy(periods, rows=8, enabled=True):
     times = StepTimes()
     times.seed(periods)
-    times.largest_recent = lambda: rows  # every size has run (no slow start: tested above)
     return RealtimePolicy(times, rows, margin=0.2, enabled=enabled)
 
 
@@ -104,23 +122,28 @@ def test_policy_capacity_and_the_batch_rows_beside_interactive_ones():
 
 
 async def _hold(admission, priority="interactive", timeout_s=None, release: asyncio.Event | None = None,
-                got: list | None = None):
-    async with admission.row(priority, timeout_s) as row:
+                got: list | None = None, frames_left: float = math.inf):
+    async with admission.row(priority, timeout_s) as ticket:
+        ticket.frames_left = frames_left
         if got is not None:
-            got.append((priority, row))
+            got.append((priority, ticket))
         await (release or asyncio.Event()).wait()
 
 
-def test_interactive_streams_are_admitted_up_to_the_capacity_then_wait_and_then_are_refused():
+def test_interactive_streams_beyond_the_capacity_are_refused_at_once_with_when_to_retry():
     async def main():
         admission = Admission(8, max_waiting=4, realtime=_policy(((1, 0.03), (2, 0.06))), wait_s=0.3)
         release, got = asyncio.Event(), []
-        holders = [asyncio.create_task(_hold(admission, release=release, got=got)) for _ in range(2)]
+        holders = [asyncio.create_task(_hold(admission, release=release, got=got, frames_left=n)) for n in (100, 50)]
         await asyncio.sleep(0.01)
         assert len(got) == 2 and admission.headroom() == 0 and admission.capacity() == 2
-        with pytest.raises(Overloaded, match="within 0.3 s"):  # a free row, but no real-time headroom
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded, match="busy or at the real-time bound") as refused:  # a free row, no headroom
             await _hold(admission)
+        assert time.monotonic() - t0 < 0.05  # at once: no stream ends within the wait
+        assert refused.value.retry_after_s == pytest.approx(50 * 0.06)  # the sooner one ends in 50 steps of 60 ms
         assert admission.num_waiting == 0 and admission.num_active == 2
+        got[1][1].frames_left = 2  # now one ends within two steps (0.12 s): worth the short wait
         waiter = asyncio.create_task(_hold(admission, got=got))
         await asyncio.sleep(0.05)
         assert len(got) == 2 and admission.num_waiting == 1
@@ -131,19 +154,50 @@ def test_interactive_streams_are_admitted_up_to_the_capacity_then_wait_and_then_
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         assert admission.num_active == 0 and admission.headroom() == 2
+        for _ in range(2):  # unknown ends (text still coming): refused at once, no estimate
+            holders.append(asyncio.create_task(_hold(admission)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as refused:
+            await _hold(admission)
+        assert refused.value.retry_after_s is None
+        for h in holders:
+            h.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_a_wait_ends_when_the_expected_headroom_does_not_come():
+    async def main():
+        admission = Admission(8, max_waiting=4, realtime=_policy(((1, 0.03), (2, 0.06))), wait_s=0.2)
+        holders = [asyncio.create_task(_hold(admission, frames_left=n)) for n in (1, 1)]  # "ending", but never do
+        await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded, match="within 0.2 s"):
+            await _hold(admission)
+        assert 0.2 <= time.monotonic() - t0 < 0.4
+        for h in holders:
+            h.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+        assert admission.num_active == 0 and admission.num_waiting == 0
 
     asyncio.run(main())
 
 
 def test_a_requests_own_timeout_ends_its_wait_with_queue_timeout():
     async def main():
-        admission = Admission(2, max_waiting=2, realtime=_policy(((1, 0.07),)), wait_s=30)
-        holder = asyncio.create_task(_hold(admission))
+        admission = Admission(2, max_waiting=2, realtime=_policy(((1, 0.07),)), wait_s=30, batch_wait_s=30)
+        holder = asyncio.create_task(_hold(admission, frames_left=1))  # expected to end at once: a waiter waits
         await asyncio.sleep(0.01)
         with pytest.raises(QueueTimeout, match="Request timeout expired"):
             await _hold(admission, timeout_s=0.1)
+        batch = asyncio.create_task(_hold(admission, "batch"))  # the other row
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueTimeout):  # a batch stream waits for a row: its own timeout ends that too
+            await _hold(admission, "batch", timeout_s=0.1)
         holder.cancel()
-        await asyncio.gather(holder, return_exceptions=True)
+        batch.cancel()
+        await asyncio.gather(holder, batch, return_exceptions=True)
         assert admission.num_active == 0 and admission.num_waiting == 0
 
     asyncio.run(main())
@@ -153,12 +207,12 @@ def test_batch_streams_need_only_a_row_within_their_share_and_interactive_waiter
     async def main():
         admission = Admission(4, max_waiting=4, realtime=_policy(((1, 0.07),)), max_batch_rows=2, wait_s=5)
         release, got = asyncio.Event(), []
-        tasks = [asyncio.create_task(_hold(admission, release=release, got=got))]  # capacity 1: at the bound
+        tasks = [asyncio.create_task(_hold(admission, release=release, got=got, frames_left=1))]  # capacity 1
         tasks += [asyncio.create_task(_hold(admission, "batch", release=release, got=got)) for _ in range(2)]
         await asyncio.sleep(0.01)
         assert sorted(p for p, _ in got) == ["batch", "batch", "interactive"]  # batch ignores the real-time bound
         tasks.append(asyncio.create_task(_hold(admission, "batch", got=got)))  # over the batch share: waits
-        tasks.append(asyncio.create_task(_hold(admission, got=got)))  # at the real-time bound: waits
+        tasks.append(asyncio.create_task(_hold(admission, got=got)))  # at the bound, the stream ends soon: waits
         await asyncio.sleep(0.01)
         assert len(got) == 3 and admission.num_waiting == 2
         release.set()  # everything ends at once: the interactive waiter is served before the batch one
@@ -193,12 +247,12 @@ def test_a_stream_behind_its_listener_holds_new_interactive_streams_back():
 
 def test_the_line_is_bounded_by_the_waiting_places_plus_the_free_rows():
     async def main():
-        admission = Admission(2, max_waiting=0, realtime=_policy(((1, 0.07),)), wait_s=5)
-        tasks = [asyncio.create_task(_hold(admission)) for _ in range(2)]  # 1 admitted, 1 waits on the free row
+        admission = Admission(2, max_waiting=0, realtime=_policy(((1, 0.07),)), max_batch_rows=1, batch_wait_s=5)
+        tasks = [asyncio.create_task(_hold(admission, "batch")) for _ in range(2)]  # 1 admitted, 1 waits (free row)
         await asyncio.sleep(0.01)
         assert admission.num_active == 1 and admission.num_waiting == 1
         with pytest.raises(Overloaded, match="busy"):  # no place left in the line: refused at once
-            await _hold(admission)
+            await _hold(admission, "batch")
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
