@@ -8,7 +8,7 @@
    streams it keeps within the real-time budget (80 ms / (1 + margin)).
 2. `make serve` (the shipped serve_config.yaml, Ray Serve, csm-tiny on this CPU), then
    benchmarks/load.py at each closed-loop level, run at `nice -n 19` so the load client does not
-   take the server's CPU: c = 1, 2, 4, 8, 16, 32 (--requests-per-level each), a burst of
+   take the server's CPU: c = 1, 2, 4, 8, 16, 32 (--requests-per-level each, at least c), a burst of
    --burst requests sent at once, and after a 5 s pause c=4 again (does the capacity come back?).
    Between levels the replica's published capacity (`tts_realtime_capacity_streams` from Ray's
    metrics export) is read.
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["niceness"] = niceness()
         report["capacity_at_start"] = capacity_now()
         run_load("warm-up", 1, 2, args)
-        levels = [run_load(f"c={c}", c, args.requests_per_level, args) for c in args.levels]
+        levels = [run_load(f"c={c}", c, max(c, args.requests_per_level), args) for c in args.levels]
         levels.append(run_load(f"burst {args.burst}", args.burst, args.burst, args))
         time.sleep(5)
         levels.append(run_load("c=4, 5 s after the burst", 4, args.requests_per_level, args))

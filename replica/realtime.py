@@ -15,22 +15,27 @@ Learning, two inputs:
   idle a while and the profile is old (replica.py), so a profile taken in a slow moment does
   not stay. Its points are made non-decreasing (a noisy size never looks cheaper than a
   smaller one); between them linear, beyond the largest linear in the rows.
-- serving: every decode-only step while serving (the decode worker, the event loop, the
-  ingress and the neighbours compete then, which the idle profile cannot see) updates an
-  exponential moving average for its batch size, forgotten `forget_s` after that size last
-  ran, and one `offset`: the moving average of what serving costs beyond the profile, over
-  every size (a memory that outlives the sizes' estimates: the next burst starts from it).
+- serving: every decode-only step while serving (the decode worker, the event loop, Ray's
+  transport of every chunk, the ingress and the neighbours compete then, which the idle
+  profile cannot see) updates an exponential moving average of the period for its batch
+  size, forgotten `forget_s` after that size last ran, and one of what serving costs beyond
+  the profile (the excess) for that size, kept longer (its weight halves every
+  `excess_half_life_s`): a memory that outlives the periods, so the next burst starts from it.
 
-A size that ran lately is predicted by its own average; any other by the profile plus the
-offset. What serving costs beyond idle is mostly a constant per step (the other threads and
-processes take their share of every step), so it carries to other sizes as an offset, not as
-a ratio: a ratio taken at one row (where the overhead is a large share) priced every larger
-size far above its cost, and a burst's ratio pinned the capacity at one stream until it was
-forgotten (the previous rule). A slow stretch raises the offset and the sizes that ran; a few
-fast steps after it bring both back, within a second. There is no slow start: a stream is
-admitted or refused when it arrives (admission.py), on the prediction for the batch it makes;
-the margin absorbs what the prediction misses, and a stream behind its listener stops further
-admissions. The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an
+A size that ran lately is predicted by its own average period; any other by the profile plus
+the excess at its size, from a line `a + b x rows` fitted to the sizes' excesses (weighted by
+their age; with one size known, the least-norm split between the two terms). What serving
+costs beyond idle has a part per step (metrics, the loop's own work) and a part per stream
+(each one's chunks are decoded, moved across Ray and encoded beside the engine's steps, and
+take the GIL and the cores from it): measured through `make serve` on 2 cores with csm-tiny,
++5 ms a step at one stream, +10 to +17 ms at seven or eight. Not as a ratio of the whole step
+(the previous rule): a ratio taken at one row (where the overhead is a large share) priced
+every larger size far above its cost, and a burst's ratio pinned the capacity at one stream
+until it was forgotten. A slow stretch raises the sizes that ran; fast steps after it bring
+them back within a second or two, and a size's newer excess outweighs its older one.
+There is no slow start: a stream is admitted or refused when it
+arrives (admission.py), on the prediction for the batch it makes; the margin absorbs what the
+prediction misses, and a stream behind its listener stops further admissions. The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an
 immutable snapshot replaced whole.
 """
 
@@ -109,27 +114,45 @@ def monotone(points: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], 
 @dataclass(frozen=True)
 class RealtimeInputs:
     """What the capacity is computed from, for stats: the idle profile (smoothed) and when it
-    was taken (monotonic seconds; None: never), the sizes' fresh serving averages, the
-    serving offset, and the prediction per size."""
+    was taken (monotonic seconds; None: never), the sizes' fresh serving periods, the fitted
+    excess of serving over idle (seconds per step, and per row), and the prediction per size."""
 
     profile: tuple[tuple[int, float], ...]
     profiled_at: float | None
     serving: tuple[tuple[int, float], ...]
-    offset_s: float
+    excess_s: tuple[float, float]
     predicted: tuple[tuple[int, float], ...]
+
+
+def fit_excess(points: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """(a, b) >= 0 of the line a + b x rows through (rows, excess seconds, weight) points, by
+    weighted least squares with a vanishing ridge (one size known: the least-norm split)."""
+    ridge = 1e-9
+    s00 = sum(w for _, _, w in points) + ridge
+    s01 = sum(w * r for r, _, w in points)
+    s11 = sum(w * r * r for r, _, w in points) + ridge
+    t0 = sum(w * x for _, x, w in points)
+    t1 = sum(w * r * x for r, x, w in points)
+    det = s00 * s11 - s01 * s01
+    a, b = (s11 * t0 - s01 * t1) / det, (s00 * t1 - s01 * t0) / det
+    if a < 0:  # the best line through the origin
+        return 0.0, max(0.0, t1 / s11)
+    if b < 0:  # the best constant
+        return max(0.0, t0 / s00), 0.0
+    return a, b
 
 
 class StepTimes:
     """The learner (module docstring): `seed` and `observe` on the engine's thread, `model`
     read anywhere (a snapshot of immutable state, replaced whole on each write)."""
 
-    def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, offset_alpha: float = 0.05,
+    def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, excess_half_life_s: float = 30.0,
                  clock=time.monotonic) -> None:
-        self.alpha, self.forget_s, self.offset_alpha, self._clock = alpha, forget_s, offset_alpha, clock
+        self.alpha, self.forget_s, self.excess_half_life_s, self._clock = alpha, forget_s, excess_half_life_s, clock
         self._estimates: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA s, last seen)
-        self._offset = 0.0  # engine thread only
-        # (smoothed profile, estimates as sorted items, offset, when profiled): replaced whole
-        self._state: tuple[tuple, tuple, float, float | None] = ((), (), 0.0, None)
+        self._excess: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA excess s, last seen)
+        # (smoothed profile, estimates, excesses as sorted items, when profiled): replaced whole
+        self._state: tuple[tuple, tuple, tuple, float | None] = ((), (), (), None)
 
     def seed(self, profile: tuple[tuple[int, float], ...]) -> None:
         """The idle periods per size (Engine.profile_steps); replaces the previous profile."""
@@ -138,21 +161,38 @@ class StepTimes:
     def observe(self, rows: int, seconds: float) -> None:
         if rows < 1 or seconds <= 0:
             return
-        now, old = self._clock(), self._estimates.get(rows)
-        fresh = old is None or now - old[1] > self.forget_s
-        self._estimates[rows] = (seconds if fresh else old[0] + self.alpha * (seconds - old[0]), now)
+        now = self._clock()
+        self._estimates[rows] = self._average(self._estimates.get(rows), seconds, now, self.forget_s)
         idle = StepModel(self._state[0]).predict(rows)
         if idle is not None:
-            self._offset += self.offset_alpha * (seconds - idle - self._offset)
-        self._state = (self._state[0], tuple(sorted(self._estimates.items())), self._offset, self._state[3])
+            self._excess[rows] = self._average(self._excess.get(rows), seconds - idle, now, self.forget_s)
+        self._state = (self._state[0], tuple(sorted(self._estimates.items())), tuple(sorted(self._excess.items())),
+                       self._state[3])
+
+    def _average(self, old: tuple[float, float] | None, value: float, now: float, fresh_s: float) -> tuple[float, float]:
+        """The moving average with `value`, started anew if the old one is over `fresh_s` old."""
+        if old is None or now - old[1] > fresh_s:
+            return value, now
+        return old[0] + self.alpha * (value - old[0]), now
+
+    def excess(self) -> tuple[float, float]:
+        """(per step, per row) seconds serving costs beyond the idle profile, fitted."""
+        now = self._clock()
+        points = [(rows, x, 0.5 ** ((now - seen) / self.excess_half_life_s)) for rows, (x, seen) in self._state[2]]
+        return fit_excess(points) if points else (0.0, 0.0)
 
     @property
     def model(self) -> StepModel:
         """A size's own serving average where it ran lately; elsewhere the idle profile plus
-        the serving offset."""
-        profile, _, offset, _ = self._state
+        the fitted excess at its size."""
+        profile = self._state[0]
         fresh = self._fresh()
-        periods = {rows: max(0.0, seconds + offset) for rows, seconds in profile}
+        if not profile:
+            return StepModel(tuple(sorted(fresh.items())))
+        sizes = {rows for rows, _ in profile} | set(fresh)
+        sizes |= set(range(1, max(sizes) + 1))  # every size, so the excess grows row by row
+        idle, (a, b) = StepModel(profile), self.excess()
+        periods = {rows: max(0.0, idle.predict(rows) + a + b * rows) for rows in sizes}
         periods.update(fresh)
         return StepModel(tuple(sorted(periods.items())))
 
@@ -161,10 +201,10 @@ class StepTimes:
         return max(self._fresh(), default=0)
 
     def inputs(self, rows: int) -> RealtimeInputs:
-        profile, _, offset, profiled_at = self._state
         model = self.model
         predicted = tuple((b, model.predict(b)) for b in range(1, rows + 1)) if model.periods else ()
-        return RealtimeInputs(profile, profiled_at, tuple(sorted(self._fresh().items())), offset, predicted)
+        return RealtimeInputs(self._state[0], self._state[3], tuple(sorted(self._fresh().items())), self.excess(),
+                              predicted)
 
     def _fresh(self) -> dict[int, float]:
         now = self._clock()

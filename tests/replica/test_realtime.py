@@ -10,7 +10,16 @@ import pytest
 from models.errors import Overloaded
 from replica.admission import Admission, QueueTimeout
 from replica.config import ReplicaConfig
-from replica.realtime import FRAME_S, RealtimePolicy, StepModel, StepTimes, budget_s, monotone, profile_sizes
+from replica.realtime import (
+    FRAME_S,
+    RealtimePolicy,
+    StepModel,
+    StepTimes,
+    budget_s,
+    fit_excess,
+    monotone,
+    profile_sizes,
+)
 
 
 def test_the_model_predicts_seen_sizes_interpolates_and_extrapolates_pessimistically():
@@ -63,37 +72,50 @@ def test_step_times_learn_a_moving_average_per_batch_size():
     assert times.model.periods == ((1, 0.01), (2, pytest.approx(0.03)))
 
 
-def test_serving_costs_carry_to_other_sizes_as_an_offset_and_a_slow_stretch_passes_within_steps():
+def test_the_excess_is_a_line_per_step_and_per_row():
+    assert fit_excess([(1, 0.007, 1.0), (4, 0.016, 1.0)]) == (pytest.approx(0.004), pytest.approx(0.003))
+    assert fit_excess([(2, 0.01, 1.0)]) == (pytest.approx(0.002), pytest.approx(0.004))  # least norm: a + 2b = 0.01
+    assert fit_excess([(1, 0.01, 1.0), (4, 0.001, 1.0)]) == (pytest.approx(0.0055), 0.0)  # never negative per row
+    assert fit_excess([(1, -0.01, 1.0), (2, 0.01, 1.0)]) == (0.0, pytest.approx(0.002))  # nor per step
+    assert fit_excess([(1, 0.01, 1.0), (4, 0.016, 0.0)]) == (pytest.approx(0.005), pytest.approx(0.005))  # weights
+
+
+def test_serving_costs_carry_to_other_sizes_and_a_slow_stretch_passes_within_steps():
     now = [0.0]
-    times = StepTimes(alpha=0.5, forget_s=10.0, offset_alpha=0.5, clock=lambda: now[0])
-    times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
-    assert times.model.capacity(0.2, 4) == 4  # idle: four rows keep real time
-    times.observe(1, 0.045)  # serving one stream costs 15 ms a step more than idle
-    # the offset (half of it, alpha 0.5) prices the other sizes: added, not multiplied (x1.5 would put
-    # four rows at 75 ms, over the 66.7 ms budget)
-    assert dict(times.model.periods) == {1: 0.045, 2: pytest.approx(0.0475), 4: pytest.approx(0.0575)}
-    assert times.model.capacity(0.2, 4) == 4
+    times = StepTimes(alpha=0.5, forget_s=10.0, clock=lambda: now[0])
+    times.seed(((1, 0.03), (2, 0.04), (4, 0.05), (8, 0.06)))
+    assert times.model.capacity(0.2, 8) == 8  # idle: eight rows keep real time
+    times.observe(1, 0.037)  # serving one stream costs 7 ms a step beyond idle, four streams 16 ms:
+    times.observe(4, 0.066)  # 4 ms a step and 3 ms a stream
+    assert times.excess() == (pytest.approx(0.004), pytest.approx(0.003))
+    assert dict(times.model.periods)[8] == pytest.approx(0.06 + 0.004 + 8 * 0.003)  # 88 ms: not admitted
+    assert dict(times.model.periods)[2] == pytest.approx(0.04 + 0.004 + 2 * 0.003)
+    assert times.model.capacity(0.2, 8) == 4
     times.observe(3, 0.2)  # a slow stretch at three rows (a burst of refusals takes the cores)
-    assert times.model.capacity(0.2, 4) == 1
-    for _ in range(8):  # it passes: a few fast steps at three rows bring the size and the offset back
+    assert times.model.capacity(0.2, 8) <= 2
+    for _ in range(8):  # it passes: a few fast steps at three rows bring the size and its excess back
         now[0] += 0.05
-        times.observe(3, 0.05)
-    assert times.model.capacity(0.2, 4) == 4
+        times.observe(3, 0.058)
+    assert times.model.capacity(0.2, 8) == 4
 
 
-def test_the_offset_outlives_the_sizes_estimates_and_a_new_profile_replaces_the_old():
+def test_the_excess_outlives_the_periods_and_a_new_profile_replaces_the_old():
     now = [0.0]
-    times = StepTimes(alpha=0.5, forget_s=10.0, offset_alpha=0.5, clock=lambda: now[0])
+    times = StepTimes(alpha=0.5, forget_s=10.0, excess_half_life_s=30.0, clock=lambda: now[0])
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
     for _ in range(20):
-        times.observe(2, 0.05)  # serving costs 10 ms a step beyond idle
-    now[0] = 11.0  # two rows have not run for over 10 s: their estimate is gone, the offset stays
+        times.observe(1, 0.035)  # serving costs 5 ms a step at one stream
+        times.observe(2, 0.05)  # and 10 ms at two
+    now[0] = 11.0  # no size has run for over 10 s: their periods are gone, the excess stays
     assert times.largest_recent() == 0 and times.inputs(4).serving == ()
-    assert dict(times.model.periods) == {1: pytest.approx(0.04), 2: pytest.approx(0.05), 4: pytest.approx(0.06)}
-    assert times.inputs(4).offset_s == pytest.approx(0.01)
+    periods = dict(times.model.periods)
+    assert (periods[1], periods[2], periods[4]) == (pytest.approx(0.035), pytest.approx(0.05), pytest.approx(0.07))
+    assert times.inputs(4).excess_s == (pytest.approx(0.0, abs=1e-9), pytest.approx(0.005))
     times.seed(((1, 0.02), (2, 0.025), (4, 0.03)))  # re-profiled (idle): the machine is faster now
     assert times.inputs(4).profiled_at == 11.0
-    assert dict(times.model.periods)[4] == pytest.approx(0.04)
+    assert dict(times.model.periods)[4] == pytest.approx(0.05)
+    times.observe(1, 0.021)  # later, one stream costs only 1 ms more than idle: the newer excess weighs more
+    assert times.excess()[1] < 0.005
 
 
 def test_a_burst_is_admitted_up_to_the_capacity_at_once():
