@@ -22,6 +22,7 @@ Nothing is sent anywhere but loopback. The server is stopped (and `ray stop`) at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -73,13 +74,17 @@ def start_server() -> subprocess.Popen:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    with_group = os.getpgid(proc.pid)
-    os.killpg(with_group, signal.SIGINT)
+    """SIGINT to `make serve` (Serve shuts the app down), then `ray stop`, then whatever is left
+    of the group (`serve run` keeps spinning once its cluster is gone)."""
+    group = os.getpgid(proc.pid)
+    os.killpg(group, signal.SIGINT)
     try:
-        proc.wait(60)
+        proc.wait(30)
     except subprocess.TimeoutExpired:
-        os.killpg(with_group, signal.SIGKILL)
+        pass
     subprocess.run([str(ROOT / ".venv/bin/ray"), "stop", "--force"], capture_output=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
 
 
 def niceness() -> dict[str, int]:

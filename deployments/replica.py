@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from replica.voice_store import Voice, VoiceStore
 from serve.settings import ServerSettings
 
 from .autoscaling import replica_autoscaling_stats
+from .headroom import Headroom, HeadroomView
 from .metrics import RayMetrics
 from .priority import check_priority
 from .router import routing_stats
@@ -103,6 +105,12 @@ class ReplicaDeployment:
     def check_health(self) -> None:
         self.replica.check_health()
 
+    def headroom(self) -> Headroom:
+        """What the ingresses' headroom views poll (headroom.py)."""
+        admission = self.replica.pipeline.admission
+        expected = admission.expected_start_s("interactive")
+        return Headroom(admission.headroom(), None if math.isinf(expected) else expected)
+
     def record_routing_stats(self) -> dict[str, int]:
         """Serve's controller polls this (router.ROUTING_STATS_PERIOD_S) for the routers:
         the real-time capacity and the batch streams, held and waiting (router.py)."""
@@ -136,6 +144,7 @@ class RayReplicas:
     def __init__(self, replicas: DeploymentHandle, metrics: MetricsSink | None = None) -> None:
         self.replicas = replicas
         self.metrics = metrics  # records the transport stage
+        self.headroom = HeadroomView(self._poll_headroom)  # interactive streams refused here when none has any
         self._last_states: dict[str, int] | None = None
         self._channels: ray.actor.ActorHandle | None = None  # deployments/text_channel.py
 
@@ -155,6 +164,11 @@ class RayReplicas:
         return ChannelFeed(self._channels)
 
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray | PieceDone]:
+        if job.priority == "interactive":
+            verdict = await self.headroom.admit()
+            if not verdict.admitted:
+                raise ReplicaError(error_info(Overloaded("no engine replica has real-time headroom",
+                                                         verdict.retry_after_s), job.request_id))
         stream = None
         try:
             stream = self.replicas.options(stream=True).synthesize.remote(job)
@@ -172,6 +186,9 @@ class RayReplicas:
             if stream is not None:
                 with contextlib.suppress(Exception):  # cancel() re-raises a failed call's error
                     stream.cancel()
+
+    async def _poll_headroom(self) -> list[Headroom]:
+        return await self.replicas.broadcast("headroom").results_async()
 
     async def forget_conversation(self, conversation_id: str) -> None:
         """Every replica forgets it now (Serve's broadcast; they also follow the store)."""

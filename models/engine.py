@@ -39,6 +39,7 @@ class Engine:
         self._before_step = before_step
         self._last_step_s = 0.0
         self._last_batch_size = 0
+        self._last_shape = (0, 0)  # (prefills, decodes) of the latest step
         self._num_steps = 0
         self._num_prefix_hits = 0
         self._period_from: tuple[int, float] | None = None  # (rows, start) of a decode-only step to time
@@ -152,6 +153,7 @@ class Engine:
             self._last_step_s = time.perf_counter() - t0
             self._num_steps += 1
         self._last_batch_size = len(output.requests)
+        self._last_shape = (len(scheduled.prefills), len(scheduled.decodes))
         outputs = self.scheduler.update_from_output(scheduled, output)
         decode_only = bool(scheduled.decodes) and not scheduled.prefills
         self._period_from = (len(output.requests), t0) if decode_only and self.has_unfinished_requests() else None
@@ -233,6 +235,8 @@ class Engine:
             num_paused=sched.num_paused,
             period_batch=self._period[0],
             period_s=self._period[1],
+            last_num_prefills=self._last_shape[0],
+            last_num_decodes=self._last_shape[1],
         )
 
 

@@ -127,3 +127,5 @@ class EngineStats:
     num_paused: int = 0  # batch-priority requests the latest schedule left out (paused, slot kept)
     period_batch: int = 0  # rows of the latest decode-only step followed at once by another step ...
     period_s: float = 0.0  # ... and the wall time from its start to the next one's (0: none measured)
+    last_num_prefills: int = 0  # requests that prefilled (part of) their prompt in the latest step
+    last_num_decodes: int = 0  # rows that decoded in the latest step

@@ -110,7 +110,7 @@ class Admission:
         waiting = self.num_waiting_for(priority)
         if not waiting and self._admissible(priority):
             return 0.0
-        period = self._period()
+        period = self.period_s()
         ends = sorted(t.frames_left * period for t in self._held.values())
         interactive = sorted(t.frames_left * period for t in self._held.values() if t.priority == "interactive")
         need = [_kth(ends, len(self._held) + waiting + 1 - self.num_rows)]  # rows: streams that must end first
@@ -131,7 +131,8 @@ class Admission:
         finally:
             self._release(ticket.row)
 
-    def _period(self) -> float:
+    def period_s(self) -> float:
+        """The predicted step period with the streams held now."""
         if self.realtime is None:
             return FRAME_S
         return self.realtime.times.model.predict(max(1, len(self._held))) or FRAME_S

@@ -30,6 +30,8 @@ from models.params import (
 )
 
 from .admission import Admission, Ticket
+from .joins import JoinGate
+from .realtime import FRAME_S
 from .playback import PlaybackClock
 from .text_feed import PieceDone, TextFeed
 
@@ -53,14 +55,17 @@ def next_chunk_frames(delivered: int, lead: float, cap: int) -> int:
 
 class SpeechPipeline:
     def __init__(self, loop: EngineLoop, admission: Admission, decoder: MimiDecodeWorker, chunk_frames: int = 3,
-                 on_stage: Callable[[str, float], None] | None = None, lead: float = 0.2) -> None:
+                 on_stage: Callable[[str, float], None] | None = None, lead: float = 0.2,
+                 max_join_defer_s: float = 0.3) -> None:
         """`on_stage(stage, seconds)`: where a stream's time goes (queue: waiting to start,
         prefill: a text's first frame after it was sent to the engine, decode: one chunk).
-        `lead`: how fast chunks grow to `chunk_frames` (next_chunk_frames; the real-time margin)."""
+        `lead`: how fast chunks grow to `chunk_frames` (next_chunk_frames; the real-time margin).
+        `max_join_defer_s`: how long a text may wait for the playing streams' slack (joins.py)."""
         self.loop, self.admission, self.decoder = loop, admission, decoder
         self.chunk_frames, self.lead = chunk_frames, lead
         self._on_stage = on_stage or (lambda stage, seconds: None)
         self._clocks: dict[str, PlaybackClock] = {}  # interactive streams' listeners, as PCM leaves here
+        self.joins = JoinGate(self._clocks, admission.period_s, max_join_defer_s)
 
     def is_behind(self) -> bool:
         """Whether an interactive stream's listener is hearing a gap now (its audio left this
@@ -160,25 +165,33 @@ class SpeechPipeline:
                 break
             frames: list[list[int]] = []
             pending: list[list[int]] = []
+            joining = await self.joins.enter(request_id)  # playing streams must have slack for it (joins.py)
             sent = time.perf_counter()
-            async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
-                                                voice_context + previous, voice, frame_cap, ticket.priority):
-                if not frames and out.frames:
-                    self._on_stage("prefill", time.perf_counter() - sent)
-                frames += out.frames
-                left.update(i, len(frames), num_frames + len(frames))
-                pending += out.frames
-                if len(pending) >= chunk or (out.is_finished and pending):
-                    t0 = time.perf_counter()
-                    pcm = await self.decoder.decode(ticket.row, is_first, pending)
-                    self._on_stage("decode", time.perf_counter() - t0)
-                    delivered = num_frames + len(frames)  # every frame so far is out with this chunk
-                    pending, is_first = [], False
-                    chunk = next_chunk_frames(delivered, self.lead, self.chunk_frames)
-                    if max_samples is not None:
-                        pcm = pcm[: max_samples - num_samples]
-                    num_samples += len(pcm)
-                    yield pcm
+            try:
+                async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
+                                                    voice_context + previous, voice, frame_cap, ticket.priority):
+                    joining.leave()
+                    if not frames and out.frames:
+                        self._on_stage("prefill", time.perf_counter() - sent)
+                    frames += out.frames
+                    left.update(i, len(frames), num_frames + len(frames))
+                    pending += out.frames
+                    if is_first and not out.is_finished and self.joins.num_joining and len(pending) < self.chunk_frames \
+                            and len(pending) * FRAME_S < self.joins.next_step_s() + self.joins.margin_s:
+                        continue  # others are joining: the first chunk must cover their step (joins.py)
+                    if len(pending) >= chunk or (out.is_finished and pending):
+                        t0 = time.perf_counter()
+                        pcm = await self.decoder.decode(ticket.row, is_first, pending)
+                        self._on_stage("decode", time.perf_counter() - t0)
+                        delivered = num_frames + len(frames)  # every frame so far is out with this chunk
+                        pending, is_first = [], False
+                        chunk = next_chunk_frames(delivered, self.lead, self.chunk_frames)
+                        if max_samples is not None:
+                            pcm = pcm[: max_samples - num_samples]
+                        num_samples += len(pcm)
+                        yield pcm
+            finally:
+                joining.leave()
             num_frames += len(frames)
             codes = tuple(tuple(min(c, CODEBOOK_SIZE - 1) for c in f) for f in frames)
             spoken = Segment(speaker=params.speaker, text=text, codes=codes)

@@ -149,5 +149,6 @@ class ReplicaStats:
     num_waiting_batch_streams: int = 0  # of num_waiting_streams, those of batch priority
     realtime: RealtimeInputs | None = None  # what the capacity is computed from (realtime.py)
     niceness: int = 0  # the engine thread's CPU niceness (deployments/priority.py)
+    num_deferred_joins: int = 0  # texts that waited for the playing streams' slack before joining (joins.py)
     node_id: str | None = None  # the Ray node (set by the Ray deployment)
     conversations: tuple[str, ...] = ()  # ids of the conversations whose context is cached here

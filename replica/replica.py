@@ -103,9 +103,13 @@ class Replica:
         return cls(engine, store, config, metrics, max_waiting, conversations)
 
     def _on_step(self, stats: EngineStats) -> None:
-        """After every engine step, on its thread: learn the step period, record metrics."""
+        """After every engine step, on its thread: learn the step period and what a joining
+        text costs, record metrics."""
         if stats.period_batch:
             self.step_times.observe(stats.period_batch, stats.period_s)
+        if stats.last_num_prefills:
+            decode_s = (self.step_times.model.predict(stats.last_num_decodes) or 0.0) if stats.last_num_decodes else 0.0
+            self.pipeline.joins.observe(stats.last_num_prefills, stats.last_step_s, decode_s)
         if self._recorder is not None:
             self._recorder.on_step(stats)
 
@@ -261,7 +265,8 @@ class Replica:
             num_threads=threading.active_count(), card=held_card(), num_batch_streams=admission.num_held("batch"),
             realtime_capacity=admission.capacity(), headroom=admission.headroom(),
             num_waiting_batch_streams=admission.num_waiting_for("batch"),
-            realtime=self.step_times.inputs(self._engine_config.max_num_seqs), niceness=self._niceness())
+            realtime=self.step_times.inputs(self._engine_config.max_num_seqs), niceness=self._niceness(),
+            num_deferred_joins=self.pipeline.joins.num_deferred)
 
     def _niceness(self) -> int:
         tid = self._loop.thread_id

@@ -112,8 +112,9 @@ def test_concurrent_streams_share_batched_mimi_decodes(make_replica, tiny):
 
     outputs = asyncio.run(run())
     num_chunks = sum(len(chunks) for chunks in outputs)
-    # 5 frames a text: chunks of 1, 1, 1, 1, 1 (growing with the audio out), then 2, 2, 1
-    assert num_chunks == 6 * 8 and pipeline.decoder.num_decode_calls < num_chunks
+    # 5 frames a text: chunks of 1, 1, 1, 1, 1 (growing with the audio out), then 2, 2, 1; a first
+    # chunk may hold a second frame while other streams join (replica/joins.py)
+    assert 6 * 7 <= num_chunks <= 6 * 8 and pipeline.decoder.num_decode_calls < num_chunks
     for i, chunks in enumerate(outputs):
         with torch.no_grad():
             whole = tiny.model.codec_model.decode(torch.tensor(frames_of[i]).T[None]).audio_values[0, 0].numpy()
