@@ -49,8 +49,12 @@ def next_chunk_frames(delivered: int, lead: float, cap: int) -> int:
     80 ms. With P <= 80 ms / (1 + lead) (what real-time admission keeps, lead = its margin)
     that holds iff s_k <= 1 + lead x F_(k-1): the chunks grow as the listener's buffer does
     (1, 1, 1, 1, 1, 2, 2, 2, 3 with lead 0.2), never faster. Doubling (1, 2, 4) would need
-    P <= 40 ms for the second chunk."""
+    P <= 40 ms for the second chunk. That is the largest a chunk may grow; a stream sends
+    earlier when its listener's slack says so (SpeechPipeline._due)."""
     return max(1, min(cap, 1 + int(lead * delivered + 1e-9)))
+
+
+FLUSH_MARGIN_S = 0.03  # a chunk's decode and transport after its last frame, with room to spare
 
 
 class SpeechPipeline:
@@ -135,7 +139,7 @@ class SpeechPipeline:
             left = _FramesLeft(ticket, [self.loop.engine.default_max_frames(t) for t in texts], frame_budget,
                                feed is not None)
             async with contextlib.aclosing(self._generate(request_id, pieces, ticket, voice, params, frame_budget,
-                                                          max_samples, on_segment_done, left)) as items:
+                                                          max_samples, on_segment_done, left, clock)) as items:
                 async for item in items:
                     if isinstance(item, PieceDone):
                         if marks:
@@ -150,7 +154,7 @@ class SpeechPipeline:
     async def _generate(self, request_id: str, texts: AsyncIterator[str], ticket: Ticket, voice: Prefix | None,
                         params: GenerationParams, frame_budget: int | None, max_samples: int | None,
                         on_segment_done: Callable[[int, Segment], None] | None,
-                        left: _FramesLeft) -> AsyncIterator[np.ndarray | PieceDone]:
+                        left: _FramesLeft, clock: PlaybackClock | None) -> AsyncIterator[np.ndarray | PieceDone]:
         voice_context = voice.context if voice is not None else ()
         is_first = True  # the row's first decode resets it
         chunk = 1  # frames in the next chunk (next_chunk_frames)
@@ -176,10 +180,7 @@ class SpeechPipeline:
                     frames += out.frames
                     left.update(i, len(frames), num_frames + len(frames))
                     pending += out.frames
-                    if is_first and not out.is_finished and self.joins.num_joining and len(pending) < self.chunk_frames \
-                            and len(pending) * FRAME_S < self.joins.next_step_s() + self.joins.margin_s:
-                        continue  # others are joining: the first chunk must cover their step (joins.py)
-                    if len(pending) >= chunk or (out.is_finished and pending):
+                    if pending and self._due(pending, chunk, is_first, out.is_finished, clock):
                         t0 = time.perf_counter()
                         pcm = await self.decoder.decode(ticket.row, is_first, pending)
                         self._on_stage("decode", time.perf_counter() - t0)
@@ -201,6 +202,22 @@ class SpeechPipeline:
             yield PieceDone(i, text, start_samples / SAMPLE_RATE_HZ, num_samples / SAMPLE_RATE_HZ)
             if frame_budget is not None and num_frames >= frame_budget:
                 return  # at the cap: done, without waiting for a text that could not be spoken
+
+    def _due(self, pending: list, chunk: int, is_first: bool, is_finished: bool, clock: PlaybackClock | None) -> bool:
+        """Whether the frames pending make a chunk now. A text's last frames go at once. A
+        stream's first chunk goes at once, unless others are joining: then it waits until it
+        covers their step (joins.py). Later chunks go at `chunk` frames (next_chunk_frames),
+        or earlier when the listener's slack would not last another step and the chunk's
+        decode and transport (steps slower than the schedule assumes, a joining step)."""
+        if is_finished:
+            return True
+        if is_first:
+            return not (self.joins.num_joining and len(pending) < self.chunk_frames
+                        and len(pending) * FRAME_S < self.joins.next_step_s() + self.joins.margin_s)
+        if len(pending) >= chunk:
+            return True
+        slack = clock.slack(time.monotonic()) if clock is not None else None
+        return slack is not None and slack < self.joins.next_step_s() + FLUSH_MARGIN_S
 
     def shutdown(self) -> None:
         self.loop.shutdown()

@@ -24,7 +24,9 @@ Learning, two inputs:
 
 A size that ran lately is predicted by its own average period; any other by the profile plus
 the excess at its size, from a line `a + b x rows` fitted to the sizes' excesses (weighted by
-their age; with one size known, the least-norm split between the two terms). What serving
+their age; with one size known, the least-norm split between the two terms). Before anything
+was served (a fresh replica's first burst), the excess is taken as `prior_excess` of each
+size's idle period (25%: what serving cost beyond idle through `make serve` here, at most). What serving
 costs beyond idle has a part per step (metrics, the loop's own work) and a part per stream
 (each one's chunks are decoded, moved across Ray and encoded beside the engine's steps, and
 take the GIL and the cores from it): measured through `make serve` on 2 cores with csm-tiny,
@@ -115,12 +117,13 @@ def monotone(points: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], 
 class RealtimeInputs:
     """What the capacity is computed from, for stats: the idle profile (smoothed) and when it
     was taken (monotonic seconds; None: never), the sizes' fresh serving periods, the fitted
-    excess of serving over idle (seconds per step, and per row), and the prediction per size."""
+    excess of serving over idle (seconds per step, and per row; None: nothing served yet, the
+    prior), and the prediction per size."""
 
     profile: tuple[tuple[int, float], ...]
     profiled_at: float | None
     serving: tuple[tuple[int, float], ...]
-    excess_s: tuple[float, float]
+    excess_s: tuple[float, float] | None
     predicted: tuple[tuple[int, float], ...]
 
 
@@ -147,8 +150,9 @@ class StepTimes:
     read anywhere (a snapshot of immutable state, replaced whole on each write)."""
 
     def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, excess_half_life_s: float = 30.0,
-                 clock=time.monotonic) -> None:
+                 prior_excess: float = 0.25, clock=time.monotonic) -> None:
         self.alpha, self.forget_s, self.excess_half_life_s, self._clock = alpha, forget_s, excess_half_life_s, clock
+        self.prior_excess = prior_excess
         self._estimates: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA s, last seen)
         self._excess: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA excess s, last seen)
         # (smoothed profile, estimates, excesses as sorted items, when profiled): replaced whole
@@ -175,11 +179,12 @@ class StepTimes:
             return value, now
         return old[0] + self.alpha * (value - old[0]), now
 
-    def excess(self) -> tuple[float, float]:
-        """(per step, per row) seconds serving costs beyond the idle profile, fitted."""
+    def excess(self) -> tuple[float, float] | None:
+        """(per step, per row) seconds serving costs beyond the idle profile, fitted; None
+        before anything was served."""
         now = self._clock()
         points = [(rows, x, 0.5 ** ((now - seen) / self.excess_half_life_s)) for rows, (x, seen) in self._state[2]]
-        return fit_excess(points) if points else (0.0, 0.0)
+        return fit_excess(points) if points else None
 
     @property
     def model(self) -> StepModel:
@@ -191,8 +196,11 @@ class StepTimes:
             return StepModel(tuple(sorted(fresh.items())))
         sizes = {rows for rows, _ in profile} | set(fresh)
         sizes |= set(range(1, max(sizes) + 1))  # every size, so the excess grows row by row
-        idle, (a, b) = StepModel(profile), self.excess()
-        periods = {rows: max(0.0, idle.predict(rows) + a + b * rows) for rows in sizes}
+        idle, excess = StepModel(profile), self.excess()
+        if excess is None:  # nothing served yet: the prior
+            periods = {rows: idle.predict(rows) * (1.0 + self.prior_excess) for rows in sizes}
+        else:
+            periods = {rows: max(0.0, idle.predict(rows) + excess[0] + excess[1] * rows) for rows in sizes}
         periods.update(fresh)
         return StepModel(tuple(sorted(periods.items())))
 

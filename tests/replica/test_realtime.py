@@ -84,7 +84,7 @@ def test_serving_costs_carry_to_other_sizes_and_a_slow_stretch_passes_within_ste
     now = [0.0]
     times = StepTimes(alpha=0.5, forget_s=10.0, clock=lambda: now[0])
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05), (8, 0.06)))
-    assert times.model.capacity(0.2, 8) == 8  # idle: eight rows keep real time
+    assert times.model.capacity(0.2, 8) == 5  # nothing served yet: idle + 25% (65.6 ms at five rows)
     times.observe(1, 0.037)  # serving one stream costs 7 ms a step beyond idle, four streams 16 ms:
     times.observe(4, 0.066)  # 4 ms a step and 3 ms a stream
     assert times.excess() == (pytest.approx(0.004), pytest.approx(0.003))
@@ -120,7 +120,7 @@ def test_the_excess_outlives_the_periods_and_a_new_profile_replaces_the_old():
 
 def test_a_burst_is_admitted_up_to_the_capacity_at_once():
     """No slow start: the prediction for the batch a stream makes decides, when it arrives."""
-    times = StepTimes()
+    times = StepTimes(prior_excess=0.0)
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
     policy = RealtimePolicy(times, rows=8, margin=0.2)
     assert policy.capacity() == 5  # 5 rows: 0.0625 s (beyond 4 rows: 0.0125 s a row)
@@ -129,7 +129,7 @@ def test_a_burst_is_admitted_up_to_the_capacity_at_once():
 
 
 def _policy(periods, rows=8, enabled=True):
-    times = StepTimes()
+    times = StepTimes(prior_excess=0.0)  # the periods as given
     times.seed(periods)
     return RealtimePolicy(times, rows, margin=0.2, enabled=enabled)
 

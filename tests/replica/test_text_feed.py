@@ -42,7 +42,8 @@ def test_texts_fed_later_give_the_audio_of_texts_given_at_once(make_replica):
         return whole, fed, marks
 
     whole, fed, marks = asyncio.run(run())
-    np.testing.assert_allclose(fed, whole, atol=1e-5)  # same seeds (seed + i), same context, one Mimi row
+    # same seeds (seed + i), same context, one Mimi row; chunked where each listener's slack said (float rounding)
+    np.testing.assert_allclose(fed, whole, rtol=1e-5, atol=1e-4)
     assert [m.text for m in marks] == list(TEXTS) and [m.index for m in marks] == [0, 1, 2]
     frame_s = 4 * 1920 / SAMPLE_RATE_HZ
     assert [(m.start_s, m.end_s) for m in marks] == [pytest.approx((i * frame_s, (i + 1) * frame_s)) for i in range(3)]

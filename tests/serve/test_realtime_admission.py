@@ -39,7 +39,9 @@ def server(tmp_path_factory):
     replica_config = ReplicaConfig(realtime_admission=True, admission_wait_s=0.5)
     with local_server(str(tmp_path_factory.mktemp("voices")), engine=ENGINE, replica=replica_config) as (url, replica):
         replica.step_times.observe = lambda rows, seconds: None  # the fixed profile below is all it knows
+        replica.step_times.prior_excess = 0.0
         replica.step_times.seed(((1, 0.030), (2, 0.060)))
+        replica.step_times.seed = lambda profile: None  # not re-profiled when idle either
         replica.pipeline.is_behind = lambda: False
         yield url, replica
 
