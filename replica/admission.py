@@ -25,8 +25,9 @@ once. Each protocol answers `Overloaded` from its error table: 429 + Retry-After
 API, 503 / UNAVAILABLE on v2.
 
 This is the one queue: in-process and under Ray alike (there, Serve's `max_ongoing_requests`
-leaves room for this line, so Serve's own queue holds nothing while a replica runs, and the
-router sends each stream to the replica with the most headroom). Event-loop state only: use
+leaves room for this line, so Serve's own queue holds nothing while a replica runs; the ingress
+refuses an interactive stream itself when no replica has headroom, deployments/headroom.py, and
+the router sends each stream to the replica with the most, deployments/router.py). Event-loop state only: use
 from one asyncio loop.
 """
 
@@ -80,6 +81,7 @@ class Admission:
         self._held: dict[int, Ticket] = {}
         self._waiters: list[_Waiter] = []
         self._recheck: asyncio.TimerHandle | None = None
+        self.num_refused = 0  # streams refused (Overloaded) so far
 
     @property
     def num_active(self) -> int:
@@ -164,6 +166,7 @@ class Admission:
         limit = self._limit(priority, timeout_s)
         line_full = self.num_waiting >= self.max_waiting + len(self._free)
         if line_full or (priority == "interactive" and expected > limit):
+            self.num_refused += 1
             raise Overloaded(f"all {self.num_rows} streams are busy or at the real-time bound "
                              f"({self.num_held('interactive')} interactive, {self.num_held('batch')} batch, "
                              f"{self.num_waiting} waiting)", _finite(expected))
@@ -179,6 +182,7 @@ class Admission:
             self._abandon(waiter)
             if timeout_s is not None and timeout_s <= limit:
                 raise QueueTimeout("Request timeout expired")
+            self.num_refused += 1
             raise Overloaded(f"no stream could start within {limit:g} s", _finite(self.expected_start_s(priority)))
         self._waiters.remove(waiter)
         return waiter.future.result()

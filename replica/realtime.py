@@ -9,36 +9,33 @@ loop competing for the cores (and the GIL) show in it. What the period cannot sh
 or an edge that falls behind on its own) the admission sees in the streams' own playback
 clocks (pipeline.py, where PCM leaves the replica).
 
-Learning, two inputs:
+Learning, from two inputs:
 - the idle profile: the period at batch sizes 1, 2, 4, ... max_num_seqs on the idle engine
   (`profile_sizes`, Engine.profile_steps), at start and again whenever the engine has been
-  idle a while and the profile is old (replica.py), so a profile taken in a slow moment does
-  not stay. Its points are made non-decreasing (a noisy size never looks cheaper than a
-  smaller one); between them linear, beyond the largest linear in the rows.
-- serving: every decode-only step while serving (the decode worker, the event loop, Ray's
-  transport of every chunk, the ingress and the neighbours compete then, which the idle
-  profile cannot see) updates an exponential moving average of the period for its batch
-  size, forgotten `forget_s` after that size last ran, and one of what serving costs beyond
-  the profile (the excess) for that size, kept longer (its weight halves every
-  `excess_half_life_s`): a memory that outlives the periods, so the next burst starts from it.
+  idle a while and the profile is old (replica.py). Its points are made non-decreasing, and a
+  straight line fitted to them gives what one more row costs idle (the idle slope).
+- serving: every decode-only step while serving updates an exponential moving average of the
+  period for its batch size. The decode worker, the event loop, Ray's transport of every chunk
+  and the neighbours compete then, which the idle profile cannot see: through `make serve` on
+  2 cores with csm-tiny a stream costs 2-3 times the idle slope (its chunks are decoded, moved
+  and encoded beside the engine's steps, and take the GIL from them), and the idle profile
+  itself is off by 10 ms at one row when taken in a noisy moment.
 
-A size that ran lately is predicted by its own average period; any other by the profile plus
-the excess at its size, from a line `a + b x rows` fitted to the sizes' excesses (weighted by
-their age; with one size known, the least-norm split between the two terms). Before anything
-was served (a fresh replica's first burst), the excess is taken as `prior_excess` of each
-size's idle period (25%: what serving cost beyond idle through `make serve` here, at most). What serving
-costs beyond idle has a part per step (metrics, the loop's own work) and a part per stream
-(each one's chunks are decoded, moved across Ray and encoded beside the engine's steps, and
-take the GIL and the cores from it): measured through `make serve` on 2 cores with csm-tiny,
-+5 ms a step at one stream, +10 to +17 ms at seven or eight. Not as a ratio of the whole step
-(the previous rule): a ratio taken at one row (where the overhead is a large share) priced
-every larger size far above its cost, and a burst's ratio pinned the capacity at one stream
-until it was forgotten. A slow stretch raises the sizes that ran; fast steps after it bring
-them back within a second or two, and a size's newer excess outweighs its older one.
-There is no slow start: a stream is admitted or refused when it
-arrives (admission.py), on the prediction for the batch it makes; the margin absorbs what the
-prediction misses, and a stream behind its listener stops further admissions. The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an
-immutable snapshot replaced whole.
+A size that ran within `forget_s` is predicted by its own average. Any other by a line
+`c0 + c1 x rows` fitted to every size's average (each weighted by its age, halving every
+`half_life_s`: a memory that outlives the averages, so the next burst starts from it), with the
+idle slope as a prior on `c1` (`prior_weight`): one size served gives the line through it with
+the idle slope; sizes far apart give their own slope; two neighbouring sizes, whose noisy
+difference says little, mostly the idle slope again. Before anything was served (a fresh
+replica's first burst), the idle profile plus `prior_excess` (25%). Not the profile scaled by
+serving's ratio over idle at the largest size (the previous rule): a ratio taken at one row
+priced every larger size far above its cost, and a burst's ratio pinned the capacity at one
+stream until it was forgotten. A slow stretch raises the sizes that ran; fast steps after it
+bring them back within a second or two. There is no slow start: a stream is admitted or
+refused when it arrives (admission.py), on the prediction for the batch it makes; the margin
+absorbs what the prediction misses, and a stream behind its listener stops further admissions.
+The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an immutable
+snapshot replaced whole.
 """
 
 from __future__ import annotations
@@ -117,90 +114,87 @@ def monotone(points: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], 
 class RealtimeInputs:
     """What the capacity is computed from, for stats: the idle profile (smoothed) and when it
     was taken (monotonic seconds; None: never), the sizes' fresh serving periods, the fitted
-    excess of serving over idle (seconds per step, and per row; None: nothing served yet, the
-    prior), and the prediction per size."""
+    serving line (seconds per step at no rows, and per row; None: nothing served yet), and
+    the prediction per size."""
 
     profile: tuple[tuple[int, float], ...]
     profiled_at: float | None
     serving: tuple[tuple[int, float], ...]
-    excess_s: tuple[float, float] | None
+    line_s: tuple[float, float] | None
     predicted: tuple[tuple[int, float], ...]
 
 
-def fit_excess(points: list[tuple[int, float, float]]) -> tuple[float, float]:
-    """(a, b) >= 0 of the line a + b x rows through (rows, excess seconds, weight) points, by
-    weighted least squares with a vanishing ridge (one size known: the least-norm split)."""
-    ridge = 1e-9
-    s00 = sum(w for _, _, w in points) + ridge
-    s01 = sum(w * r for r, _, w in points)
-    s11 = sum(w * r * r for r, _, w in points) + ridge
-    t0 = sum(w * x for _, x, w in points)
-    t1 = sum(w * r * x for r, x, w in points)
-    det = s00 * s11 - s01 * s01
-    a, b = (s11 * t0 - s01 * t1) / det, (s00 * t1 - s01 * t0) / det
-    if a < 0:  # the best line through the origin
-        return 0.0, max(0.0, t1 / s11)
-    if b < 0:  # the best constant
-        return max(0.0, t0 / s00), 0.0
-    return a, b
+def slope(points: tuple[tuple[int, float], ...]) -> float:
+    """The least-squares slope (seconds per row, at least 0) of (rows, seconds) points."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_x, mean_y = sum(r for r, _ in points) / n, sum(t for _, t in points) / n
+    sxx = sum((r - mean_x) ** 2 for r, _ in points)
+    return max(0.0, sum((r - mean_x) * (t - mean_y) for r, t in points) / sxx) if sxx else 0.0
+
+
+def fit_line(points: list[tuple[int, float, float]], prior_slope: float, prior_weight: float) -> tuple[float, float]:
+    """(c0, c1) of the line c0 + c1 x rows through (rows, seconds, weight) points, by weighted
+    least squares with (c1 - prior_slope)^2 x prior_weight added: one point gives the line
+    through it with the prior slope; c1 is never below 0."""
+    w = sum(p[2] for p in points)
+    x, y = sum(r * wt for r, _, wt in points), sum(t * wt for _, t, wt in points)
+    xx, xy = sum(r * r * wt for r, _, wt in points), sum(r * t * wt for r, t, wt in points)
+    c1 = max(0.0, (xy - x * y / w + prior_weight * prior_slope) / (xx - x * x / w + prior_weight))
+    return (y - c1 * x) / w, c1
 
 
 class StepTimes:
     """The learner (module docstring): `seed` and `observe` on the engine's thread, `model`
     read anywhere (a snapshot of immutable state, replaced whole on each write)."""
 
-    def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, excess_half_life_s: float = 30.0,
-                 prior_excess: float = 0.25, clock=time.monotonic) -> None:
-        self.alpha, self.forget_s, self.excess_half_life_s, self._clock = alpha, forget_s, excess_half_life_s, clock
-        self.prior_excess = prior_excess
+    def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, half_life_s: float = 30.0,
+                 prior_weight: float = 1.0, prior_excess: float = 0.25, clock=time.monotonic) -> None:
+        self.alpha, self.forget_s, self.half_life_s, self._clock = alpha, forget_s, half_life_s, clock
+        self.prior_weight, self.prior_excess = prior_weight, prior_excess
         self._estimates: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA s, last seen)
-        self._excess: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA excess s, last seen)
-        # (smoothed profile, estimates, excesses as sorted items, when profiled): replaced whole
-        self._state: tuple[tuple, tuple, tuple, float | None] = ((), (), (), None)
+        # (smoothed profile, its slope, estimates as sorted items, when profiled): replaced whole
+        self._state: tuple[tuple, float, tuple, float | None] = ((), 0.0, (), None)
 
     def seed(self, profile: tuple[tuple[int, float], ...]) -> None:
         """The idle periods per size (Engine.profile_steps); replaces the previous profile."""
-        self._state = (monotone(tuple(sorted(profile))), self._state[1], self._state[2], self._clock())
+        smooth = monotone(tuple(sorted(profile)))
+        self._state = (smooth, slope(smooth), self._state[2], self._clock())
 
     def observe(self, rows: int, seconds: float) -> None:
         if rows < 1 or seconds <= 0:
             return
-        now = self._clock()
-        self._estimates[rows] = self._average(self._estimates.get(rows), seconds, now, self.forget_s)
-        idle = StepModel(self._state[0]).predict(rows)
-        if idle is not None:
-            self._excess[rows] = self._average(self._excess.get(rows), seconds - idle, now, self.forget_s)
-        self._state = (self._state[0], tuple(sorted(self._estimates.items())), tuple(sorted(self._excess.items())),
-                       self._state[3])
+        now, old = self._clock(), self._estimates.get(rows)
+        fresh = old is None or now - old[1] > self.forget_s
+        self._estimates[rows] = (seconds if fresh else old[0] + self.alpha * (seconds - old[0]), now)
+        self._state = (self._state[0], self._state[1], tuple(sorted(self._estimates.items())), self._state[3])
 
-    def _average(self, old: tuple[float, float] | None, value: float, now: float, fresh_s: float) -> tuple[float, float]:
-        """The moving average with `value`, started anew if the old one is over `fresh_s` old."""
-        if old is None or now - old[1] > fresh_s:
-            return value, now
-        return old[0] + self.alpha * (value - old[0]), now
-
-    def excess(self) -> tuple[float, float] | None:
-        """(per step, per row) seconds serving costs beyond the idle profile, fitted; None
-        before anything was served."""
+    def line(self) -> tuple[float, float] | None:
+        """The serving line (c0, c1) fitted to every size's average; None before any served."""
+        _, idle_slope, estimates, _ = self._state
+        if not estimates:
+            return None
         now = self._clock()
-        points = [(rows, x, 0.5 ** ((now - seen) / self.excess_half_life_s)) for rows, (x, seen) in self._state[2]]
-        return fit_excess(points) if points else None
+        points = [(rows, t, 0.5 ** ((now - seen) / self.half_life_s)) for rows, (t, seen) in estimates]
+        return fit_line(points, idle_slope, self.prior_weight)
 
     @property
     def model(self) -> StepModel:
-        """A size's own serving average where it ran lately; elsewhere the idle profile plus
-        the fitted excess at its size."""
-        profile = self._state[0]
-        fresh = self._fresh()
-        if not profile:
-            return StepModel(tuple(sorted(fresh.items())))
+        """A size's own serving average where it ran lately; elsewhere the serving line (or,
+        before anything was served, the idle profile plus the prior excess)."""
+        profile, fresh, line = self._state[0], self._fresh(), self.line()
         sizes = {rows for rows, _ in profile} | set(fresh)
-        sizes |= set(range(1, max(sizes) + 1))  # every size, so the excess grows row by row
-        idle, excess = StepModel(profile), self.excess()
-        if excess is None:  # nothing served yet: the prior
+        if not sizes:
+            return StepModel()
+        sizes |= set(range(1, max(sizes) + 1))  # every size, so the line is followed row by row
+        if line is not None:
+            periods = {rows: max(0.0, line[0] + line[1] * rows) for rows in sizes}
+        elif profile:
+            idle = StepModel(profile)
             periods = {rows: idle.predict(rows) * (1.0 + self.prior_excess) for rows in sizes}
         else:
-            periods = {rows: max(0.0, idle.predict(rows) + excess[0] + excess[1] * rows) for rows in sizes}
+            periods = {}
         periods.update(fresh)
         return StepModel(tuple(sorted(periods.items())))
 
@@ -211,12 +205,12 @@ class StepTimes:
     def inputs(self, rows: int) -> RealtimeInputs:
         model = self.model
         predicted = tuple((b, model.predict(b)) for b in range(1, rows + 1)) if model.periods else ()
-        return RealtimeInputs(self._state[0], self._state[3], tuple(sorted(self._fresh().items())), self.excess(),
+        return RealtimeInputs(self._state[0], self._state[3], tuple(sorted(self._fresh().items())), self.line(),
                               predicted)
 
     def _fresh(self) -> dict[int, float]:
         now = self._clock()
-        return {rows: ema for rows, (ema, seen) in self._state[1] if now - seen <= self.forget_s}
+        return {rows: ema for rows, (ema, seen) in self._state[2] if now - seen <= self.forget_s}
 
 
 @dataclass(frozen=True)

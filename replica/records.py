@@ -137,7 +137,7 @@ class ReplicaStats:
     engine: EngineStats
     contexts: ContextCacheStats
     num_streams: int  # admitted speech streams (each holds a decoder row)
-    num_waiting_streams: int  # streams waiting to start (for a row in-process; under Ray, for real-time headroom)
+    num_waiting_streams: int  # streams waiting to start (batch ones for a row, interactive ones for a moment)
     streams: tuple[str, ...]  # request ids of the streams this replica is serving or holding
     voices: tuple[str, ...]  # ids of the voices whose context is cached here
     pid: int
@@ -150,5 +150,6 @@ class ReplicaStats:
     realtime: RealtimeInputs | None = None  # what the capacity is computed from (realtime.py)
     niceness: int = 0  # the engine thread's CPU niceness (deployments/priority.py)
     num_deferred_joins: int = 0  # texts that waited for the playing streams' slack before joining (joins.py)
+    num_refused_streams: int = 0  # streams this replica's admission refused (Overloaded) so far
     node_id: str | None = None  # the Ray node (set by the Ray deployment)
     conversations: tuple[str, ...] = ()  # ids of the conversations whose context is cached here

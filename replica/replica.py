@@ -266,7 +266,7 @@ class Replica:
             realtime_capacity=admission.capacity(), headroom=admission.headroom(),
             num_waiting_batch_streams=admission.num_waiting_for("batch"),
             realtime=self.step_times.inputs(self._engine_config.max_num_seqs), niceness=self._niceness(),
-            num_deferred_joins=self.pipeline.joins.num_deferred)
+            num_deferred_joins=self.pipeline.joins.num_deferred, num_refused_streams=admission.num_refused)
 
     def _niceness(self) -> int:
         tid = self._loop.thread_id

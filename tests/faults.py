@@ -25,3 +25,20 @@ def ray_fault_hook():
 
     cloudpickle.register_pickle_by_value(tests.faults)
     return fail_steps_with_fault_seed
+
+
+def slow_steps(scheduled) -> None:
+    """Every step 100 ms longer: an engine over the real-time budget (its capacity: one stream)."""
+    import time
+
+    time.sleep(0.1)
+
+
+def ray_slow_hook():
+    """`slow_steps` for Ray's replicas (pickled by value, as ray_fault_hook)."""
+    from ray import cloudpickle
+
+    import tests.faults
+
+    cloudpickle.register_pickle_by_value(tests.faults)
+    return slow_steps

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 from ray import serve
 
-from deployments.router import by_headroom
+from deployments.router import by_headroom, routing_stats
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,6 +29,19 @@ class Holder:
     async def hold(self, seconds: float):
         yield os.getpid()  # where the stream runs, first
         await asyncio.sleep(seconds)
+
+    async def turn(self, job: Turn):
+        yield os.getpid()
+        await asyncio.sleep(job.seconds)
+
+
+@serve.deployment(num_replicas=3, max_ongoing_requests=8, ray_actor_options={"num_cpus": 0},
+                  request_router_config=by_headroom())
+class CapacityHolder:
+    """Reports a real-time capacity of two streams (as SpeechReplica reports its learned one)."""
+
+    def record_routing_stats(self) -> dict[str, int]:
+        return routing_stats(capacity=2, batch_streams=0)
 
     async def turn(self, job: Turn):
         yield os.getpid()
@@ -100,3 +113,22 @@ def test_a_conversation_keeps_its_replica_until_it_is_full(ray_serve):
         assert overflow != home
     finally:
         serve.delete("affinity-check")
+
+
+def test_a_conversation_leaves_its_replica_when_it_has_no_real_time_headroom(ray_serve):
+    """Its replica reports room for two streams (routing stats) though it has eight slots: the
+    third turn at once goes to another replica, not to a full one's admission."""
+    serve.run(CapacityHolder.bind(), name="headroom-check", route_prefix=None)
+    holder = serve.get_deployment_handle("CapacityHolder", app_name="headroom-check")
+    try:
+        _home(holder, Turn("conv_h"), "turn")
+        time.sleep(2.0)  # every replica's routing stats reach the router (polled every 0.5 s)
+        home = _home(holder, Turn("conv_h"), "turn")
+        with ThreadPoolExecutor(3) as pool:
+            held = [pool.submit(_home, holder, Turn("conv_h", 3.0), "turn") for _ in range(2)]
+            time.sleep(1.0)
+            overflow = _home(holder, Turn("conv_h"), "turn")
+            assert [h.result(timeout=60) for h in held] == [home] * 2  # within its headroom: home
+        assert overflow != home
+    finally:
+        serve.delete("headroom-check")

@@ -440,9 +440,18 @@ def test_autoscaling_target_fits_the_batch(overlay):
     engine = deployment(config, "SpeechReplica")
     max_num_seqs = app(config)["args"]["engine"]["max_num_seqs"]
     autoscaling = engine["autoscaling_config"]
-    assert engine["max_ongoing_requests"] == max_num_seqs
+    # Serve's bounds come from the args (build_app: max_num_seqs + max_queued_requests), never from
+    # the deployment block, so the replica's admission is the one queue (replica/admission.py).
+    assert "max_ongoing_requests" not in engine and "max_queued_requests" not in engine
+    from deployments.app import build_app_with
+
+    args = AppArgs.model_validate(app(config)["args"])
+    ingress = build_app_with({**app(config)["args"], "engine": {**args.engine.model_dump(), "device": "cpu"}})
+    engine_deployment = ingress._bound_deployment.init_args[0]._bound_deployment  # the ingress's argument
+    assert engine_deployment.max_ongoing_requests == args.engine.max_num_seqs + args.max_queued_requests
+    assert engine_deployment.max_queued_requests == args.max_queued_requests
     # Scale up before the engine's slots are full (0.75 x max_num_seqs in serve_config.yaml).
-    assert 0 < autoscaling["target_ongoing_requests"] < engine["max_ongoing_requests"]
+    assert 0 < autoscaling["target_ongoing_requests"] < max_num_seqs
     assert 1 <= autoscaling["min_replicas"] <= autoscaling["max_replicas"]
 
 

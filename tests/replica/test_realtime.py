@@ -16,9 +16,10 @@ from replica.realtime import (
     StepModel,
     StepTimes,
     budget_s,
-    fit_excess,
+    fit_line,
     monotone,
     profile_sizes,
+    slope,
 )
 
 
@@ -72,50 +73,54 @@ def test_step_times_learn_a_moving_average_per_batch_size():
     assert times.model.periods == ((1, 0.01), (2, pytest.approx(0.03)))
 
 
-def test_the_excess_is_a_line_per_step_and_per_row():
-    assert fit_excess([(1, 0.007, 1.0), (4, 0.016, 1.0)]) == (pytest.approx(0.004), pytest.approx(0.003))
-    assert fit_excess([(2, 0.01, 1.0)]) == (pytest.approx(0.002), pytest.approx(0.004))  # least norm: a + 2b = 0.01
-    assert fit_excess([(1, 0.01, 1.0), (4, 0.001, 1.0)]) == (pytest.approx(0.0055), 0.0)  # never negative per row
-    assert fit_excess([(1, -0.01, 1.0), (2, 0.01, 1.0)]) == (0.0, pytest.approx(0.002))  # nor per step
-    assert fit_excess([(1, 0.01, 1.0), (4, 0.016, 0.0)]) == (pytest.approx(0.005), pytest.approx(0.005))  # weights
+def test_the_serving_line_leans_on_the_idle_slope_where_the_sizes_say_little():
+    assert slope(((1, 0.03), (2, 0.04), (4, 0.05), (8, 0.06))) == pytest.approx(0.00395, abs=1e-4)
+    assert fit_line([(1, 0.035, 1.0)], 0.002, 1.0) == (pytest.approx(0.033), 0.002)  # one size: the idle slope
+    c0, c1 = fit_line([(1, 0.035, 1.0), (8, 0.08, 1.0)], 0.002, 1.0)  # far apart: their own slope, nearly
+    assert c1 == pytest.approx(0.00625, abs=1e-4) and c0 + 8 * c1 == pytest.approx(0.08, abs=0.002)
+    c0, c1 = fit_line([(1, 0.035, 1.0), (2, 0.045, 1.0)], 0.002, 1.0)  # neighbours: mostly the idle slope
+    assert 0.002 < c1 < 0.005
+    assert fit_line([(1, 0.05, 1.0), (8, 0.04, 1.0)], 0.0, 1.0)[1] == 0.0  # never cheaper with more rows
+    assert fit_line([(1, 0.035, 1.0), (8, 0.2, 0.0)], 0.002, 1.0) == (pytest.approx(0.033), 0.002)  # weights
 
 
-def test_serving_costs_carry_to_other_sizes_and_a_slow_stretch_passes_within_steps():
+def test_serving_periods_carry_to_other_sizes_and_a_slow_stretch_passes_within_steps():
     now = [0.0]
     times = StepTimes(alpha=0.5, forget_s=10.0, clock=lambda: now[0])
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05), (8, 0.06)))
     assert times.model.capacity(0.2, 8) == 5  # nothing served yet: idle + 25% (65.6 ms at five rows)
-    times.observe(1, 0.037)  # serving one stream costs 7 ms a step beyond idle, four streams 16 ms:
-    times.observe(4, 0.066)  # 4 ms a step and 3 ms a stream
-    assert times.excess() == (pytest.approx(0.004), pytest.approx(0.003))
-    assert dict(times.model.periods)[8] == pytest.approx(0.06 + 0.004 + 8 * 0.003)  # 88 ms: not admitted
-    assert dict(times.model.periods)[2] == pytest.approx(0.04 + 0.004 + 2 * 0.003)
-    assert times.model.capacity(0.2, 8) == 4
+    times.observe(1, 0.037)  # serving one stream: 37 ms a step; eight: 81 ms (6.3 ms a row, not the idle 3.9)
+    times.observe(8, 0.081)
+    c0, c1 = times.line()
+    assert c1 == pytest.approx(0.0062, abs=2e-4)
+    assert dict(times.model.periods)[6] == pytest.approx(c0 + 6 * c1)  # 68 ms: not admitted
+    assert times.model.capacity(0.2, 8) == 5
     times.observe(3, 0.2)  # a slow stretch at three rows (a burst of refusals takes the cores)
     assert times.model.capacity(0.2, 8) <= 2
-    for _ in range(8):  # it passes: a few fast steps at three rows bring the size and its excess back
+    for _ in range(8):  # it passes: a few fast steps at three rows bring the size back
         now[0] += 0.05
-        times.observe(3, 0.058)
-    assert times.model.capacity(0.2, 8) == 4
+        times.observe(3, 0.05)
+    assert times.model.capacity(0.2, 8) == 5
 
 
-def test_the_excess_outlives_the_periods_and_a_new_profile_replaces_the_old():
+def test_the_serving_memory_outlives_the_periods_and_newer_sizes_weigh_more():
     now = [0.0]
-    times = StepTimes(alpha=0.5, forget_s=10.0, excess_half_life_s=30.0, clock=lambda: now[0])
+    times = StepTimes(alpha=0.5, forget_s=10.0, half_life_s=30.0, clock=lambda: now[0])
     times.seed(((1, 0.03), (2, 0.04), (4, 0.05)))
     for _ in range(20):
-        times.observe(1, 0.035)  # serving costs 5 ms a step at one stream
-        times.observe(2, 0.05)  # and 10 ms at two
-    now[0] = 11.0  # no size has run for over 10 s: their periods are gone, the excess stays
+        times.observe(1, 0.035)
+        times.observe(4, 0.065)  # serving costs 10 ms a row
+    now[0] = 11.0  # no size has run for over 10 s: their periods are gone, the line stays
     assert times.largest_recent() == 0 and times.inputs(4).serving == ()
-    periods = dict(times.model.periods)
-    assert (periods[1], periods[2], periods[4]) == (pytest.approx(0.035), pytest.approx(0.05), pytest.approx(0.07))
-    assert times.inputs(4).excess_s == (pytest.approx(0.0, abs=1e-9), pytest.approx(0.005))
-    times.seed(((1, 0.02), (2, 0.025), (4, 0.03)))  # re-profiled (idle): the machine is faster now
-    assert times.inputs(4).profiled_at == 11.0
-    assert dict(times.model.periods)[4] == pytest.approx(0.05)
-    times.observe(1, 0.021)  # later, one stream costs only 1 ms more than idle: the newer excess weighs more
-    assert times.excess()[1] < 0.005
+    c0, c1 = times.inputs(4).line_s
+    assert c0 + c1 == pytest.approx(0.035, abs=2e-3) and c1 == pytest.approx(0.01, abs=1e-3)
+    assert dict(times.model.periods)[4] == pytest.approx(0.065, abs=2e-3)
+    times.seed(((1, 0.02), (2, 0.025), (4, 0.03)))
+    # re-profiled when idle: the line keeps what serving showed (the new idle slope is only its prior)
+    assert times.inputs(4).profiled_at == 11.0 and dict(times.model.periods)[4] == pytest.approx(0.065, abs=3e-3)
+    now[0] = 71.0  # a minute later one stream costs 30 ms: the older sizes weigh a quarter as much
+    times.observe(1, 0.030)
+    assert times.model.predict(4) < 0.062
 
 
 def test_a_burst_is_admitted_up_to_the_capacity_at_once():
