@@ -23,10 +23,11 @@ Learning, from two inputs:
 
 A size that ran within `forget_s` is predicted by its own average. Any other by a line
 `c0 + c1 x rows` fitted to every size's average (each weighted by its age, halving every
-`half_life_s`: a memory that outlives the averages, so the next burst starts from it), with the
-idle slope as a prior on `c1` (`prior_weight`): one size served gives the line through it with
-the idle slope; sizes far apart give their own slope; two neighbouring sizes, whose noisy
-difference says little, mostly the idle slope again. Before anything was served (a fresh
+`half_life_s`: a memory that outlives the averages, so the next burst starts from it), with
+twice the idle slope (`prior_slope_factor`: what a served row costs here, at least) as a prior
+on `c1` (`prior_weight`): one size served gives the line through it with that slope; sizes far
+apart give their own slope; two neighbouring sizes, whose noisy difference says little, mostly
+the prior again. Before anything was served (a fresh
 replica's first burst), the idle profile plus `prior_excess` (25%). Not the profile scaled by
 serving's ratio over idle at the largest size (the previous rule): a ratio taken at one row
 priced every larger size far above its cost, and a burst's ratio pinned the capacity at one
@@ -150,9 +151,10 @@ class StepTimes:
     read anywhere (a snapshot of immutable state, replaced whole on each write)."""
 
     def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, half_life_s: float = 30.0,
-                 prior_weight: float = 1.0, prior_excess: float = 0.25, clock=time.monotonic) -> None:
+                 prior_weight: float = 1.0, prior_slope_factor: float = 2.0, prior_excess: float = 0.25,
+                 clock=time.monotonic) -> None:
         self.alpha, self.forget_s, self.half_life_s, self._clock = alpha, forget_s, half_life_s, clock
-        self.prior_weight, self.prior_excess = prior_weight, prior_excess
+        self.prior_weight, self.prior_slope_factor, self.prior_excess = prior_weight, prior_slope_factor, prior_excess
         self._estimates: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA s, last seen)
         # (smoothed profile, its slope, estimates as sorted items, when profiled): replaced whole
         self._state: tuple[tuple, float, tuple, float | None] = ((), 0.0, (), None)
@@ -177,7 +179,7 @@ class StepTimes:
             return None
         now = self._clock()
         points = [(rows, t, 0.5 ** ((now - seen) / self.half_life_s)) for rows, (t, seen) in estimates]
-        return fit_line(points, idle_slope, self.prior_weight)
+        return fit_line(points, self.prior_slope_factor * idle_slope, self.prior_weight)
 
     @property
     def model(self) -> StepModel:
