@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from models import EngineConfig
 from models.engine import StepHook
 from models.errors import EngineDeadError, Overloaded
+from models.params import Priority
 from observability import metrics as m
 from observability.metrics import REPLICA_METRICS, MetricsSink
 from replica.config import ReplicaConfig
@@ -163,12 +164,16 @@ class RayReplicas:
             self._channels = start_channels()
         return ChannelFeed(self._channels)
 
+    async def check_admission(self, priority: Priority) -> ErrorInfo | None:
+        """An interactive stream is refused here when no replica has headroom (headroom.py)."""
+        if priority != "interactive":
+            return None
+        verdict = await self.headroom.admit()
+        if verdict.admitted:
+            return None
+        return error_info(Overloaded("no engine replica has real-time headroom", verdict.retry_after_s), "admission")
+
     async def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray | PieceDone]:
-        if job.priority == "interactive":
-            verdict = await self.headroom.admit()
-            if not verdict.admitted:
-                raise ReplicaError(error_info(Overloaded("no engine replica has real-time headroom",
-                                                         verdict.retry_after_s), job.request_id))
         stream = None
         try:
             stream = self.replicas.options(stream=True).synthesize.remote(job)

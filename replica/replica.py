@@ -28,7 +28,8 @@ from models.core.threads import ThreadPlan
 from models.engine import Engine, StepHook, build_engine
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
-from models.params import FRAME_RATE_HZ, EngineStats, Segment
+from models.errors import Overloaded
+from models.params import FRAME_RATE_HZ, EngineStats, Priority, Segment
 from observability.metrics import MetricsSink
 
 from .admission import Admission, Ticket
@@ -39,7 +40,7 @@ from .conversations import ConversationContexts
 from .pipeline import SpeechPipeline, chunk_frames
 from .realtime import RealtimePolicy, StepTimes, budget_s, profile_sizes
 from .recorder import EngineRecorder, held_card
-from .records import Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
+from .records import ErrorInfo, Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
 from .text_feed import PieceDone, QueueFeed
 from .voice_store import Voice, VoiceStore
 from .voices import SYNC_INTERVAL_S, VoiceContexts
@@ -231,6 +232,15 @@ class Replica:
             admission = self.pipeline.admission
             self._recorder.on_admission(admission.capacity(), admission.headroom(), admission.num_held("interactive"),
                                         admission.num_held("batch"))
+
+    async def check_admission(self, priority: Priority) -> ErrorInfo | None:
+        """A refusal now if an interactive stream could not start within the admission's wait
+        (the same rule `synthesize` applies; it still decides)."""
+        admission = self.pipeline.admission
+        if priority != "interactive" or (expected := admission.expected_start_s(priority)) <= admission.wait_s:
+            return None
+        admission.num_refused += 1
+        return error_info(Overloaded("at capacity", None if math.isinf(expected) else expected), "admission")
 
     def open_feed(self) -> QueueFeed:
         """A text feed for a job (in-process: one asyncio queue)."""

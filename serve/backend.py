@@ -10,7 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
-from replica.records import Instances, SpeechJob
+from models.params import Priority
+from replica.records import ErrorInfo, Instances, SpeechJob
 from replica.text_feed import PieceDone, TextFeed, TextFeedWriter
 from replica.voice_store import Voice
 
@@ -22,6 +23,11 @@ class TextFeedBoth(TextFeed, TextFeedWriter, Protocol):
 class SpeechBackend(Protocol):
     async def is_ready(self) -> bool:
         """Model loaded, warmed up, and an engine answering."""
+
+    async def check_admission(self, priority: Priority) -> ErrorInfo | None:
+        """Before a job is built (its voice resolved, its text split): None if a stream of
+        `priority` may start now (or after the short wait admission allows), else the refusal
+        (overloaded, with when to retry) to answer at once. `synthesize` still decides."""
 
     def synthesize(self, job: SpeechJob) -> AsyncIterator[np.ndarray | PieceDone]:
         """Float32 24 kHz mono PCM chunks, at most job.max_audio_s long (with a PieceDone

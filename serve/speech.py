@@ -195,6 +195,8 @@ class SpeechService:
         if request.model not in self.models:
             raise ReplicaError(ErrorInfo(kind="not_found", message=f"The model '{request.model}' does not exist.",
                                          param="model", code="model_not_found"))
+        if (refused := await self.backend.check_admission(request.priority)) is not None:
+            raise ReplicaError(refused)  # at capacity: answered before any work on the request
         voice_key = request.voice_key
         if request.conversation is not None:  # a conversation with a voice speaks in it
             voice_key = (await self._conversation(request.conversation)).voice or voice_key
