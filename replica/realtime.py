@@ -21,18 +21,20 @@ Learning, from two inputs:
   and encoded beside the engine's steps, and take the GIL from them), and the idle profile
   itself is off by 10 ms at one row when taken in a noisy moment.
 
-A size that ran within `forget_s` is predicted by its own average. Any other by a line
-`c0 + c1 x rows` fitted to every size's average (each weighted by its age, halving every
-`half_life_s`: a memory that outlives the averages, so the next burst starts from it), with
-twice the idle slope (`prior_slope_factor`: what a served row costs here, at least) as a prior
-on `c1` (`prior_weight`): one size served gives the line through it with that slope; sizes far
-apart give their own slope; two neighbouring sizes, whose noisy difference says little, mostly
-the prior again. Before anything was served (a fresh
-replica's first burst), the idle profile plus `prior_excess` (25%). Not the profile scaled by
-serving's ratio over idle at the largest size (the previous rule): a ratio taken at one row
-priced every larger size far above its cost, and a burst's ratio pinned the capacity at one
-stream until it was forgotten. A slow stretch raises the sizes that ran; fast steps after it
-bring them back within a second or two. There is no slow start: a stream is admitted or
+Every size is predicted by a line `c0 + c1 x rows` fitted to the sizes' serving averages, each
+weighted by its age (halving every `half_life_s`: a memory that outlives a burst, so the next
+one starts from it) and by how many steps it averages (a size seen for a few steps, in a
+transient, counts less), with twice the idle slope (`prior_slope_factor`: what a served row
+costs here, at least) as a prior on `c1` (`prior_weight`): one size served gives the line
+through it with that slope; sizes far apart give their own slope; two neighbouring sizes,
+whose noisy difference says little, mostly the prior again. Not each size by its own average:
+on a noisy host one slow stretch at the size just above the running one priced that size over
+the budget, so it never ran again to be measured anew (pinned, until forgotten). Not the
+profile scaled by serving's ratio over idle at the largest size (the rule before): a ratio
+taken at one row priced every larger size far above its cost, and a burst's ratio pinned the
+capacity at one stream. Before anything was served (a fresh replica's first burst), the idle
+profile plus `prior_excess` (25%). A slow stretch raises the sizes that ran; fast steps after
+it bring them back within a second or two. There is no slow start: a stream is admitted or
 refused when it arrives (admission.py), on the prediction for the batch it makes; the margin
 absorbs what the prediction misses, and a stream behind its listener stops further admissions.
 The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an immutable
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 from models.params import FRAME_RATE_HZ
 
 FRAME_S = 1.0 / FRAME_RATE_HZ
+CONFIDENCE_STEPS = 5  # a size's average weighs n / (n + 5) after n steps
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class StepTimes:
                  clock=time.monotonic) -> None:
         self.alpha, self.forget_s, self.half_life_s, self._clock = alpha, forget_s, half_life_s, clock
         self.prior_weight, self.prior_slope_factor, self.prior_excess = prior_weight, prior_slope_factor, prior_excess
-        self._estimates: dict[int, tuple[float, float]] = {}  # engine thread only: rows -> (EMA s, last seen)
+        self._estimates: dict[int, tuple[float, float, int]] = {}  # engine thread only: rows -> (EMA s, last seen, n)
         # (smoothed profile, its slope, estimates as sorted items, when profiled): replaced whole
         self._state: tuple[tuple, float, tuple, float | None] = ((), 0.0, (), None)
 
@@ -168,8 +171,10 @@ class StepTimes:
         if rows < 1 or seconds <= 0:
             return
         now, old = self._clock(), self._estimates.get(rows)
-        fresh = old is None or now - old[1] > self.forget_s
-        self._estimates[rows] = (seconds if fresh else old[0] + self.alpha * (seconds - old[0]), now)
+        if old is None or now - old[1] > self.forget_s:  # a size not seen lately starts anew
+            self._estimates[rows] = (seconds, now, 1)
+        else:
+            self._estimates[rows] = (old[0] + self.alpha * (seconds - old[0]), now, old[2] + 1)
         self._state = (self._state[0], self._state[1], tuple(sorted(self._estimates.items())), self._state[3])
 
     def line(self) -> tuple[float, float] | None:
@@ -178,15 +183,16 @@ class StepTimes:
         if not estimates:
             return None
         now = self._clock()
-        points = [(rows, t, 0.5 ** ((now - seen) / self.half_life_s)) for rows, (t, seen) in estimates]
+        points = [(rows, t, 0.5 ** ((now - seen) / self.half_life_s) * n / (n + CONFIDENCE_STEPS))
+                  for rows, (t, seen, n) in estimates]
         return fit_line(points, self.prior_slope_factor * idle_slope, self.prior_weight)
 
     @property
     def model(self) -> StepModel:
-        """A size's own serving average where it ran lately; elsewhere the serving line (or,
-        before anything was served, the idle profile plus the prior excess)."""
+        """The serving line (or, before anything was served, the idle profile plus the prior
+        excess) at every size."""
         profile, fresh, line = self._state[0], self._fresh(), self.line()
-        sizes = {rows for rows, _ in profile} | set(fresh)
+        sizes = {rows for rows, _ in profile} | {rows for rows, _ in self._state[2]}
         if not sizes:
             return StepModel()
         sizes |= set(range(1, max(sizes) + 1))  # every size, so the line is followed row by row
@@ -196,8 +202,7 @@ class StepTimes:
             idle = StepModel(profile)
             periods = {rows: idle.predict(rows) * (1.0 + self.prior_excess) for rows in sizes}
         else:
-            periods = {}
-        periods.update(fresh)
+            periods = dict(fresh)
         return StepModel(tuple(sorted(periods.items())))
 
     def largest_recent(self) -> int:
@@ -212,7 +217,7 @@ class StepTimes:
 
     def _fresh(self) -> dict[int, float]:
         now = self._clock()
-        return {rows: ema for rows, (ema, seen) in self._state[2] if now - seen <= self.forget_s}
+        return {rows: ema for rows, (ema, seen, _) in self._state[2] if now - seen <= self.forget_s}
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def test_step_times_learn_a_moving_average_per_batch_size():
     times.observe(2, 0.02)
     times.observe(1, 0.01)
     times.observe(0, 5.0)  # no rows: ignored
-    assert times.model.periods == ((1, 0.01), (2, pytest.approx(0.03)))
+    assert times.inputs(2).serving == ((1, 0.01), (2, pytest.approx(0.03)))
 
 
 def test_the_serving_line_leans_on_the_idle_slope_where_the_sizes_say_little():
@@ -92,7 +92,7 @@ def test_serving_periods_carry_to_other_sizes_and_a_slow_stretch_passes_within_s
     times.observe(1, 0.037)  # serving one stream: 37 ms a step; eight: 81 ms (6.3 ms a row, not the idle 3.9)
     times.observe(8, 0.081)
     c0, c1 = times.line()
-    assert c1 == pytest.approx(0.0062, abs=2e-4)
+    assert 0.006 < c1 < 0.007  # the two sizes' slope, a little towards the prior (two steps each: weak)
     assert dict(times.model.periods)[6] == pytest.approx(c0 + 6 * c1)  # 68 ms: not admitted
     assert times.model.capacity(0.2, 8) == 5
     times.observe(3, 0.2)  # a slow stretch at three rows (a burst of refusals takes the cores)
