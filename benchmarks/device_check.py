@@ -23,7 +23,9 @@ Steps, each in its own process with a time limit (logs and intermediate files in
             listeners (each stream played back in real time from its first byte) at
             --listen-concurrency 1 4 16, 2c requests of 4 s each; per level TTFA p50/p95, RTF,
             gaps heard, streams with gaps, streams held in real time, least buffered audio
-            (min slack) and 429s. The bench leaves it --listen-s (120; 60 in a dry run: csm-tiny
+            (min slack) and 429s; then a burst of --listen-burst at once (refusal latency p50 /
+            max, streams served at once), the replica's real-time capacity after each level, and
+            the engine alone's capacity on the card beside it (served at once / engine alone). The bench leaves it --listen-s (120; 60 in a dry run: csm-tiny
             on the CPU, c=1 and 2, 1 s streams); levels that ended survive a timeout
 Writes three files to OUT (few, so they all come back from a lent machine): device-check.json
 (every step's status, env, accuracy, benchmark, listeners), accel-<device>.json (the
@@ -147,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=480, help="the whole check, setup to table")
     ap.add_argument("--listen-concurrency", type=int, nargs="+", default=[1, 4, 16], help="listen step's levels")
     ap.add_argument("--listen-s", type=float, default=120, help="time the bench leaves for the listen step")
+    ap.add_argument("--listen-burst", type=int, default=64, help="listen step's last level: this many at once")
     ap.add_argument("--dry-run", action="store_true", help="CPU, csm-tiny, small batches: the same steps")
     args = ap.parse_args(argv)
     listen_audio_s = 4.0
     if args.dry_run:
         args.device, args.model, args.concurrency, args.frames = "cpu", "csm-tiny", [2, 4], 12
-        args.listen_concurrency, args.listen_s, listen_audio_s = [1, 2], 60, 1.0
+        args.listen_concurrency, args.listen_s, listen_audio_s, args.listen_burst = [1, 2], 60, 1.0, 8
     out = Path(args.out).resolve()
     work = Path(args.work).resolve() if args.work else out.parent / f"{out.name}-work"
     check = Check(out, work, args.budget_s)
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                             "--out", str(bench_out)], check.left_s(15 + args.listen_s))
         check.run("listen", ["-m", "benchmarks.listen_check", *common, "--concurrency",
                              *map(str, args.listen_concurrency), "--max-audio-seconds", str(listen_audio_s),
-                             "--out", str(work / "listen.json")], check.left_s())
+                             "--burst", str(args.listen_burst), "--out", str(work / "listen.json")], check.left_s())
     report = {"steps": check.steps, "env": check.read("env.json"), "accuracy": check.read("accuracy.json"),
               "bench": check.read("accel.json"), "listen": check.read("listen.json")}
     if report["listen"].get("problems") and not check.steps["listen"]["status"].startswith("ok"):
@@ -225,7 +228,11 @@ def listen_table(listen: dict) -> list[str]:
     cfg = listen["config"]
     lines = [f"listen     {cfg['model']} served on {cfg['device']} (ready in {listen.get('server_start_s')} s), pcm "
              + f"streams of {cfg['max_audio_seconds']:g} s played in real time from the first byte"]
-    head = ("TTFA ms p50/p95", "RTF p50/p95", "gaps", "streams gapped/held/ok", "min slack ms p5/p50", "429s")
+    alone = listen.get("engine_alone") or {}
+    lines.append(f"listen     engine alone keeps {alone.get('capacity', '-')} streams real time; served at once / that: "
+                 f"{listen.get('served_over_engine_alone', '-')}")
+    head = ("TTFA ms p50/p95", "RTF p50/p95", "gaps", "streams gapped/held/ok", "min slack ms p5/p50", "429s",
+            "refusal ms p50/max", "at once", "capacity")
     lines.append("listen     " + "   ".join(head))
     widths = [len(h) for h in head]
     for lv in listen["levels"]:
@@ -234,7 +241,9 @@ def listen_table(listen: dict) -> list[str]:
                  "/".join("-" if rtf[q] is None else f"{rtf[q]:.2f}" for q in ("p50", "p95")),
                  str(heard["underruns"]),
                  f"{heard['streams_with_underruns']}/{heard['real_time_streams_held']}/{lv['ok']}",
-                 f"{ms(slack['p5'])}/{ms(slack['p50'])}", str(lv["errors_by_status"].get("429", 0)))
+                 f"{ms(slack['p5'])}/{ms(slack['p50'])}", str(lv["errors_by_status"].get("429", 0)),
+                 f"{ms(lv['rejections']['latency_s']['p50'])}/{ms(lv['rejections']['latency_s']['max'])}",
+                 str(lv.get("max_concurrent_ok", "-")), str(lv.get("capacity_after", "-")))
         lines.append(f"listen {lv['label']:<4}" + "   ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
     return lines
 

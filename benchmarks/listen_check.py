@@ -2,13 +2,17 @@
 
     python -m benchmarks.listen_check --device cuda --model csm-1b-random --concurrency 1 4 16 --out listen.json
 
-Starts the one-process server (`python -m deployments.local`, no Ray; its own process, as a
-client would see it, killed with this one) on a free loopback port with the model and device
-given, waits until /v2/health/ready answers 200, then runs benchmarks/load.py's closed loop
-with pcm listeners (each stream played back in real time from its first byte) at each
-concurrency level, and stops the server. The report (`config`, `server_start_s`, `levels`:
-load.py's per-level summaries) is rewritten after each level, so a timeout keeps the levels
-that ran. Exits 1 if the server did not come up or a level had a failed or lost request or
+First the engine alone in a process of its own (Engine.profile_steps at every batch size on
+the device: the streams it keeps within the real-time budget). Then the one-process server
+(`python -m deployments.local`, no Ray; its own process, as a client would see it, killed
+with this one) on a free loopback port with the model and device given, waits until
+/v2/health/ready answers 200, runs benchmarks/load.py's closed loop with pcm listeners (each
+stream played back in real time from its first byte) at each concurrency level and a last
+`--burst` of requests sent at once (refusal latency, streams served at once), reads the
+replica's published capacity after each level, and stops the server. The report (`config`,
+`engine_alone`, `server_start_s`, `levels`: load.py's per-level summaries with
+`capacity_after`, `served_over_engine_alone`) is rewritten after each level, so a timeout
+keeps the levels that ran. Exits 1 if the server did not come up or a level had a failed or lost request or
 no stream at all (429s and gaps are measurements, not failures).
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import load
+from benchmarks.realtime_serve import capacity_of, engine_alone
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "Every word arrives in time for the listener."
@@ -100,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=16, help="the server's KV slots (deployments.local's default)")
     ap.add_argument("--start-timeout-s", type=float, default=240)
     ap.add_argument("--timeout-s", type=float, default=60, help="per request")
+    ap.add_argument("--burst", type=int, default=64, help="a last level of this many at once (0: none)")
+    ap.add_argument("--margin", type=float, default=0.2, help="the replica's realtime_margin (its default)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -109,19 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     report["config"]["text"] = TEXT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.unlink(missing_ok=True)  # never a previous run's levels
+    problems: list[str] = []
+    try:  # the engine alone first (its own process), for the served-at-once ratio
+        report["engine_alone"] = engine_alone(args.model, args.max_num_seqs, args.margin, None, args.device)
+    except Exception as e:  # noqa: BLE001 - a failed measurement is a problem to report, not a crash
+        problems.append(f"engine alone: {type(e).__name__}")
     t0 = time.monotonic()
     server = start_server(args, port)
-    problems: list[str] = []
+    levels = [(c, args.requests_per_c * c) for c in args.concurrency] + ([(args.burst, args.burst)] if args.burst else [])
     try:
         wait_ready(server, url, args.start_timeout_s)
         report["server_start_s"] = round(time.monotonic() - t0, 1)
         print(f"server ready in {report['server_start_s']} s on {url}", flush=True)
-        for i, c in enumerate(args.concurrency):
+        for i, (c, n) in enumerate(levels):
             load_args = load.parse_args(["--url", url, "--concurrency", str(c), "--format", "pcm",
-                                         "--requests-per-level", str(args.requests_per_c * c),
+                                         "--requests-per-level", str(n),
                                          "--max-audio-seconds", str(args.max_audio_seconds), "--text", TEXT,
                                          "--timeout-s", str(args.timeout_s), "--warmup", "1" if i == 0 else "0"])
             report["levels"] += asyncio.run(load.run_all(load_args))
+            report["levels"][-1]["capacity_after"] = capacity_of(httpx.get(f"{url}/metrics", timeout=5).text)
             args.out.write_text(json.dumps(report, indent=2) + "\n")  # a timeout keeps the levels that ran
             problems += filter(None, [level_problem(report["levels"][-1])])
     except RuntimeError as e:
@@ -129,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_server(server)
     report["problems"] = problems
+    if report.get("engine_alone") and report["levels"]:
+        best = max(level["max_concurrent_ok"] for level in report["levels"])
+        report["served_over_engine_alone"] = round(best / max(1, report["engine_alone"]["capacity"]), 2)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)

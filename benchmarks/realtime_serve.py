@@ -38,22 +38,32 @@ ROOT = Path(__file__).resolve().parent.parent
 URL, METRICS = "http://127.0.0.1:8000", "http://127.0.0.1:8080/metrics"
 
 
-def engine_alone(model: str, rows: int, margin: float, threads: int) -> dict:
-    """Step period per batch size of an idle engine on `threads` intra-op threads, in a process
-    of its own (its OpenMP team must not spin beside the server later)."""
+def engine_alone(model: str, rows: int, margin: float, threads: int | None, device: str = "cpu") -> dict:
+    """Step period per batch size of an idle engine (on `threads` intra-op threads; None: torch's
+    default), in a process of its own (its OpenMP team must not spin beside the server later,
+    and its card memory is given back), and the streams it keeps within the real-time budget."""
+    set_threads = f"torch.set_num_threads({threads})" if threads else "pass"
     code = f"""import json, torch
 from models import EngineConfig, build_engine
 from replica.realtime import StepModel, budget_s
-torch.set_num_threads({threads})
-engine = build_engine(EngineConfig(model={model!r}, device="cpu", max_num_seqs={rows}))
+{set_threads}
+engine = build_engine(EngineConfig(model={model!r}, device={device!r}, max_num_seqs={rows}))
 engine.warm_up()
 engine.profile_steps([1, 2, 4], periods=5)  # untimed: the allocator and caches settle
 profile = engine.profile_steps(list(range(1, {rows} + 1)), periods=9)
-print(json.dumps({{"threads": {threads}, "period_ms": {{b: round(t * 1e3, 1) for b, t in profile}},
+print(json.dumps({{"threads": {threads!r}, "period_ms": {{b: round(t * 1e3, 1) for b, t in profile}},
                   "budget_ms": round(budget_s({margin}) * 1e3, 1), "capacity": StepModel(profile).capacity({margin}, {rows})}}))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def capacity_of(metrics_text: str) -> float | None:
+    """The replicas' summed `tts_realtime_capacity_streams` in a Prometheus text export (Ray's
+    names carry a `ray_` prefix)."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+              if line.split("{", 1)[0].removeprefix("ray_") == "tts_realtime_capacity_streams"]
+    return sum(values) if values else None
 
 
 def start_server() -> subprocess.Popen:
@@ -101,12 +111,9 @@ def niceness() -> dict[str, int]:
 
 def capacity_now() -> float | None:
     try:
-        text = httpx.get(METRICS, timeout=5).text
+        return capacity_of(httpx.get(METRICS, timeout=5).text)
     except httpx.HTTPError:
         return None
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith("ray_tts_realtime_capacity_streams{")]
-    return sum(values) if values else None
 
 
 def run_load(label: str, concurrency: int, requests: int, args: argparse.Namespace) -> dict:

@@ -13,9 +13,10 @@ joining stream's own listener is not counted: waiting would not give it slack):
 
 else it waits (re-checked every `recheck_s`), at most `max_defer_s`, after which it joins
 anyway (its own first audio is worth more than a few ms of someone's gap). A stream that starts
-while others are joining (a burst: its prefill ran a step before theirs) holds its first chunk
-until it covers the joining step (`next_step_s`; pipeline.py): a frame more of first-audio
-time instead of a gap after the first frame. Joiners released
+while others are joining or waiting to (a burst: its prefill ran a step before theirs) holds its
+first chunk until it covers their joining step (`next_step_s`; pipeline.py): a frame or two
+more of first-audio time instead of a gap after the first frame, and the slack that lets the
+waiting ones join. Joiners released
 together prefill in one step. The join cost per joiner is learned from the engine's steps
 (`observe`: a step's time beyond the predicted decode step, per prefill). No playing listener
 (all batch, or all waiting for their client's text): nothing to protect, a text joins at once.
@@ -41,6 +42,7 @@ class JoinGate:
         self.max_defer_s, self.margin_s, self.recheck_s, self.alpha = max_defer_s, margin_s, recheck_s, alpha
         self.join_cost_s = FRAME_S / 4  # per joiner; replaced by what the steps show
         self._joining = 0  # released, not yet prefilled
+        self._waiting = 0  # waiting for slack to join
         self.num_deferred = 0  # texts that waited for slack (stats)
 
     def observe(self, num_prefills: int, step_s: float, decode_s: float) -> None:
@@ -52,13 +54,13 @@ class JoinGate:
 
     @property
     def num_joining(self) -> int:
-        """Texts released to join whose prefill has not run yet."""
-        return self._joining
+        """Texts released to join whose prefill has not run yet, and texts waiting to join."""
+        return self._joining + self._waiting
 
     def next_step_s(self) -> float:
         """How long the next step is expected to take: a decode step, and the joiners
-        released but not yet prefilled."""
-        return self._period_s() + self._joining * self.join_cost_s
+        released or waiting (they will join within `max_defer_s`)."""
+        return self._period_s() + (self._joining + self._waiting) * self.join_cost_s
 
     def room(self, now: float, stream: str | None = None) -> bool:
         """Whether one more text of `stream` may join now (its own listener is not counted:
@@ -75,8 +77,12 @@ class JoinGate:
         start = time.monotonic()
         if not self.room(start, stream):
             self.num_deferred += 1
-            while not self.room(now := time.monotonic(), stream) and now - start < self.max_defer_s:
-                await asyncio.sleep(self.recheck_s)
+            self._waiting += 1
+            try:
+                while not self.room(now := time.monotonic(), stream) and now - start < self.max_defer_s:
+                    await asyncio.sleep(self.recheck_s)
+            finally:
+                self._waiting -= 1
         self._joining += 1
         return Joining(self)
 

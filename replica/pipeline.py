@@ -54,7 +54,7 @@ def next_chunk_frames(delivered: int, lead: float, cap: int) -> int:
     return max(1, min(cap, 1 + int(lead * delivered + 1e-9)))
 
 
-FLUSH_MARGIN_S = 0.03  # a chunk's decode and transport after its last frame, with room to spare
+FLUSH_MARGIN_S = 0.05  # a chunk's decode and transport after its last frame, and their jitter
 
 
 class SpeechPipeline:

@@ -30,7 +30,8 @@ def test_device_check_dry_run(tmp_path):
     """`make device-check-dry`: the GPU check's every step on this CPU (csm-tiny), so the
     command cannot rot before a GPU host is available. The bench step is the accelerator
     benchmark's three systems (captured = torch.compile on CPU); the listen step serves
-    csm-tiny over HTTP and plays pcm streams back in real time at c=1 and c=2."""
+    csm-tiny over HTTP and plays pcm streams back in real time at c=1 and c=2, then a burst of 8,
+    beside the engine alone's capacity."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.device_check", "--dry-run", "--out", str(out),
                            "--budget-s", "600"], check=False, capture_output=True, text=True, timeout=900)
@@ -54,8 +55,12 @@ def test_device_check_dry_run(tmp_path):
     assert res["captured"]["ttfa_single"]["ttfa_p50_s"] > 0 and "captured_over_eager_c4" in report["bench"]["speedups"]
     listen = report["listen"]  # what real-time listeners heard, per level, from the served API
     assert listen["config"]["model"] == "csm-tiny" and listen["server_start_s"] > 0 and listen["problems"] == []
-    assert [lv["label"] for lv in listen["levels"]] == ["c=1", "c=2"]
-    for lv in listen["levels"]:
+    assert [lv["label"] for lv in listen["levels"]] == ["c=1", "c=2", "c=8"]  # the last: a burst of 8 at once
+    burst = listen["levels"][-1]
+    assert burst["ok"] + burst["rejected"] == 8 and burst["ok"] >= 1 and burst["failed"] == burst["lost"] == 0
+    assert burst["capacity_after"] >= 1 and listen["engine_alone"]["capacity"] >= 1
+    assert listen["served_over_engine_alone"] > 0
+    for lv in listen["levels"][:2]:
         heard = lv["listeners"]
         assert lv["sent"] == lv["ok"] == 2 * lv["concurrency"] and lv["failed"] == lv["lost"] == 0
         assert lv["ttfa_s"]["p95"] >= lv["ttfa_s"]["p50"] > 0 and lv["rtf"]["p50"] > 0
@@ -65,7 +70,7 @@ def test_device_check_dry_run(tmp_path):
     log = (out / "device-check.log").read_text()
     assert "===== bench =====" in log and "===== listen =====" in log
     lines = proc.stdout.strip().splitlines()  # the table comes last, the listeners' rows at its end
-    assert lines[-2].startswith("listen c=1 ") and lines[-1].startswith("listen c=2 ")
+    assert [line.split()[1] for line in lines[-3:]] == ["c=1", "c=2", "c=8"]
     assert any(line.startswith("speedup") for line in lines)
     assert "== device check: cpu ==" in proc.stdout
 
