@@ -20,11 +20,14 @@ class KVAccess:
     """Where one forward writes its new keys/values and what it attends to.
 
     write: (slot [N], pos [N]) cache coordinates, and (row [N], t [N]) in the new keys,
-    or None when every (row, t=0) is written (decode). read: cache rows, as a slice when
-    they are contiguous (a view, no copy) or an index tensor (a gather)."""
+    or None when every (row, t=0) is written (decode); or, where rows 0..B of the cache are
+    the batch's rows, all written at the same positions (the depth decoder), `write_slot`
+    slice(0, B) and `write_pos` a slice of T positions, or one position as a 0-d tensor
+    (a compiled step's): one write into the cache in place. read: cache rows, as a slice when they are
+    contiguous (a view, no copy) or an index tensor (a gather)."""
 
-    write_slot: torch.Tensor
-    write_pos: torch.Tensor
+    write_slot: torch.Tensor | slice
+    write_pos: torch.Tensor | slice
     write_sel: tuple[torch.Tensor, torch.Tensor] | None
     read: slice | torch.Tensor
     kv_len: int
@@ -32,6 +35,10 @@ class KVAccess:
 
     def update(self, cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """cache [S, kvh, L, hd]; new [B, kvh, T, hd]. Returns the rows to attend to."""
+        if isinstance(self.write_slot, slice):  # the batch's own rows, same positions
+            at = self.write_pos if isinstance(self.write_pos, slice) else self.write_pos.view(1)  # [1], not 0-d:
+            cache[self.write_slot, :, at] = new  # a 0-d index would be read on the host
+            return cache[self.read, :, : self.kv_len]
         new = new.transpose(1, 2)  # [B, T, kvh, hd]
         new = new[:, 0] if self.write_sel is None else new[self.write_sel]  # [N, kvh, hd]
         cache[self.write_slot, :, self.write_pos] = new
@@ -57,11 +64,6 @@ def rows_of(slots: list[int]) -> slice | torch.Tensor:
     if slots == list(range(lo, lo + len(slots))):
         return slice(lo, lo + len(slots))
     return torch.tensor(slots)
-
-
-def all_pairs(n: int, t: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (row, t) pair, row-major: selects all new keys of a multi-token forward."""
-    return torch.arange(n, device=device).repeat_interleave(t), torch.arange(t, device=device).repeat(n)
 
 
 def decoder_layer(layer, x, cos, sin, k_cache, v_cache, kv: KVAccess) -> torch.Tensor:
