@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import KVAccess, decoder_layer
+from .attention import KVAccess, decoder_layer, rope_tables
 from .sampler import FrameDraws, RowSampling, prepare_frame, sample, seed_key, vocab_hash
 
 
@@ -51,8 +51,7 @@ class FrameSampler:
         self.temperature = torch.zeros(num_slots + 1, dtype=torch.float32, device=dev)
         self.top_k = torch.ones(num_slots + 1, dtype=torch.long, device=dev)
         self._top_k_host = [1] * (num_slots + 1)
-        probe = torch.zeros(1, dtype=dt, device=dev)
-        self.rope = self.depth.rotary_emb(probe, torch.arange(cfg.num_codebooks, device=dev)[None])  # 2x [1, 32, hd]
+        self.rope = rope_tables(self.depth.rotary_emb, torch.arange(cfg.num_codebooks, device=dev), dt)  # 2x [1, 32, hd]
         self._causal2 = torch.ones(2, 2, dtype=torch.bool, device=dev).tril()[None, None]  # first depth forward
         self.positions = torch.arange(cfg.num_codebooks, device=dev)
         self.offsets = (self.positions - 1) * cfg.vocab_size  # codebook p's rows in the depth embedding table

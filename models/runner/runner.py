@@ -20,7 +20,7 @@ from ..core.prompt import PromptTokens
 from ..core.request import Request
 from ..core.scheduler import PrefillChunk, RunnerOutput, SchedulerOutput
 from ..params import GenerationParams
-from .attention import KVAccess, PrefixKV, decoder_layer, rows_of
+from .attention import KVAccess, PrefixKV, decoder_layer, rope_tables, rows_of
 from .frame import FrameSampler
 from .graphs import CapturedStep, CaptureMode, Capturer, allow_recompiles, bucket_for, host_buffer
 
@@ -42,8 +42,7 @@ class ModelRunner:
         self.last_codes = torch.zeros(num_slots + 1, cfg.num_codebooks, dtype=torch.long, device=dev)
         self.frames = FrameSampler(model, num_slots)
         # RoPE tables for every position, computed once by the module's own rotary embedding.
-        probe = torch.zeros(1, dtype=dt, device=dev)
-        self.rope = self.backbone.rotary_emb(probe, torch.arange(max_seq_len, device=dev)[None])  # 2x [1, L, hd]
+        self.rope = rope_tables(self.backbone.rotary_emb, torch.arange(max_seq_len, device=dev), dt)  # 2x [1, L, hd]
         self.capture_mode: CaptureMode | None = None
         self.batch_buckets: list[int] = []
         self.kv_buckets: list[int] = []
