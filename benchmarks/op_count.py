@@ -55,11 +55,12 @@ SOURCES = (
     ("models.runner.attention", "KVAccess.update", "cache writes"),
 )
 # Under compile, functions traced into compiled blocks cannot be wrapped (dynamo would trace
-# the wrapper); the frame's captured step is labelled instead, and of its ops those inside a
-# compiled region are the depth steps, the rest the depth start (with codebooks 0 and 1's draws).
+# the wrapper, or recompile): a captured step is labelled backbone and its frame sampler
+# `frame`, whose ops inside a compiled region are the depth steps, the rest the depth start
+# (with codebooks 0 and 1's draws and the frame's noise).
 COMPILED_SOURCES = (
-    ("models.runner.runner", "ModelRunner._decode", "backbone"),
-    ("models.runner.graphs", "CapturedStep.run", "frame"),
+    ("models.runner.graphs", "CapturedStep.run", "backbone"),
+    ("models.runner.frame", "FrameSampler.sample_frame", "frame"),
 )
 COMPILED_REGION = "Torch-Compiled Region"
 ORDER = ("backbone", "depth start", "depth step", "sampler", "cache writes", "casts", "runner")
@@ -68,12 +69,7 @@ ORDER = ("backbone", "depth start", "depth step", "sampler", "cache writes", "ca
 def _labelled(fn, source: str):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        label = source
-        if source == "frame" and len(args) < 5 and "hidden" not in kwargs:  # CapturedStep.run of a decode step
-            label = None
-        if label is None:
-            return fn(*args, **kwargs)
-        with record_function(LABEL + label):
+        with record_function(LABEL + source):
             return fn(*args, **kwargs)
 
     return wrapper
