@@ -95,3 +95,39 @@ def test_step_ab_runs_on_the_tiny_model():
 
     report = step_ab(["--label", "smoke", "--model", "csm-tiny"])
     assert report["steady_step_ms_median"] > 0 and report["mixed_frames_per_s"] > 0
+
+
+def test_step_ab_capacity_is_the_most_rows_within_the_frame_budget():
+    from benchmarks.step_ab import capacity
+
+    measured = {"1": 20.0, "4": 30.0, "8": 50.0, "12": 70.0, "16": 80.0}  # ms per step
+    assert capacity(measured, 0.2) == 11  # 11 rows: 65 ms interpolated, 12: 70 ms > 66.7 ms
+    assert capacity(measured, 0.1) == 13  # budget 72.7 ms: 13 rows 72.5 ms
+    assert capacity({"1": 70.0}, 0.2) == 0 and capacity({"1": 10.0, "16": 20.0}, 0.2) == 16
+
+
+@pytest.mark.slow
+def test_step_ab_pairs_a_git_revision_with_this_tree(tmp_path):
+    """--ref: the revision's tree and this one in turn, each in its own process, per batch size."""
+    from benchmarks.step_ab import main as step_ab
+
+    report = step_ab(["--ref", "HEAD", "--model", "csm-tiny", "--workloads", "sizes", "--sizes", "1", "2",
+                      "--steps", "2", "--rounds", "1", "--out", str(tmp_path / "ab.json")])
+    assert set(report["step_ms"]) == {"old", "new"} and set(report["step_ms"]["old"]) == {"1", "2"}
+    assert all(ms > 0 for side in report["step_ms"].values() for ms in side.values())
+    assert report["new_over_old"]["1"] > 0 and set(report["realtime_capacity"]) == {"old", "new"}
+    assert report["runs"]["old"][0]["label"] == "old (HEAD)"
+
+
+def test_op_count_counts_a_decode_step_by_source():
+    """benchmarks/op_count.py on csm-tiny: every counted op has one source, and the sampler is
+    a frame's noise at once plus a handful of ops per codebook (not ~80 per codebook)."""
+    from benchmarks.op_count import ORDER, main as op_count
+
+    report = op_count(["--batch", "1", "2", "--steps", "2"])
+    assert [(r["mode"], r["batch"]) for r in report["rows"]] == [("eager", 1), ("eager", 2)]
+    for row in report["rows"]:
+        assert sum(row["by_source"].values()) == row["ops"] == sum(row["by_kind"].values()) > 0
+        assert set(row["by_source"]) <= set(ORDER) and row["by_source"]["depth step"] > 0
+        assert row["by_source"]["sampler"] <= 8 * 32 + 60, row["by_source"]
+        assert 0 < row["leaves"] < row["ops"] and row["step_ms"] > 0
