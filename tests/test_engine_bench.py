@@ -38,13 +38,16 @@ def test_device_check_dry_run(tmp_path):
     # few files, so all of them come back from a lent machine
     assert sorted(p.name for p in out.iterdir()) == ["accel-cpu.json", "device-check.json", "device-check.log"]
     report = json.loads((out / "device-check.json").read_text())
-    assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "bench", "listen"]
+    assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "ops", "bench", "listen"]
     assert all(s["status"].startswith("ok") for s in report["steps"].values()), report["steps"]
     tests = report["steps"]["tests"]  # no accelerator here: every accelerator test skipped, and said so
     accel_tests = (ROOT / "tests/models/test_accel.py").read_text().count("\ndef test_")
     assert tests["tests"] == accel_tests >= 2 and tests["skipped"] == tests["tests"] and tests["passed"] == 0
     assert tests["status"] == f"ok (dry run: all {tests['tests']} skipped, no accelerator)"
     assert report["accuracy"]["codebooks"] == 32 and report["accuracy"]["cosine_min"] > 0.99
+    ops = report["ops"]["rows"]  # the step's launches: on the CPU eager only, host ops counted, no kernels
+    assert [(r["mode"], r["batch"]) for r in ops] == [("eager", 1), ("eager", 8)]
+    assert all(r["cpu_ops"] > 0 and r["device_kernels"] == 0 and r["step_ms"] > 0 for r in ops)
     res = report["bench"]["results"]
     assert res["eager"]["capture"] == "eager" and res["captured"]["capture"] == "compile"
     assert res["transformers"]["compiled"] is False  # generate compiles on cuda only
@@ -63,10 +66,11 @@ def test_device_check_dry_run(tmp_path):
         assert heard["min_slack_s"]["p50"] is not None and lv["audio_s"]["min"] > 0
     assert json.loads((out / "accel-cpu.json").read_text())["listen"] == listen
     log = (out / "device-check.log").read_text()
-    assert "===== bench =====" in log and "===== listen =====" in log
+    assert "===== bench =====" in log and "===== listen =====" in log and "===== ops =====" in log
     lines = proc.stdout.strip().splitlines()  # the table comes last, the listeners' rows at its end
     assert lines[-2].startswith("listen c=1 ") and lines[-1].startswith("listen c=2 ")
     assert any(line.startswith("speedup") for line in lines)
+    assert any(line.startswith("ops        eager    batch   8:") for line in lines)
     assert "== device check: cpu ==" in proc.stdout
 
 
