@@ -34,8 +34,11 @@ CaptureMode = Literal["graphs", "compile"]
 
 def resolve_capture(mode: str, device: torch.device, enforce_eager: bool) -> CaptureMode | None:
     """The capture mode for a device, or None for eager. `auto` is device graphs on cuda and
-    npu (when torch_npu offers NPUGraph) and eager on cpu, where launches are cheap and the
-    step is bound by memory bandwidth."""
+    npu (when torch_npu offers NPUGraph) and eager on cpu. On cpu `compile` does not pay for
+    its warm-up (measured with benchmarks/op_count.py on a 2-core CPU, bf16, in one run:
+    csm-tiny steps 19% faster at batch 1 but 24-31% slower at 8 and 16, where real-time
+    capacity is decided; csm-1b-random, bound by memory bandwidth, within 10% either way;
+    70-120 s of cold warm-up per engine), so auto keeps cpu eager."""
     if enforce_eager:
         return None
     if mode == "auto":
