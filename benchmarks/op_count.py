@@ -204,12 +204,15 @@ def measure(engine, batch: int, steps: int) -> dict:
             "by_source_kind": {f"{s}/{k}": n for (s, k), n in sorted(counted.items())}}
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], kinds_shown: int = 10) -> str:
     head = f"{'mode':<8} {'batch':>5} {'ops':>6} {'leaves':>6} {'step ms':>8}  " + " ".join(f"{s:>12}" for s in ORDER)
     lines = [head]
     for r in rows:
         cells = " ".join(f"{r['by_source'].get(s, 0):>12}" for s in ORDER)
         lines.append(f"{r['mode']:<8} {r['batch']:>5} {r['ops']:>6} {r['leaves']:>6} {r['step_ms']:>8.2f}  {cells}")
+    for r in rows:  # and by kind, the most frequent
+        kinds = ", ".join(f"{kind} {n}" for kind, n in list(r["by_kind"].items())[:kinds_shown])
+        lines.append(f"{r['mode']} batch {r['batch']} by kind: {kinds}")
     return "\n".join(lines)
 
 
