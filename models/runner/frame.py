@@ -3,7 +3,8 @@ codebooks 1..31 from the depth decoder, all rows in ONE batched 31-step loop.
 
 Owns the depth decoder's KV cache (reset every frame: rows are batch positions, not slots)
 and each KV slot's sampling state (seed key, temperature, top-k), with one extra row for the
-scratch slot that pads captured batches.
+scratch slot that pads captured batches. A frame's sampling (noise for all 32 codebooks,
+1/T, top-k thresholds) is prepared once (sampler.prepare_frame), so each draw is a few ops.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class DepthView:
     kv_len: int
     mask: torch.Tensor | None
     cos: torch.Tensor
-    sin: torch.Tensor
+    sin: torch.Tensor  # signed (attention.rope_tables)
     head: torch.Tensor  # [Hd, V]
     codebook: int | torch.Tensor
     offset: int | torch.Tensor
