@@ -14,6 +14,9 @@ Steps, each in its own process with a time limit (logs and intermediate files in
             run and pass (a skipped test fails the step); in a dry run they are all skipped
             (no accelerator), which the step says
   accuracy  first-frame logits, bf16 on the card vs float32 on the CPU, cosine > 0.9999
+  ops       what a decode step costs in launches at batch 1 and 8: eager (host compute ops,
+            device kernels) and captured (kernels inside the one whole-frame replay, and its
+            time beside the eager step's)
   bench     benchmarks.accel_bench: engine captured vs eager vs transformers' static-cache
             recipe; one 10 s request alone (RTF, time to first frame / audio) and 64 and 256
             at once (aggregate frames/s); partial results survive a timeout
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         check.judge_tests(junit, args.dry_run)
         check.run("accuracy", ["-m", "benchmarks.device_steps", "accuracy", *common,
                                "--out", str(work / "accuracy.json")], 120)
+        check.run("ops", ["-m", "benchmarks.device_steps", "ops", *common, "--out", str(work / "ops.json")], 90)
         bench_out = work / "accel.json"
         check.run("bench", ["-m", "benchmarks.accel_bench", *common, "--dtype", "bfloat16" if not args.dry_run
                             else "float32", "--concurrency", *map(str, args.concurrency), "--frames", str(args.frames),
@@ -177,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                              *map(str, args.listen_concurrency), "--max-audio-seconds", str(listen_audio_s),
                              "--burst", str(args.listen_burst), "--out", str(work / "listen.json")], check.left_s())
     report = {"steps": check.steps, "env": check.read("env.json"), "accuracy": check.read("accuracy.json"),
+              "ops": check.read("ops.json"),
               "bench": check.read("accel.json"), "listen": check.read("listen.json")}
     if report["listen"].get("problems") and not check.steps["listen"]["status"].startswith("ok"):
         check.steps["listen"]["status"] += ": " + "; ".join(report["listen"]["problems"])
     name = report["env"].get("gpu", args.device).replace(" ", "-")
     if report["bench"] or report["listen"]:
         (out / f"accel-{name}.json").write_text(json.dumps({**report["bench"], "env": report["env"],
-                                                             "accuracy": report["accuracy"],
+                                                             "accuracy": report["accuracy"], "ops": report["ops"],
                                                              "listen": report["listen"]}, indent=2) + "\n")
     (out / "device-check.json").write_text(json.dumps(report, indent=2) + "\n")
     check.collect_logs()
@@ -199,6 +204,10 @@ def table(report: dict, name: str) -> str:
     if acc:
         lines.append(f"accuracy   cosine min {acc['cosine_min']:.6f} (mean {acc['cosine_mean']:.6f}) over "
                      f"{acc['codebooks']} codebooks, {'PASS' if acc['passed'] else 'FAIL'} (> {acc['threshold']})")
+    for row in report["ops"].get("rows", []):
+        lines.append(f"ops        {row['mode']:<8} batch {row['batch']:>3}: {row['cpu_ops']} host ops, "
+                     f"{row['device_kernels']} device kernels, step {row['step_ms']:.2f} ms"
+                     + (f", {row['whole_frame_replays']} whole-frame replays" if row["mode"] == "captured" else ""))
     sdpa = report["env"].get("sdpa_backend")
     if sdpa:
         lines.append("sdpa       " + ", ".join(f"{k}={v}" for k, v in sdpa.items()))

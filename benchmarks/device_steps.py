@@ -1,7 +1,8 @@
-"""Two steps of the accelerator check (benchmarks/device_check.py), each run in its own process:
+"""Three steps of the accelerator check (benchmarks/device_check.py), each run in its own process:
 
     python -m benchmarks.device_steps env --device cuda --out env.json
     python -m benchmarks.device_steps accuracy --device cuda --model csm-1b-random --out accuracy.json
+    python -m benchmarks.device_steps ops --device cuda --model csm-1b-random --out ops.json
 
 `env`: what the card and the software are, and which SDPA kernel PyTorch picks for the
 engine's real decode shapes (boolean mask + GQA often falls back to the math kernel on
@@ -10,6 +11,10 @@ CUDA, see FIELD-NOTES).
 transformers' float32 forward on the CPU, with the card's codes teacher-forced into the
 depth decoder: cosine per codebook, which the Ascend port's accuracy evaluation wants above
 0.9999. The engine runs eagerly here (sample() is recorded; captured graphs cannot be).
+`ops`: what one decode step costs in launches, at batch 1 and 8: eager, the host's compute
+ops (benchmarks/op_count.py's rule) and the device kernels the profiler saw; captured
+(`capture: auto`: one whole-frame graph replay per decode-only step), the kernels inside the
+replay and the step's time, beside the eager step's. On the CPU (the dry run) eager only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -104,14 +110,67 @@ def accuracy_report(device: str, model: str) -> dict:
             "passed": len(cosines) == 32 and min(cosines) > 0.9999}
 
 
+def _one_step(engine, batch: int, steps: int) -> dict:
+    """Profile one decode-only step of `batch` rows, then time `steps` more (each step ends
+    by reading its codes back: a sync)."""
+    import statistics
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.op_count import count_ops
+    from models import GenerationParams
+
+    for i in range(batch):
+        engine.add_request(f"ops{batch}-{i}", TEXT, GenerationParams(seed=i, max_frames=steps + 8))
+    for _ in range(3):
+        engine.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    replays = engine.stats().num_captured_decodes
+    with profile(activities=activities, record_shapes=True) as prof:
+        engine.step()
+    kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t0)
+    replayed = engine.stats().num_captured_decodes - replays
+    while engine.has_unfinished_requests():
+        engine.step()
+    return {"batch": batch, "cpu_ops": sum(count_ops(prof.events()).values()), "device_kernels": kernels,
+            "step_ms": round(statistics.median(times) * 1e3, 3), "whole_frame_replays": replayed}
+
+
+def ops_report(device: str, model: str, batches: tuple[int, ...] = (1, 8), steps: int = 10) -> dict:
+    from models import Engine, EngineConfig, load_model
+    from models.runner.graphs import resolve_capture
+
+    loaded = load_model(model, device, "bfloat16" if device != "cpu" else "float32")
+    modes = ["eager"] + (["captured"] if resolve_capture("auto", loaded.device, False) else [])
+    report = {"model": model, "device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch."),
+              "rows": [], "warm_up_s": {}}
+    for mode in modes:
+        config = EngineConfig(model=model, max_num_seqs=max(batches), max_seq_len=512, max_frames_cap=256,
+                              capture_batch_sizes=list(batches), enforce_eager=mode == "eager")
+        engine = Engine(loaded, config)
+        t0 = time.perf_counter()
+        engine.warm_up()
+        report["warm_up_s"][mode] = round(time.perf_counter() - t0, 1)
+        report["rows"] += [{"mode": mode, **_one_step(engine, b, steps)} for b in batches]
+        del engine
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["env", "accuracy"])
+    ap.add_argument("step", choices=["env", "accuracy", "ops"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default="csm-1b-random")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    report = env_report(args.device, args.model) if args.step == "env" else accuracy_report(args.device, args.model)
+    steps = {"env": env_report, "accuracy": accuracy_report, "ops": ops_report}
+    report = steps[args.step](args.device, args.model)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
     return 0 if report.get("passed", True) else 1

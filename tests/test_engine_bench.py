@@ -39,13 +39,16 @@ def test_device_check_dry_run(tmp_path):
     # few files, so all of them come back from a lent machine
     assert sorted(p.name for p in out.iterdir()) == ["accel-cpu.json", "device-check.json", "device-check.log"]
     report = json.loads((out / "device-check.json").read_text())
-    assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "bench", "listen"]
+    assert list(report["steps"]) == ["setup", "env", "tests", "accuracy", "ops", "bench", "listen"]
     assert all(s["status"].startswith("ok") for s in report["steps"].values()), report["steps"]
     tests = report["steps"]["tests"]  # no accelerator here: every accelerator test skipped, and said so
     accel_tests = (ROOT / "tests/models/test_accel.py").read_text().count("\ndef test_")
     assert tests["tests"] == accel_tests >= 2 and tests["skipped"] == tests["tests"] and tests["passed"] == 0
     assert tests["status"] == f"ok (dry run: all {tests['tests']} skipped, no accelerator)"
     assert report["accuracy"]["codebooks"] == 32 and report["accuracy"]["cosine_min"] > 0.99
+    ops = report["ops"]["rows"]  # the step's launches: on the CPU eager only, host ops counted, no kernels
+    assert [(r["mode"], r["batch"]) for r in ops] == [("eager", 1), ("eager", 8)]
+    assert all(r["cpu_ops"] > 0 and r["device_kernels"] == 0 and r["step_ms"] > 0 for r in ops)
     res = report["bench"]["results"]
     assert res["eager"]["capture"] == "eager" and res["captured"]["capture"] == "compile"
     assert res["transformers"]["compiled"] is False  # generate compiles on cuda only
@@ -68,10 +71,11 @@ def test_device_check_dry_run(tmp_path):
         assert heard["min_slack_s"]["p50"] is not None and lv["audio_s"]["min"] > 0
     assert json.loads((out / "accel-cpu.json").read_text())["listen"] == listen
     log = (out / "device-check.log").read_text()
-    assert "===== bench =====" in log and "===== listen =====" in log
+    assert "===== bench =====" in log and "===== listen =====" in log and "===== ops =====" in log
     lines = proc.stdout.strip().splitlines()  # the table comes last, the listeners' rows at its end
     assert [line.split()[1] for line in lines[-3:]] == ["c=1", "c=2", "c=8"]
     assert any(line.startswith("speedup") for line in lines)
+    assert any(line.startswith("ops        eager    batch   8:") for line in lines)
     assert "== device check: cpu ==" in proc.stdout
 
 
@@ -100,3 +104,39 @@ def test_step_ab_runs_on_the_tiny_model():
 
     report = step_ab(["--label", "smoke", "--model", "csm-tiny"])
     assert report["steady_step_ms_median"] > 0 and report["mixed_frames_per_s"] > 0
+
+
+def test_step_ab_capacity_is_the_most_rows_within_the_frame_budget():
+    from benchmarks.step_ab import capacity
+
+    measured = {"1": 20.0, "4": 30.0, "8": 50.0, "12": 70.0, "16": 80.0}  # ms per step
+    assert capacity(measured, 0.2) == 11  # 11 rows: 65 ms interpolated, 12: 70 ms > 66.7 ms
+    assert capacity(measured, 0.1) == 13  # budget 72.7 ms: 13 rows 72.5 ms
+    assert capacity({"1": 70.0}, 0.2) == 0 and capacity({"1": 10.0, "16": 20.0}, 0.2) == 16
+
+
+@pytest.mark.slow
+def test_step_ab_pairs_a_git_revision_with_this_tree(tmp_path):
+    """--ref: the revision's tree and this one in turn, each in its own process, per batch size."""
+    from benchmarks.step_ab import main as step_ab
+
+    report = step_ab(["--ref", "HEAD", "--model", "csm-tiny", "--workloads", "sizes", "--sizes", "1", "2",
+                      "--steps", "2", "--rounds", "1", "--out", str(tmp_path / "ab.json")])
+    assert set(report["step_ms"]) == {"old", "new"} and set(report["step_ms"]["old"]) == {"1", "2"}
+    assert all(ms > 0 for side in report["step_ms"].values() for ms in side.values())
+    assert report["new_over_old"]["1"] > 0 and set(report["realtime_capacity"]) == {"old", "new"}
+    assert report["runs"]["old"][0]["label"] == "old (HEAD)"
+
+
+def test_op_count_counts_a_decode_step_by_source():
+    """benchmarks/op_count.py on csm-tiny: every counted op has one source, and the sampler is
+    a frame's noise at once plus a handful of ops per codebook (not ~80 per codebook)."""
+    from benchmarks.op_count import ORDER, main as op_count
+
+    report = op_count(["--batch", "1", "2", "--steps", "2"])
+    assert [(r["mode"], r["batch"]) for r in report["rows"]] == [("eager", 1), ("eager", 2)]
+    for row in report["rows"]:
+        assert sum(row["by_source"].values()) == row["ops"] == sum(row["by_kind"].values()) > 0
+        assert set(row["by_source"]) <= set(ORDER) and row["by_source"]["depth step"] > 0
+        assert row["by_source"]["sampler"] <= 8 * 32 + 60, row["by_source"]
+        assert 0 < row["leaves"] < row["ops"] and row["step_ms"] > 0

@@ -12,8 +12,9 @@ that return one output tensor. Three ways to make them cheap to launch:
   backend on npu when it is installed), and "capturing" calls the function once so every
   shape is compiled at warm-up, not on a user's request. The blocks are the backbone step and
   one depth step: compiling the unrolled 31-step loop whole takes minutes of C++ compilation
-  on a CPU for no gain. On cuda `graphs` (the default) captures more per replay: the whole
-  31-step depth loop is one graph there, where `compile` replays one graph per depth step.
+  on a CPU for no gain. On cuda `graphs` (the default) captures more per replay: a decoding
+  batch's whole frame (backbone step, 31-step depth loop, 32 draws) is one graph there, where
+  `compile` replays one graph per depth step.
 
 The model code knows none of this; `enforce_eager` in the engine config turns it all off.
 """
@@ -33,8 +34,11 @@ CaptureMode = Literal["graphs", "compile"]
 
 def resolve_capture(mode: str, device: torch.device, enforce_eager: bool) -> CaptureMode | None:
     """The capture mode for a device, or None for eager. `auto` is device graphs on cuda and
-    npu (when torch_npu offers NPUGraph) and eager on cpu, where launches are cheap and the
-    step is bound by memory bandwidth."""
+    npu (when torch_npu offers NPUGraph) and eager on cpu. On cpu `compile` does not pay for
+    its warm-up (measured with benchmarks/op_count.py on a 2-core CPU, bf16, in one run:
+    csm-tiny steps 19% faster at batch 1 but 24-31% slower at 8 and 16, where real-time
+    capacity is decided; csm-1b-random, bound by memory bandwidth, within 10% either way;
+    70-120 s of cold warm-up per engine), so auto keeps cpu eager."""
     if enforce_eager:
         return None
     if mode == "auto":
@@ -112,16 +116,17 @@ class Capturer:
 
 @dataclass
 class CapturedStep:
-    """A captured step and the static inputs it reads: before each replay, `slots` and `ints`
-    (decode positions, or frame indices) are filled from the pinned host buffer `host`
-    ([2, B]; an asynchronous copy, no sync) and `hidden` (the frame sampler's input) from
-    the caller. Rows past the real ones are padding: the scratch slot at position/frame 0,
-    whose KV and sampling state nothing else reads then."""
+    """A captured step and the static inputs it reads: before each replay, `slots` and each
+    of `ints` (decode positions and frame indices, or frame indices) are filled from the
+    pinned host buffer `host` ([1 + len(ints), B]; an asynchronous copy, no sync) and
+    `hidden` (the frame sampler's input) from the caller. Rows past the real ones are
+    padding: the scratch slot at position/frame 0, whose KV and sampling state nothing else
+    reads then."""
 
     replay: Callable[[], torch.Tensor]
     host: torch.Tensor
     slots: torch.Tensor  # [B]
-    ints: torch.Tensor  # [B]
+    ints: tuple[torch.Tensor, ...]  # each [B]
     hidden: torch.Tensor | None = None  # [B, H]
     num_replays: int = 0
 
@@ -129,26 +134,29 @@ class CapturedStep:
     def batch_size(self) -> int:
         return self.host.shape[1]
 
-    def run(self, slots: list[int], ints: list[int], pad_slot: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """Replay for these rows; returns the real rows of the output (overwritten by the next replay)."""
+    def run(self, slots: list[int], ints: tuple[list[int], ...], pad_slot: int,
+            hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Replay for these rows (`ints`: one list per static integer input); returns the real
+        rows of the output (overwritten by the next replay)."""
         n, pad = len(slots), self.batch_size - len(slots)
-        self.host.copy_(torch.tensor([slots + [pad_slot] * pad, ints + [0] * pad]))
+        self.host.copy_(torch.tensor([slots + [pad_slot] * pad, *(values + [0] * pad for values in ints)]))
         self.slots.copy_(self.host[0], non_blocking=True)
-        self.ints.copy_(self.host[1], non_blocking=True)
+        for i, static in enumerate(self.ints):
+            static.copy_(self.host[i + 1], non_blocking=True)
         if hidden is not None:
             self.hidden[:n].copy_(hidden)
         self.num_replays += 1
         return self.replay()[:n]
 
 
-def host_buffer(batch: int, device: torch.device) -> torch.Tensor:
-    """A [2, batch] host staging buffer for a captured step's integer inputs: pinned on
+def host_buffer(rows: int, batch: int, device: torch.device) -> torch.Tensor:
+    """A [rows, batch] host staging buffer for a captured step's integer inputs: pinned on
     accelerators, so the copy to the device is truly asynchronous. Reusing it next step is
     safe: every step ends by reading its codes back, after all its copies."""
     try:
-        return torch.zeros(2, batch, dtype=torch.long, pin_memory=device.type != "cpu")
+        return torch.zeros(rows, batch, dtype=torch.long, pin_memory=device.type != "cpu")
     except RuntimeError:  # no pinned memory on this backend
-        return torch.zeros(2, batch, dtype=torch.long)
+        return torch.zeros(rows, batch, dtype=torch.long)
 
 
 def allow_recompiles(n: int) -> None:

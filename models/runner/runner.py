@@ -7,9 +7,11 @@ sampler (frame.py) for every row that is due a frame. Layers, norms, projections
 tables are the transformers modules; only the attention glue is ours (attention.py). One
 host transfer per step: the new codes.
 
-After `capture()`, decode steps replay a captured backbone step per (batch, KV length)
-bucket and a captured frame sampler per batch bucket (graphs.py); rows are padded up to
-their bucket with the scratch slot.
+After `capture()`, the decoding rows' whole frame (backbone step, codebook 0, the 31-step
+depth loop and all 32 draws) replays as ONE captured step per (batch, KV length) bucket,
+and the rows whose prompt a step completes replay a captured frame sampler per batch
+bucket (graphs.py); rows are padded up to their bucket with the scratch slot. A decode-only
+step is then one replay.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..core.prompt import PromptTokens
 from ..core.request import Request
 from ..core.scheduler import PrefillChunk, RunnerOutput, SchedulerOutput
 from ..params import GenerationParams
-from .attention import KVAccess, PrefixKV, decoder_layer, rows_of
+from .attention import KVAccess, PrefixKV, decoder_layer, rope_tables, rows_of
 from .frame import FrameSampler
 from .graphs import CapturedStep, CaptureMode, Capturer, allow_recompiles, bucket_for, host_buffer
 
@@ -42,23 +44,28 @@ class ModelRunner:
         self.last_codes = torch.zeros(num_slots + 1, cfg.num_codebooks, dtype=torch.long, device=dev)
         self.frames = FrameSampler(model, num_slots)
         # RoPE tables for every position, computed once by the module's own rotary embedding.
-        probe = torch.zeros(1, dtype=dt, device=dev)
-        self.rope = self.backbone.rotary_emb(probe, torch.arange(max_seq_len, device=dev)[None])  # 2x [1, L, hd]
+        self.rope = rope_tables(self.backbone.rotary_emb, torch.arange(max_seq_len, device=dev), dt)  # 2x [1, L, hd]
         self.capture_mode: CaptureMode | None = None
         self.batch_buckets: list[int] = []
         self.kv_buckets: list[int] = []
-        self._decode_steps: dict[tuple[int, int], CapturedStep] = {}  # (batch, kv_len) bucket
-        self._frame_steps: dict[int, CapturedStep] = {}  # batch bucket
+        self._decode_steps: dict[tuple[int, int], CapturedStep] = {}  # (batch, kv_len) bucket: the whole frame
+        self._frame_steps: dict[int, CapturedStep] = {}  # batch bucket: the frame after a prefill
 
     # ---- one step -------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, scheduled: SchedulerOutput) -> RunnerOutput:
-        """Run one step: prefill chunks, decode rows, then sample a frame for every request
-        that is due one (decoding rows first, then completed prefills)."""
-        hidden, requests = [], []
+        """Run one step: the decoding rows' frame (one replay where their whole frame is
+        captured), prefill chunks, then one frame sampler for every other request due a
+        frame (eager decoding rows, then completed prefills)."""
+        codes, hidden, requests, sampled = [], [], [], []
         if scheduled.decodes:
-            hidden.append(self._decode(scheduled.decodes))
-            requests += scheduled.decodes
+            whole = self._decode_frame_captured(scheduled.decodes)
+            if whole is not None:
+                codes.append(whole)
+                requests += scheduled.decodes
+            else:
+                hidden.append(self._decode(scheduled.decodes))
+                sampled += scheduled.decodes
         if scheduled.prefills:
             for chunk in scheduled.prefills:
                 if chunk.start == chunk.request.num_cached:
@@ -66,20 +73,26 @@ class ModelRunner:
             h, done = self._prefill(scheduled.prefills)
             if done:
                 hidden.append(h)
-                requests += done
+                sampled += done
+        if sampled:
+            codes.append(self._sample(torch.cat(hidden) if len(hidden) > 1 else hidden[0], sampled))
+            requests += sampled
         if not requests:
             return RunnerOutput()
-        slot_list, frame_list = [r.slot for r in requests], [r.num_frames for r in requests]
-        hidden = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
-        step = self._frame_steps.get(bucket_for(len(requests), self.batch_buckets))
-        if step is not None:
-            codes = step.run(slot_list, frame_list, self.scratch_slot, hidden)
-        else:
-            slots = torch.tensor(slot_list, device=self.device)
-            frame_idx = torch.tensor(frame_list, device=self.device)
-            codes = self.frames.sample_frame(hidden, slots, frame_idx, self.frames.max_top_k(slot_list))
+        slot_list = [r.slot for r in requests]
+        codes = torch.cat(codes) if len(codes) > 1 else codes[0]  # [N, 32]
         self.last_codes[slot_list] = codes
         return RunnerOutput(requests, codes.tolist())
+
+    def _sample(self, hidden: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        """The frame of these rows from their last hidden states [N, H]. Returns codes [N, 32]."""
+        slot_list, frame_list = [r.slot for r in reqs], [r.num_frames for r in reqs]
+        step = self._frame_steps.get(bucket_for(len(reqs), self.batch_buckets))
+        if step is not None:
+            return step.run(slot_list, (frame_list,), self.scratch_slot, hidden)
+        slots = torch.tensor(slot_list, device=self.device)
+        frame_idx = torch.tensor(frame_list, device=self.device)
+        return self.frames.sample_frame(hidden, slots, frame_idx, self.frames.max_top_k(slot_list))
 
     def _start(self, req: Request) -> None:
         """A request's first prefill chunk: load its cached prefix, set its sampling state."""
@@ -107,9 +120,9 @@ class ModelRunner:
 
     # ---- captured steps -----------------------------------------------------------------
     def capture(self, mode: CaptureMode, batch_sizes: list[int]) -> None:
-        """Capture the decode step for every batch bucket in `batch_sizes` and every KV length
-        bucket (powers of two from 256 up to max_seq_len), and the frame sampler per batch
-        bucket. Largest first, so smaller graphs reuse the largest one's memory."""
+        """Capture, for every batch bucket in `batch_sizes`, the decoding rows' whole frame per
+        KV length bucket (powers of two from 256 up to max_seq_len) and the frame sampler
+        after a prefill. Largest first, so smaller graphs reuse the largest one's memory."""
         self.capture_mode = mode
         self.batch_buckets = sorted(set(batch_sizes))
         kv, self.kv_buckets = 256, []
@@ -123,29 +136,29 @@ class ModelRunner:
             allow_recompiles(2 * len(self.batch_buckets) * (len(self.kv_buckets) + 1))
             decode_rows = capturer.compile(self._decode_rows)
             depth_step = _same_shape_depth_step(capturer.compile(self.frames.depth_step_masked), self.frames.positions)
-        dev, H = self.device, self.backbone.config.hidden_size
+        dev, H, V = self.device, self.backbone.config.hidden_size, self.frames.vocab_size
         with torch.inference_mode():
             for B in reversed(self.batch_buckets):
                 slots = torch.full((B,), self.scratch_slot, dtype=torch.long, device=dev)
+                frame_idx = torch.zeros(B, dtype=torch.long, device=dev)
                 for L in reversed(self.kv_buckets):
                     pos = torch.zeros(B, dtype=torch.long, device=dev)
-                    replay = capturer.capture(decode_rows, slots, pos, L)
-                    self._decode_steps[B, L] = CapturedStep(replay, host_buffer(B, dev), slots, pos)
+                    replay = capturer.capture(self._decode_frame, slots, pos, frame_idx, L, V, decode_rows, depth_step)
+                    self._decode_steps[B, L] = CapturedStep(replay, host_buffer(3, B, dev), slots, (pos, frame_idx))
                 hidden = torch.zeros(B, H, dtype=self.dtype, device=dev)
-                frame_idx = torch.zeros(B, dtype=torch.long, device=dev)
-                replay = capturer.capture(self.frames.sample_frame, hidden, slots, frame_idx, self.frames.vocab_size,
-                                          depth_step)
-                self._frame_steps[B] = CapturedStep(replay, host_buffer(B, dev), slots, frame_idx, hidden)
+                replay = capturer.capture(self.frames.sample_frame, hidden, slots, frame_idx, V, depth_step)
+                self._frame_steps[B] = CapturedStep(replay, host_buffer(2, B, dev), slots, (frame_idx,), hidden)
 
     def captured_buckets(self) -> tuple[set[tuple[int, int]], set[int]]:
-        """The (batch, KV length) buckets of captured decode steps, and the batch buckets of
-        captured frame samplers."""
+        """The (batch, KV length) buckets of captured whole-frame decode steps, and the batch
+        buckets of captured frame samplers (after a prefill)."""
         return set(self._decode_steps), set(self._frame_steps)
 
     def num_replays(self) -> tuple[int, int]:
-        """How many decode steps and frame samplers ran captured so far (the rest ran eagerly)."""
-        return (sum(s.num_replays for s in self._decode_steps.values()),
-                sum(s.num_replays for s in self._frame_steps.values()))
+        """How many backbone decode steps and how many frame samplers ran captured so far (the
+        rest ran eagerly): a whole-frame replay is one of each."""
+        decodes = sum(s.num_replays for s in self._decode_steps.values())
+        return decodes, decodes + sum(s.num_replays for s in self._frame_steps.values())
 
     # ---- backbone ---------------------------------------------------------------------------
     def _prefill(self, chunks: list[PrefillChunk]) -> tuple[torch.Tensor, list[Request]]:
@@ -172,17 +185,30 @@ class ModelRunner:
         t_last = torch.tensor([c.length - 1 for _, c in last], device=self.device)
         return h[idx, t_last], [c.request for _, c in last]
 
+    def _decode_frame_captured(self, reqs: list[Request]) -> torch.Tensor | None:
+        """The decoding rows' whole frame from its captured step: codes [B, 32]; None when no
+        step is captured for their batch and KV length buckets."""
+        pos_list = [r.num_prompt + r.num_frames - 1 for r in reqs]  # where the last frame goes
+        kv_bucket = bucket_for(max(pos_list) + 1, self.kv_buckets)
+        step = self._decode_steps.get((bucket_for(len(reqs), self.batch_buckets), kv_bucket))
+        if step is None:
+            return None
+        return step.run([r.slot for r in reqs], (pos_list, [r.num_frames for r in reqs]), self.scratch_slot)
+
     def _decode(self, reqs: list[Request]) -> torch.Tensor:
         """One backbone step for every decoding row, each at its own position. Returns [B, H]."""
         slot_list = [r.slot for r in reqs]
         pos_list = [r.num_prompt + r.num_frames - 1 for r in reqs]  # where the last frame goes
-        kv_len = max(pos_list) + 1
-        step = self._decode_steps.get((bucket_for(len(reqs), self.batch_buckets), bucket_for(kv_len, self.kv_buckets)))
-        if step is not None:
-            return step.run(slot_list, pos_list, self.scratch_slot)
         slots = torch.tensor(slot_list, device=self.device)
         pos = torch.tensor(pos_list, device=self.device)
-        return self._decode_rows(slots, pos, kv_len, rows_of(slot_list))
+        return self._decode_rows(slots, pos, max(pos_list) + 1, rows_of(slot_list))
+
+    def _decode_frame(self, slots, pos, frame_idx, kv_len: int, max_top_k: int, decode_rows=None,
+                      depth_step=None) -> torch.Tensor:
+        """The whole frame of decoding rows, as one function to capture: the backbone step
+        (`decode_rows`: _decode_rows or its compiled block) then the frame sampler. [B, 32]."""
+        hidden = (decode_rows or self._decode_rows)(slots, pos, kv_len)
+        return self.frames.sample_frame(hidden, slots, frame_idx, max_top_k, depth_step)
 
     def _decode_rows(self, slots: torch.Tensor, pos: torch.Tensor, kv_len: int, read=None) -> torch.Tensor:
         """Backbone step for rows in `slots` at positions `pos`, attending to the first

@@ -23,15 +23,21 @@ REQUESTS = [
 ]
 
 
-def _run(engine) -> dict:
-    """Add REQUESTS at their steps; return {id: frames}."""
+def _run(engine, replays: list | None = None) -> dict:
+    """Add REQUESTS at their steps; return {id: frames}. `replays` gets, per step, how many
+    captured decode steps and frame samplers it replayed."""
     pending, frames, step = list(REQUESTS), {}, 0
     while pending or engine.has_unfinished_requests():
         while pending and pending[0][3] <= step:
             rid, text, params, _ = pending.pop(0)
             engine.add_request(rid, text, GenerationParams(**params))
+        before = engine.stats()
         for out in engine.step():
             frames.setdefault(out.request_id, []).extend(out.frames)
+        after = engine.stats()
+        if replays is not None:
+            replays.append((after.num_captured_decodes - before.num_captured_decodes,
+                            after.num_captured_frames - before.num_captured_frames))
         step += 1
     return frames
 
@@ -42,7 +48,8 @@ def _engine(tiny, **cfg):
 
 def test_compiled_steps_give_the_same_codes_as_eager(tiny):
     """Batches of 1-2 rows run the compiled blocks in bucket 2 (padded), 3 rows the eager
-    step: the codes equal an eager engine's, row for row."""
+    step: the codes equal an eager engine's, row for row. Decoding rows replay their whole
+    frame; a completed prompt's frame replays the frame sampler."""
     eager = _engine(tiny, enforce_eager=True, capture="compile")
     eager.warm_up()
     assert eager.stats().capture_mode is None
@@ -50,15 +57,12 @@ def test_compiled_steps_give_the_same_codes_as_eager(tiny):
     compiled = _engine(tiny, capture="compile", capture_batch_sizes=[2])
     compiled.warm_up()
     assert not counters["graph_break"], dict(counters["graph_break"])  # whole blocks, no fallbacks
-    before = compiled.stats()
-    assert before.capture_mode == "compile"
-    want, got = _run(eager), _run(compiled)
-    after = compiled.stats()
-    decodes = after.num_captured_decodes - before.num_captured_decodes
-    frames = after.num_captured_frames - before.num_captured_frames
-    steps_before = before.num_steps
-    assert decodes > 5 and frames > 5  # the compiled path ran...
-    assert compiled.stats().num_steps - steps_before - frames > 5  # ...and so did the eager one
+    assert compiled.stats().capture_mode == "compile"
+    replays: list[tuple[int, int]] = []
+    want, got = _run(eager), _run(compiled, replays)
+    assert sum(d == 1 for d, _ in replays) > 5  # whole frames replayed (one decode and its frame)...
+    assert sum(f - d == 1 for d, f in replays) == len(REQUESTS)  # ...each join's first frame too...
+    assert sum(d == f == 0 for d, f in replays) > 5  # ...and steps of 3 rows ran eagerly
     assert got == want and all(len(got[r[0]]) == r[2]["max_frames"] for r in REQUESTS)
 
 
@@ -132,3 +136,57 @@ def test_resolve_capture_and_buckets():
     assert bucket_for(5, [1, 2, 4, 8]) == 8 and bucket_for(9, [1, 2, 4, 8]) is None
     with pytest.raises(ValueError, match="capture_batch_sizes"):
         EngineConfig(max_num_seqs=4, capture_batch_sizes=[8])
+
+
+class _ReplayingCapturer:
+    """Stands in for graphs.Capturer in `graphs` mode on a machine without a card: a
+    "graph" re-runs the captured function on its static inputs at each replay (what a
+    device graph does with its kernels), and every capture and replay is recorded."""
+
+    def __init__(self, mode, device):
+        self.mode, self.captured, self.replays = mode, [], []
+        _ReplayingCapturer.last = self
+
+    def capture(self, fn, *inputs):
+        name = fn.__name__
+        self.captured.append((name, inputs[0].shape[0]))
+        fn(*inputs)
+
+        def replay():
+            self.replays.append(name)
+            return fn(*inputs)
+
+        return replay
+
+
+def test_device_graphs_replay_a_decoding_batchs_whole_frame_as_one_graph(tiny, monkeypatch):
+    """The cuda/npu recipe at its seam: per batch bucket, one whole-frame graph per KV bucket
+    (backbone step, depth loop, draws) and one frame sampler; every decode-only step of a
+    captured bucket is ONE replay, a join adds one frame-sampler replay, and the codes equal
+    an eager engine's."""
+    import models.runner.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "Capturer", _ReplayingCapturer)
+    eager = _engine(tiny, enforce_eager=True)
+    engine = _engine(tiny)
+    engine.runner.capture("graphs", [1, 2])
+    capturer = _ReplayingCapturer.last
+    assert sorted(capturer.captured) == sorted([("_decode_frame", b) for b in (1, 2)] + [("sample_frame", b) for b in (1, 2)])
+    assert engine.runner.kv_buckets == [256]
+    replays: list[tuple[int, int]] = []
+    steps: list[list[str]] = []
+    engine_step = engine.step
+
+    def step():
+        seen = len(capturer.replays)
+        out = engine_step()
+        steps.append(capturer.replays[seen:])
+        return out
+
+    engine.step = step
+    got = _run(engine, replays)
+    assert got == _run(eager)
+    decode_only = [s for s, (d, f) in zip(steps, replays) if d == 1 and f == 1]
+    assert len(decode_only) > 5 and all(s == ["_decode_frame"] for s in decode_only)  # one replay a step
+    assert sum(s == ["_decode_frame", "sample_frame"] for s in steps) == len(REQUESTS) - 1  # joins beside decodes
+    assert sum(s == [] for s in steps) > 5  # 3 rows: no bucket, eager

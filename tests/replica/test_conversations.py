@@ -1,20 +1,25 @@
 """Conversations on a replica (replica/conversations.py) against the oracle: a conversation of
 four turns (two speakers; turns 0 and 2 supplied as recordings, 1 and 3 spoken by the replica):
-turn 3's greedy codes equal transformers' `generate` given the same three context segments,
-whether its context came from the cached prefix (extended by the recorded turn 2) or was
-computed from scratch, and after the window slid past turn 0 on a model with less context; a
-seeded sampled turn is the same cached or not. A turn that is cut is not kept; a second turn
-on a conversation with one in progress is refused; deleting forgets the cached prefix."""
+turn 3's greedy codes equal transformers' `generate` given the same three turns, whether its
+context came from the cached prefix (extended by the recorded turn 2) or was computed from
+scratch, and after the window slid past turn 0 on a model with less context; a seeded sampled
+turn is the same cached or not. The oracle's prompt is built as a transformers user builds it
+(CsmProcessor's chat template over the turns' text and audio, the recordings encoded by
+transformers), not by this project's prompt builder and clip encoder. A turn that is cut is
+not kept; a second turn on a conversation with one in progress is refused; deleting forgets
+the cached prefix."""
 
 import asyncio
 
 import numpy as np
 import pytest
 import torch
+from transformers import CsmProcessor, EncodecFeatureExtractor
 
 from models import GenerationParams, Segment
 from models.codec.encode import encode_clip
-from models.core.prompt import build_prompt, segment_positions
+from models.core.prompt import segment_positions
+from models.params import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from replica.config import ReplicaConfig
 from replica.conversation_store import ConversationStore, TurnInProgress
 from replica.records import ReplicaError, SpeechJob
@@ -55,20 +60,73 @@ def _segments(conversations: ConversationStore, conversation_id: str, codec) -> 
     return out
 
 
-def _reference(tiny, context: list[Segment], text: str, speaker: int, n: int) -> torch.Tensor:
-    """transformers' greedy generate after these context segments: their codes embedded as
-    CsmForConditionalGeneration embeds the codes it encodes from input_values."""
+# CSM's chat template, the layout transformers documents for CsmProcessor (a checkpoint ships
+# the template; the tiny model has none): per message <bos>[speaker]text<eos>, then, for a
+# message with audio, <|AUDIO|> (the processor expands it to one position per Mimi frame of
+# the audio) and <|audio_eos|>. test_the_chat_template_renders_csms_documented_layout checks it.
+CSM_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ bos_token }}[{{ message['role'] }}]{{ message['content'][0]['text'] }}{{ eos_token }}"
+    "{%- if message['content'] | length > 1 -%}<|AUDIO|><|audio_eos|>{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def _processor(tiny) -> CsmProcessor:
+    extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE_HZ)
+    return CsmProcessor(extractor, tiny.tokenizer, chat_template=CSM_CHAT_TEMPLATE)
+
+
+def _messages(conversations, conversation_id: str, turns: slice, text: str, speaker: int):
+    """The stored turns as a transformers user's conversation (each turn's text and audio), then
+    the text to speak; and the codes of the turns the replica generated, by message index. A
+    generated turn exists as codes only (its audio decoded from them would encode to other
+    codes): its audio here is silence of its length, so the template lays out its frames."""
+    messages, generated = [], {}
+    for k, turn in enumerate(conversations.get(conversation_id).turns[turns]):
+        if turn.audio:
+            audio = conversations.load_audio(conversation_id, turn)
+        else:
+            generated[k] = torch.as_tensor(conversations.load_codes(conversation_id, turn))
+            audio = np.zeros(len(generated[k]) * SAMPLES_PER_FRAME, dtype=np.float32)
+        messages.append({"role": str(turn.speaker), "content": [{"type": "text", "text": turn.text},
+                                                                {"type": "audio", "audio": audio}]})
+    messages.append({"role": str(speaker), "content": [{"type": "text", "text": text}]})
+    return messages, generated
+
+
+def _reference(tiny, conversations, conversation_id: str, turns: slice, text: str, speaker: int, n: int) -> torch.Tensor:
+    """transformers' greedy generate of `text` after these stored turns: the prompt from
+    CsmProcessor's chat template, the recordings encoded by transformers' own path (what
+    generate runs on input_values), a generated turn's frames its codes. [n, 32]."""
     model = tiny.model
-    ids = torch.tensor([build_prompt(tiny.tokenizer, tiny.special_ids, text, speaker, tuple(context)).token_ids])
+    messages, generated = _messages(conversations, conversation_id, turns, text, speaker)
+    inputs = _processor(tiny).apply_chat_template(messages, tokenize=True, return_dict=True)
+    ids = inputs["input_ids"]  # [1, S]
     with torch.no_grad():
-        embeds = model.embed_text_tokens(ids)
-        frames = torch.tensor([[f for s in context for f in s.codes]])  # [1, frames, 32]
-        embeds[ids == model.config.audio_token_id] = model.backbone_model.embed_tokens(frames)[0]
-        eos = torch.full((1, 1, model.config.num_codebooks), model.config.codebook_eos_token_id)
-        embeds[ids == model.config.audio_eos_token_id] = model.backbone_model.embed_tokens(eos)[0, 0]
-        out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(ids.shape, dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, depth_decoder_do_sample=False)
+        embeds = model._merge_input_ids_with_input_values(ids, inputs["input_values"],
+                                                          inputs["input_values_cutoffs"])["inputs_embeds"]
+        starts = [*(ids[0] == tiny.tokenizer.bos_token_id).nonzero()[:, 0].tolist(), ids.shape[1]]  # message spans
+        for k, codes in generated.items():
+            span = torch.arange(starts[k], starts[k + 1])
+            frames = span[ids[0, span] == model.config.audio_token_id]
+            assert len(frames) == len(codes), "the template laid out another number of frames"
+            embeds[0, frames] = model.backbone_model.embed_tokens(codes[None])[0]
+        out = model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=n,
+                             do_sample=False, depth_decoder_do_sample=False)
     return out[0]  # [n, 32]
+
+
+def test_the_chat_template_renders_csms_documented_layout(tiny):
+    """The template against the rendering transformers documents for CSM conversations."""
+    audio = {"type": "audio", "audio": np.zeros(SAMPLES_PER_FRAME, dtype=np.float32)}
+    messages = [{"role": "0", "content": [{"type": "text", "text": "One."}, audio]},
+                {"role": "1", "content": [{"type": "text", "text": "Two."}, audio]},
+                {"role": "0", "content": [{"type": "text", "text": "Three."}]}]
+    assert _processor(tiny).apply_chat_template(messages, tokenize=False) == (
+        "<|begin_of_text|>[0]One.<|end_of_text|><|AUDIO|><|audio_eos|>"
+        "<|begin_of_text|>[1]Two.<|end_of_text|><|AUDIO|><|audio_eos|>"
+        "<|begin_of_text|>[0]Three.<|end_of_text|>")
 
 
 def _dialogue(replica, store, conversations, conversation_id: str, **job) -> None:
@@ -91,7 +149,8 @@ def test_turn_codes_equal_transformers_cached_or_not(make_replica, store, conver
     assert [(t.speaker, bool(t.audio)) for t in turns] == [(1, True), (0, False), (1, True), (0, False)]
     segments = _segments(conversations, first.id, tiny.model.codec_model)
     spoken = torch.tensor(segments[3].codes)
-    assert spoken.shape == (6, 32) and torch.equal(spoken, _reference(tiny, segments[:3], TEXTS[3], 0, 6))
+    assert spoken.shape == (6, 32) and torch.equal(spoken, _reference(tiny, conversations, first.id, slice(0, 3),
+                                                                        TEXTS[3], 0, 6))
     hits = dict(replica.stats().contexts.num_hits)["conversation"]
     assert hits >= 1  # turn 3 started from turn 1's warmed prefix, extended by the recording of turn 2
     positions = {(kind, how): n for kind, how, n in replica.stats().contexts.num_positions}
@@ -150,8 +209,8 @@ def test_the_window_slides_past_the_oldest_turn(make_replica, store, conversatio
             conversations.add_generated_turn(replay.id, 0, s.text, np.asarray(s.codes))
     asyncio.run(_speak(small, _job(store, replay.id, TEXTS[3])))
     spoken = torch.tensor(_segments(conversations, replay.id, tiny.model.codec_model)[3].codes)
-    assert torch.equal(spoken, _reference(tiny, segments[1:3], TEXTS[3], 0, 6))
-    assert not torch.equal(spoken, _reference(tiny, segments[:3], TEXTS[3], 0, 6))  # the window did matter
+    assert torch.equal(spoken, _reference(tiny, conversations, replay.id, slice(1, 3), TEXTS[3], 0, 6))
+    assert not torch.equal(spoken, _reference(tiny, conversations, replay.id, slice(0, 3), TEXTS[3], 0, 6))  # the window did matter
 
 
 @pytest.mark.parametrize("refill", [0.5, 1.0])
