@@ -72,6 +72,7 @@ class Result:
     body: bytes = b""  # non-pcm formats: the whole body, decoded after the level
     underruns: int = 0  # pcm: gaps a real-time listener heard (replica/playback.py, at the client)
     min_slack_s: float | None = None  # pcm: the least audio it had buffered when the next bytes came
+    max_gap_s: float = 0.0  # pcm: the longest gap it heard
 
 
 def request_body(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -104,7 +105,7 @@ async def _exchange(client: httpx.AsyncClient, body: dict[str, Any], res: Result
         if stream:
             res.audio_s = nbytes // BYTES_PER_SAMPLE / SAMPLE_RATE
             heard = listener.summary()
-            res.underruns, res.min_slack_s = heard.underruns, heard.min_slack_s
+            res.underruns, res.min_slack_s, res.max_gap_s = heard.underruns, heard.min_slack_s, heard.max_gap_s
         else:
             res.ttfa_s, res.body = time.perf_counter() - res.start, b"".join(chunks)
         res.outcome, res.error = ("ok", None) if nbytes else ("failed", "empty body")
@@ -218,6 +219,9 @@ def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
         # pcm: each ok stream played back in real time from its first byte, no client buffer
         "listeners": {"underruns": sum(r.underruns for r in ok), "streams_with_underruns": sum(r.underruns > 0 for r in ok),
                       "real_time_streams_held": sum(r.underruns == 0 for r in ok),
+                      # the peers' continuity measure: streams whose worst gap is over 100 ms (C100 failures)
+                      "streams_over_100ms_gap": sum(r.max_gap_s > 0.1 for r in ok),
+                      "max_gap_s": max((r.max_gap_s for r in ok), default=0.0),
                       "min_slack_s": pct([r.min_slack_s for r in ok if r.min_slack_s is not None], (5, 50))},
         "rejections": {
             "with_retry_after": sum(1 for r in rejected if r.retry_after),

@@ -19,7 +19,8 @@ more of first-audio time instead of a gap after the first frame, and the slack t
 waiting ones join. Joiners released
 together prefill in one step. The join cost per joiner is learned from the engine's steps
 (`observe`: a step's time beyond the predicted decode step, per prefill). No playing listener
-(all batch, or all waiting for their client's text): nothing to protect, a text joins at once.
+(all batch, or all waiting for their client's text): nothing to protect, a text joins at once;
+a stream whose first chunk is on its way out (`starting`) counts as a listener with no slack.
 Event-loop state, except `observe` (the engine's thread writes one float).
 """
 
@@ -43,6 +44,7 @@ class JoinGate:
         self.join_cost_s = FRAME_S / 4  # per joiner; replaced by what the steps show
         self._joining = 0  # released, not yet prefilled
         self._waiting = 0  # waiting for slack to join
+        self.starting: set[str] = set()  # streams whose first chunk is decided but not out yet: no slack
         self.num_deferred = 0  # texts that waited for slack (stats)
 
     def observe(self, num_prefills: int, step_s: float, decode_s: float) -> None:
@@ -65,6 +67,8 @@ class JoinGate:
     def room(self, now: float, stream: str | None = None) -> bool:
         """Whether one more text of `stream` may join now (its own listener is not counted:
         waiting would not give it slack)."""
+        if self.starting - {stream}:
+            return False  # a stream about to play has nothing buffered yet
         slacks = [s for key, clock in self._clocks.items() if key != stream and (s := clock.slack(now)) is not None]
         if not slacks:
             return True

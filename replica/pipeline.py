@@ -147,9 +147,11 @@ class SpeechPipeline:
                         continue
                     if clock is not None:
                         clock.delivered(time.monotonic(), len(item))
+                        self.joins.starting.discard(request_id)
                     yield item
         finally:
             self._clocks.pop(request_id, None)
+            self.joins.starting.discard(request_id)
 
     async def _generate(self, request_id: str, texts: AsyncIterator[str], ticket: Ticket, voice: Prefix | None,
                         params: GenerationParams, frame_budget: int | None, max_samples: int | None,
@@ -181,6 +183,8 @@ class SpeechPipeline:
                     left.update(i, len(frames), num_frames + len(frames))
                     pending += out.frames
                     if pending and self._due(pending, chunk, is_first, out.is_finished, clock):
+                        if is_first and clock is not None:
+                            self.joins.starting.add(request_id)  # till its first audio is out (joins.py)
                         t0 = time.perf_counter()
                         pcm = await self.decoder.decode(ticket.row, is_first, pending)
                         self._on_stage("decode", time.perf_counter() - t0)

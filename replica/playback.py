@@ -25,6 +25,7 @@ class PlaybackSummary:
     min_slack_s: float | None
     underruns: int
     gap_s: float
+    max_gap_s: float = 0.0  # the longest single gap
 
 
 class PlaybackClock:
@@ -34,6 +35,7 @@ class PlaybackClock:
         self._min_slack: float | None = None
         self._underruns = 0
         self._gap_s = 0.0
+        self._max_gap_s = 0.0
         self._is_waiting = False  # for the client's text (wait_input)
 
     def wait_input(self) -> None:
@@ -60,6 +62,7 @@ class PlaybackClock:
             if slack < 0:  # the listener ran dry for -slack seconds, and resumes now
                 self._underruns += 1
                 self._gap_s -= slack
+                self._max_gap_s = max(self._max_gap_s, -slack)
                 self._start -= slack
         self._delivered_s += num_samples / SAMPLE_RATE_HZ
 
@@ -71,4 +74,4 @@ class PlaybackClock:
         return self._delivered_s - (now - self._start)
 
     def summary(self) -> PlaybackSummary:
-        return PlaybackSummary(self._min_slack, self._underruns, self._gap_s)
+        return PlaybackSummary(self._min_slack, self._underruns, self._gap_s, self._max_gap_s)
