@@ -87,8 +87,9 @@ async def _exchange(client: httpx.AsyncClient, body: dict[str, Any], res: Result
         if r.status_code != 200:
             await r.aread()
             res.retry_after = "retry-after" in r.headers
-            try:
-                res.retry_after_s = float(r.headers.get("retry-after", 0))
+            try:  # retry-after-ms first, as OpenAI's SDKs read it
+                ms = r.headers.get("retry-after-ms")
+                res.retry_after_s = float(ms) / 1000 if ms else float(r.headers.get("retry-after", 0))
             except ValueError:  # an HTTP date: not sent by this server
                 res.retry_after_s = 0.0
             res.outcome = "rejected" if r.status_code in REJECTED else "failed"
@@ -228,6 +229,8 @@ def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
             "without_retry_after": sum(1 for r in rejected if not r.retry_after),
             "latency_s": {**pct([r.wall_s for r in rejected if r.wall_s is not None], (50, 95)),
                           "max": max((r.wall_s or 0.0 for r in rejected), default=None)},
+            "retry_after_s": {**pct([r.retry_after_s for r in rejected], (50,)),
+                              "max": max((r.retry_after_s for r in rejected), default=None)},
         },
         "errors_by_status": dict(sorted(errors.items())),
     }

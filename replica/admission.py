@@ -121,8 +121,8 @@ class Admission:
                              self.num_held("batch") + waiting + 1 - self.max_batch_rows))
         else:
             over = self.num_held("interactive") + waiting + 1 - self.capacity()
-            need.append(_kth(interactive, over) if over > 0 else SOON_S)  # within capacity: slow start, a catch-up
-        return max(need)
+            need.append(_kth(interactive, over) if over > 0 else SOON_S)  # within capacity: a listener catching up
+        return max(SOON_S, *need)  # not now: a stream whose last frame is out still holds its row a moment
 
     @contextlib.asynccontextmanager
     async def row(self, priority: Priority = "interactive", timeout_s: float | None = None) -> AsyncIterator[Ticket]:
@@ -160,9 +160,9 @@ class Admission:
         return min(math.inf if timeout_s is None else timeout_s, math.inf if wait is None else wait)
 
     async def _acquire(self, priority: Priority, timeout_s: float | None) -> Ticket:
-        expected = self.expected_start_s(priority)
-        if expected == 0.0:
+        if not self.num_waiting_for(priority) and self._admissible(priority):
             return self._take(priority)
+        expected = self.expected_start_s(priority)
         limit = self._limit(priority, timeout_s)
         line_full = self.num_waiting >= self.max_waiting + len(self._free)
         if line_full or (priority == "interactive" and expected > limit):

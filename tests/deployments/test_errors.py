@@ -133,15 +133,17 @@ def failing_engine_step_over_v2(server: Server) -> dict:
 
 
 def overloaded(server: Server) -> dict:
-    """2 rows busy and 1 waiting place taken (in-process: the replica's line; Ray: Serve's
-    router queue): the next request gets each protocol's overload answer, the same body in
-    both; then the streams end and every slot is free again."""
+    """2 rows busy and the 1 waiting place taken by a batch stream (the replica's line, in-process
+    and through Ray alike): the next request gets each protocol's overload answer, the same body
+    in both; then the streams end and every slot is free again."""
     body = {"model": "tts-1", "voice": "alloy", "input": "Busy for a while. " * 40, "response_format": "pcm",
             "max_audio_seconds": 60}
     stop, streaming = threading.Event(), []
 
     def hold(seed: int) -> None:
-        with httpx.stream("POST", server.url + "/v1/audio/speech", json={**body, "seed": seed}, timeout=120) as r:
+        priority = {"priority": "batch"} if seed == 42 else {}  # interactive streams never wait for seconds
+        with httpx.stream("POST", server.url + "/v1/audio/speech", json={**body, "seed": seed, **priority},
+                          timeout=120) as r:
             for _ in r.iter_bytes():
                 streaming.append(seed)
                 if stop.is_set():

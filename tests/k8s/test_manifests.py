@@ -444,6 +444,7 @@ def test_autoscaling_target_fits_the_batch(overlay):
     # the deployment block, so the replica's admission is the one queue (replica/admission.py).
     assert "max_ongoing_requests" not in engine and "max_queued_requests" not in engine
     from deployments.app import build_app_with
+    from deployments.placement import AppArgs
 
     args = AppArgs.model_validate(app(config)["args"])
     ingress = build_app_with({**app(config)["args"], "engine": {**args.engine.model_dump(), "device": "cpu"}})

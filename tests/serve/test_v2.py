@@ -241,16 +241,17 @@ def test_cancelled_stream_and_closed_connection_free_their_slots(server, tc):
 
 
 def test_overload_is_503_over_http_and_unavailable_over_grpc(server, tc):
-    """4 rows + 2 waiting places (in-process) or 4 slots + 2 queued in Serve's router (Ray):
-    six streams are admitted, the seventh request is refused at once with the protocol's
-    overload answer, and once the streams are cancelled every slot is free."""
+    """4 rows + 2 waiting places in the replica's line (in-process and through Ray): four streams
+    play, two batch ones wait, the next request is refused at once with the protocol's overload
+    answer, and once the streams are cancelled every slot is free."""
     _, grpc_ = tc
     clients, responses = [], []
 
-    def open_stream(i: int) -> None:
+    def open_stream(i: int, priority: int = 0) -> None:
         client, own = grpcclient.InferenceServerClient(server.grpc_address), queue.Queue()
         client.start_stream(callback=lambda result, error: own.put((result, error)))
-        client.async_stream_infer("csm-1b", [text_input(grpcclient, LONG)], parameters={"seed": 20 + i})
+        client.async_stream_infer("csm-1b", [text_input(grpcclient, LONG)], parameters={"seed": 20 + i},
+                                  priority=priority)
         clients.append(client)
         responses.append(own)
 
@@ -262,8 +263,8 @@ def test_overload_is_503_over_http_and_unavailable_over_grpc(server, tc):
             assert responses[i].get(timeout=60)[1] is None  # it streams audio: it holds a row
         if server.kind == "local":  # (under Ray a stats call would queue behind the 4 busy slots)
             assert server.stats().num_streams == 4
-        for i in (4, 5):  # these two wait (the replica's queue, or Serve's router)
-            open_stream(i)
+        for i in (4, 5):  # these two wait in the replica's line (batch priority: interactive ones never do)
+            open_stream(i, priority=2)
             time.sleep(1.0)
             assert responses[i].empty()  # waiting: no audio, and not refused
         busy = httpx.post(server.url + "/v2/models/csm-1b/infer", timeout=30, json={
