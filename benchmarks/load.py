@@ -106,7 +106,8 @@ async def _exchange(client: httpx.AsyncClient, body: dict[str, Any], res: Result
         if stream:
             res.audio_s = nbytes // BYTES_PER_SAMPLE / SAMPLE_RATE
             heard = listener.summary()
-            res.underruns, res.min_slack_s, res.max_gap_s = heard.underruns, heard.min_slack_s, heard.max_gap_s
+            res.underruns, res.min_slack_s = heard.underruns, heard.min_slack_s
+            res.max_gap_s = getattr(heard, "max_gap_s", 0.0)  # (a replica package older than this tool: 0)
         else:
             res.ttfa_s, res.body = time.perf_counter() - res.start, b"".join(chunks)
         res.outcome, res.error = ("ok", None) if nbytes else ("failed", "empty body")

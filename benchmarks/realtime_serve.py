@@ -62,7 +62,7 @@ def capacity_of(metrics_text: str) -> float | None:
     """The replicas' summed `tts_realtime_capacity_streams` in a Prometheus text export (Ray's
     names carry a `ray_` prefix)."""
     values = [float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
-              if line.split("{", 1)[0].removeprefix("ray_") == "tts_realtime_capacity_streams"]
+              if line.split("{", 1)[0].split(" ", 1)[0].removeprefix("ray_") == "tts_realtime_capacity_streams"]
     return sum(values) if values else None
 
 

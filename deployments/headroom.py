@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Headroom:
     """What one replica reports: interactive streams it could start now, and in how many
-    seconds it expects to start one more (0: now; None: unknown)."""
+    seconds it expects to start one more beyond those (None: unknown)."""
 
     streams: int
     expected_start_s: float | None

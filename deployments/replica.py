@@ -107,10 +107,13 @@ class ReplicaDeployment:
         self.replica.check_health()
 
     def headroom(self) -> Headroom:
-        """What the ingresses' headroom views poll (headroom.py)."""
+        """What the ingresses' headroom views poll (headroom.py): the streams that could start
+        now, and when one more could start once they have (an ingress refuses only when its
+        view's headroom is spent, so that is its Retry-After)."""
         admission = self.replica.pipeline.admission
-        expected = admission.expected_start_s("interactive")
-        return Headroom(admission.headroom(), None if math.isinf(expected) else expected)
+        room = admission.headroom()
+        expected = admission.expected_start_s("interactive", ahead=room)
+        return Headroom(room, None if math.isinf(expected) else expected)
 
     def record_routing_stats(self) -> dict[str, int]:
         """Serve's controller polls this (router.ROUTING_STATS_PERIOD_S) for the routers:

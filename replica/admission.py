@@ -106,13 +106,14 @@ class Admission:
         room = min(len(self._free), self.capacity() - self.num_held("interactive"))
         return max(0, room - self.num_waiting_for("interactive"))
 
-    def expected_start_s(self, priority: Priority = "interactive") -> float:
+    def expected_start_s(self, priority: Priority = "interactive", ahead: int = 0) -> float:
         """Seconds until one more stream of `priority` is expected to be admissible (0: now;
-        inf: unknown), from the running streams' remaining frames at the predicted step period."""
-        waiting = self.num_waiting_for(priority)
+        inf: unknown), from the running streams' remaining frames at the predicted step period;
+        `ahead`: streams about to start before it (the headroom an ingress may still fill)."""
+        waiting = self.num_waiting_for(priority) + ahead
         if not waiting and self._admissible(priority):
             return 0.0
-        period = self.period_s()
+        period = self.period_s(ahead)
         ends = sorted(t.frames_left * period for t in self._held.values())
         interactive = sorted(t.frames_left * period for t in self._held.values() if t.priority == "interactive")
         need = [_kth(ends, len(self._held) + waiting + 1 - self.num_rows)]  # rows: streams that must end first
@@ -133,11 +134,11 @@ class Admission:
         finally:
             self._release(ticket.row)
 
-    def period_s(self) -> float:
-        """The predicted step period with the streams held now."""
+    def period_s(self, extra: int = 0) -> float:
+        """The predicted step period with the streams held now (and `extra` more)."""
         if self.realtime is None:
             return FRAME_S
-        return self.realtime.times.model.predict(max(1, len(self._held))) or FRAME_S
+        return self.realtime.times.model.predict(max(1, len(self._held) + extra)) or FRAME_S
 
     def _admissible(self, priority: Priority) -> bool:
         if not self._free:

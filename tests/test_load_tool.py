@@ -94,3 +94,15 @@ def test_stage_quantiles_follow_histogram_quantile():
     assert decode["count"] == 40 and abs(decode["mean_s"] - (20 * 0.005 + 20 * 0.02) / 40) < 1e-12
     assert abs(decode["p50_s"] - 0.01) < 1e-12  # rank 20: the top of the first bucket
     assert abs(decode["p95_s"] - (0.01 + 0.02 * 18 / 20)) < 1e-12  # rank 38: 18 of 20 into the second
+
+
+def test_capacity_is_read_from_both_exports():
+    """The benchmarks read the replicas' capacity from the in-process server's export (no labels)
+    and from Ray's (a `ray_` prefix and labels); help lines and other gauges are not counted."""
+    from benchmarks.realtime_serve import capacity_of
+    local = ("# HELP tts_realtime_capacity_streams Interactive streams\n# TYPE tts_realtime_capacity_streams gauge\n"
+             "tts_realtime_capacity_streams 7.0\ntts_realtime_capacity_streams_other 3.0\n")
+    ray = ('ray_tts_realtime_capacity_streams{replica="a",model="csm-tiny"} 6.0\n'
+           'ray_tts_realtime_capacity_streams{replica="b",model="csm-tiny"} 5.0\n'
+           'ray_tts_realtime_headroom_streams{replica="a"} 2.0\n')
+    assert capacity_of(local) == 7.0 and capacity_of(ray) == 11.0 and capacity_of("") is None

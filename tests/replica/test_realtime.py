@@ -194,6 +194,24 @@ def test_interactive_streams_beyond_the_capacity_are_refused_at_once_with_when_t
     asyncio.run(main())
 
 
+def test_when_one_more_can_start_once_the_headroom_is_spent():
+    """What a replica tells the ingresses (expected_start_s with `ahead` = its headroom): with
+    room for one more now, the stream after that one starts when a running one ends; never 0,
+    which would have every refused client retry at once, 1 ms later."""
+    async def main():
+        admission = Admission(8, max_waiting=4, realtime=_policy(((1, 0.03), (2, 0.06), (3, 0.2))), wait_s=0.3)
+        holder = asyncio.create_task(_hold(admission, frames_left=40))
+        await asyncio.sleep(0.01)
+        room = admission.headroom()
+        assert room == 1 and admission.expected_start_s() == 0.0
+        assert admission.expected_start_s(ahead=room) == pytest.approx(40 * 0.06)  # the held one's 40 steps at batch 2
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+        assert admission.expected_start_s(ahead=admission.headroom()) == math.inf  # nothing running: unknown
+
+    asyncio.run(main())
+
+
 def test_a_wait_ends_when_the_expected_headroom_does_not_come():
     async def main():
         admission = Admission(8, max_waiting=4, realtime=_policy(((1, 0.03), (2, 0.06))), wait_s=0.2)
