@@ -12,7 +12,7 @@
    --burst requests sent at once, and after a 5 s pause c=4 again (does the capacity come back?).
    Between levels the replica's published capacity (`tts_realtime_capacity_streams` from Ray's
    metrics export) is read.
-3. The report: per level, streams served at once (the most admitted streams whose intervals
+3. The report: per level (c=1 and c=8 with the server's per-stage timings), streams served at once (the most admitted streams whose intervals
    overlap), time to first audio p50/p95/max of admitted streams, refusal latency p50/max,
    streams with a gap, RTF p50; and the ratio of the served-at-once figure to the engine alone.
 
@@ -116,19 +116,25 @@ def capacity_now() -> float | None:
         return None
 
 
-def run_load(label: str, concurrency: int, requests: int, args: argparse.Namespace) -> dict:
+def run_load(label: str, concurrency: int, requests: int, args: argparse.Namespace, stages: bool = False) -> dict:
+    """One level of benchmarks/load.py at niceness 19; `stages`: with the server's per-stage
+    timings (tts_stage_seconds, scraped before and after the level)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = ["nice", "-n", "19", sys.executable, "-m", "benchmarks.load", "--concurrency", str(concurrency),
                "--requests-per-level", str(requests), "--max-audio-seconds", str(args.max_audio_seconds),
                "--warmup", "0", "--timeout-s", "300", "--out", out.name, "--plot", os.devnull]
+        if stages:  # Ray's agent exports what the replicas recorded every few seconds
+            cmd += ["--metrics-url", METRICS, "--metrics-settle-s", "12"]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         level = json.loads(Path(out.name).read_text())["levels"][0]
     summary = {"label": label, "sent": level["sent"], "ok": level["ok"], "rejected": level["rejected"],
                "failed": level["failed"], "lost": level["lost"], "served_at_once": level["max_concurrent_ok"],
                "ttfa_s": {k: level["ttfa_s"][k] for k in ("p50", "p95", "max")},
                "refusal_s": {k: level["rejections"]["latency_s"][k] for k in ("p50", "max")},
-               "streams_with_gaps": level["listeners"]["streams_with_underruns"], "rtf_p50": level["rtf"]["p50"],
-               "capacity_after": capacity_now()}
+               "streams_with_gaps": level["listeners"]["streams_with_underruns"],
+               "streams_over_100ms_gap": level["listeners"].get("streams_over_100ms_gap"),
+               "max_gap_s": level["listeners"].get("max_gap_s"), "rtf_p50": level["rtf"]["p50"],
+               "capacity_after": capacity_now(), **({"stages": level["stages"]} if "stages" in level else {})}
     print(json.dumps(summary), file=sys.stderr, flush=True)
     return summary
 
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["niceness"] = niceness()
         report["capacity_at_start"] = capacity_now()
         run_load("warm-up", 1, 2, args)
-        levels = [run_load(f"c={c}", c, max(c, args.requests_per_level), args) for c in args.levels]
+        levels = [run_load(f"c={c}", c, max(c, args.requests_per_level), args, stages=c in (1, 8)) for c in args.levels]
         levels.append(run_load(f"burst {args.burst}", args.burst, args.burst, args))
         time.sleep(5)
         levels.append(run_load("c=4, 5 s after the burst", 4, args.requests_per_level, args))

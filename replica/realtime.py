@@ -33,8 +33,11 @@ the budget, so it never ran again to be measured anew (pinned, until forgotten).
 profile scaled by serving's ratio over idle at the largest size (the rule before): a ratio
 taken at one row priced every larger size far above its cost, and a burst's ratio pinned the
 capacity at one stream. Before anything was served (a fresh replica's first burst), the idle
-profile plus `prior_excess` (25%). A slow stretch raises the sizes that ran; fast steps after
-it bring them back within a second or two. There is no slow start: a stream is admitted or
+profile plus `prior_excess` (25%). More rows never step faster, so what the sizes that ran
+within the last `floor_s` (2 s) cost now is a floor under every larger size: a slow stretch at
+one row (the host busy elsewhere) drops the capacity to that row at once, though a long fast
+history at larger sizes would hold the line down (a line's slope is never below 0). A slow
+stretch raises the sizes that ran; fast steps after it bring them back within a second or two. There is no slow start: a stream is admitted or
 refused when it arrives (admission.py), on the prediction for the batch it makes; the margin
 absorbs what the prediction misses, and a stream behind its listener stops further admissions.
 The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an immutable
@@ -155,8 +158,9 @@ class StepTimes:
 
     def __init__(self, alpha: float = 0.2, forget_s: float = 10.0, half_life_s: float = 30.0,
                  prior_weight: float = 1.0, prior_slope_factor: float = 2.0, prior_excess: float = 0.25,
-                 clock=time.monotonic) -> None:
+                 floor_s: float = 2.0, clock=time.monotonic) -> None:
         self.alpha, self.forget_s, self.half_life_s, self._clock = alpha, forget_s, half_life_s, clock
+        self.floor_s = floor_s
         self.prior_weight, self.prior_slope_factor, self.prior_excess = prior_weight, prior_slope_factor, prior_excess
         self._estimates: dict[int, tuple[float, float, int]] = {}  # engine thread only: rows -> (EMA s, last seen, n)
         # (smoothed profile, its slope, estimates as sorted items, when profiled): replaced whole
@@ -197,7 +201,11 @@ class StepTimes:
             return StepModel()
         sizes |= set(range(1, max(sizes) + 1))  # every size, so the line is followed row by row
         if line is not None:
-            periods = {rows: max(0.0, line[0] + line[1] * rows) for rows in sizes}
+            periods, floor, now = {}, 0.0, self._clock()
+            running = {rows: ema for rows, (ema, seen, _) in self._state[2] if now - seen <= self.floor_s}
+            for rows in sorted(sizes):  # what ran just now bounds every larger size from below
+                floor = max(floor, running.get(rows, 0.0))
+                periods[rows] = max(floor, line[0] + line[1] * rows)
         elif profile:
             idle = StepModel(profile)
             periods = {rows: idle.predict(rows) * (1.0 + self.prior_excess) for rows in sizes}

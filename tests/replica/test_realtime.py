@@ -103,6 +103,30 @@ def test_serving_periods_carry_to_other_sizes_and_a_slow_stretch_passes_within_s
     assert times.model.capacity(0.2, 8) == 5
 
 
+def test_a_slow_stretch_at_one_row_drops_the_capacity_though_larger_sizes_were_fast():
+    """A long fast history at 2-8 rows, then the host is busy and one row steps in 105 ms: the
+    line alone stays near the old sizes (its slope never goes below 0), but more rows are never
+    faster than one, so the capacity is that one row at once; fast again, it comes back."""
+    now = [0.0]
+    times = StepTimes(alpha=0.2, clock=lambda: now[0])
+    times.seed(((1, 0.02), (2, 0.023), (4, 0.03), (8, 0.044)))
+    for _ in range(50):
+        for rows in range(2, 9):
+            times.observe(rows, 0.02 + 0.004 * rows)
+    assert times.model.capacity(0.2, 8) == 8
+    for _ in range(20):  # 2 s of slow single-row steps
+        now[0] += 0.105
+        times.observe(1, 0.105)
+    c0, c1 = times.line()
+    assert c0 + 2 * c1 < 0.0667  # the line alone would still admit a second stream
+    policy = RealtimePolicy(times, rows=8, margin=0.2)
+    assert policy.capacity() == 1  # the lone stream, always served
+    for _ in range(15):  # fast again: back within about a second
+        now[0] += 0.025
+        times.observe(1, 0.025)
+    assert policy.capacity() >= 2
+
+
 def test_the_serving_memory_outlives_the_periods_and_newer_sizes_weigh_more():
     now = [0.0]
     times = StepTimes(alpha=0.5, forget_s=10.0, half_life_s=30.0, clock=lambda: now[0])
