@@ -35,7 +35,7 @@ from models import Engine, EngineConfig, GenerationParams, load_model
 from models.core.prompt import build_prompt
 from models.params import FRAME_RATE_HZ
 from replica.replica import Replica
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 
 from .engine_bench import device_name
 

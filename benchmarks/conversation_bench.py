@@ -36,10 +36,10 @@ from models import EngineConfig, GenerationParams, Segment
 from models.codec.encode import encode_clip
 from models.core.prompt import build_prompt
 from replica.config import ReplicaConfig
-from replica.conversation_store import ConversationStore
-from replica.records import SpeechJob
+from stores.conversations import ConversationStore
+from contract.job import SpeechJob
 from replica.replica import Replica
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 
 
 def words(n: int, seed: int) -> str:

@@ -28,7 +28,7 @@ import uvicorn
 from deployments.local import start_replica
 from models import EngineConfig
 from observability.metrics import Metrics
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 from serve.app import create_app
 from serve.settings import ServerSettings
 from serve.v2.grpc_service import start_grpc_server

@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from models.engine import StepHook
 from observability.metrics import REQUEST_METRICS
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 from serve.app import create_app
 from serve.settings import ServerSettings
 from serve.v2.grpc_messages import pb

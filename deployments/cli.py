@@ -42,7 +42,7 @@ async def _say(args: argparse.Namespace) -> int:
     from models import EngineConfig, GenerationParams
     from models.params import FRAME_S, SAMPLES_PER_FRAME
     from replica.replica import Replica
-    from replica.voice_store import VoiceStore
+    from stores.voices import VoiceStore
     from serve.text import split_text
 
     fmt = args.format or Path(args.output).suffix.lstrip(".").lower()

@@ -10,9 +10,9 @@ import asyncio
 from models import EngineConfig
 from observability.metrics import Metrics, MetricsSink
 from replica.config import ReplicaConfig
-from replica.conversation_store import ConversationStore
+from stores.conversations import ConversationStore
 from replica.replica import Replica
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 
 
 async def start_replica(engine: EngineConfig, store: VoiceStore, config: ReplicaConfig | None = None,

@@ -38,8 +38,8 @@ from models.frontend.engine_loop import EngineLoop
 from models.params import Segment
 
 from .context_cache import ContextCache, ContextKey
-from .conversation_store import Conversation, ConversationNotFound, ConversationStore, Turn
-from .records import SpeechJob
+from stores.conversations import Conversation, ConversationNotFound, ConversationStore, Turn
+from contract.job import SpeechJob
 
 log = logging.getLogger(__name__)
 MAX_SEGMENTS = 128  # turns kept read (and Mimi-encoded) in memory, across conversations

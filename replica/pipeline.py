@@ -32,8 +32,8 @@ from models.params import (
 from .admission import Admission, Ticket
 from .joins import JoinGate
 from .realtime import FRAME_S
-from .playback import PlaybackClock
-from .text_feed import PieceDone, TextFeed
+from contract.playback import PlaybackClock
+from contract.text_feed import PieceDone, TextFeed
 
 
 def chunk_frames(chunk_s: float) -> int:

@@ -4,7 +4,7 @@ metrics recorder, and engine errors turned into typed error records. Framework-f
 ray, no fastapi): the in-process server serves a Replica directly, and the Ray deployment
 (deployments/replica.py) is a thin shell around one per card.
 
-A Replica satisfies the edges' `SpeechBackend` protocol (serve/backend.py). Event-loop
+A Replica satisfies the edges' `SpeechBackend` protocol (contract/backend.py). Event-loop
 state: its async methods run on one asyncio loop; `stats()` may be read from any thread.
 """
 
@@ -35,14 +35,16 @@ from observability.metrics import MetricsSink
 from .admission import Admission, Ticket
 from .config import ReplicaConfig
 from .context_cache import ContextCache
-from .conversation_store import ConversationError, ConversationStore
+from stores.conversations import ConversationError, ConversationStore
 from .conversations import ConversationContexts
 from .pipeline import SpeechPipeline, chunk_frames
 from .realtime import RealtimePolicy, StepTimes, budget_s, profile_sizes
 from .recorder import EngineRecorder, held_card
-from .records import ErrorInfo, Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
-from .text_feed import PieceDone, QueueFeed
-from .voice_store import Voice, VoiceStore
+from contract.errors import ErrorInfo, ReplicaError, error_info
+from contract.job import SpeechJob
+from contract.stats import Instances, ReplicaStats, instance_kind
+from contract.text_feed import PieceDone, QueueFeed
+from stores.voices import Voice, VoiceStore
 from .voices import SYNC_INTERVAL_S, VoiceContexts
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from models.frontend.engine_loop import EngineLoop
 from models.params import Segment
 
 from .context_cache import ContextCache, ContextKey
-from .voice_store import Voice, VoiceStore
+from stores.voices import Voice, VoiceStore
 
 log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 1.0

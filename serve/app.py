@@ -6,9 +6,9 @@ from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from observability.metrics import Metrics, MetricsSink
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 
-from .backend import SpeechBackend
+from contract.backend import SpeechBackend
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
 from .routes import conversations, health, models, playground, speech, speech_stream, voices

@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from observability.metrics import MetricsSink
-from replica.conversation_store import ConversationStore
-from replica.voice_store import VoiceStore
+from stores.conversations import ConversationStore
+from stores.voices import VoiceStore
 
-from .backend import SpeechBackend
+from contract.backend import SpeechBackend
 from .errors import APIError
 from .settings import ServerSettings
 from .speech import SpeechService

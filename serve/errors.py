@@ -15,7 +15,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from observability.metrics import ERRORS
-from replica.records import INTERNAL_MESSAGE, ErrorInfo, ErrorKind
+from contract.errors import INTERNAL_MESSAGE, ErrorInfo, ErrorKind
 
 from .schemas import ErrorResponse
 

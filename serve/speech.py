@@ -19,13 +19,14 @@ import numpy as np
 
 from models.params import SAMPLE_RATE_HZ
 from observability import metrics as m
-from replica.conversation_store import Conversation, ConversationError, ConversationNotFound, ConversationStore
-from replica.playback import PlaybackClock, PlaybackSummary
-from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob, error_info
-from replica.text_feed import PieceDone, TextFeed
-from replica.voice_store import OPENAI_VOICES, VoiceNotFound, VoiceStore
+from stores.conversations import Conversation, ConversationError, ConversationNotFound, ConversationStore
+from contract.playback import PlaybackClock, PlaybackSummary
+from contract.errors import ErrorInfo, ErrorKind, ReplicaError, error_info
+from contract.job import SpeechJob
+from contract.text_feed import PieceDone, TextFeed
+from stores.voices import OPENAI_VOICES, VoiceNotFound, VoiceStore
 
-from .backend import SpeechBackend
+from contract.backend import SpeechBackend
 from .schemas import SpeechRequest
 from .settings import ServerSettings
 from .text import split_text
@@ -58,7 +59,7 @@ class RequestTally:
         self.metrics.observe(m.TTFA, time.monotonic() - self.t0)
 
     def playback(self, summary: PlaybackSummary) -> None:
-        """A streamed request's listener (replica/playback.py): its gaps and its lowest slack."""
+        """A streamed request's listener (contract/playback.py): its gaps and its lowest slack."""
         labels = {"protocol": self.labels["protocol"]}
         if summary.underruns:  # Ray's counters take positive increments only
             self.metrics.inc(m.UNDERRUNS, summary.underruns, labels=labels)

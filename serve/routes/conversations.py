@@ -1,4 +1,4 @@
-"""Conversations: CSM's context kept on the server (replica/conversation_store.py). A speech
+"""Conversations: CSM's context kept on the server (stores/conversations.py). A speech
 request with `conversation` speaks its next turn (serve/speech.py); these routes create one,
 show it, delete it, and add a turn someone else spoke (its recording and its words)."""
 
@@ -11,9 +11,9 @@ from fastapi import APIRouter, Body, File, Form, UploadFile
 
 from models.params import FRAME_RATE_HZ, SAMPLE_RATE_HZ, Speaker
 from observability import metrics as m
-from replica.conversation_store import Conversation, ConversationError, ConversationNotFound
-from replica.records import ReplicaError
-from replica.voice_store import VoiceNotFound
+from stores.conversations import Conversation, ConversationError, ConversationNotFound
+from contract.errors import ReplicaError
+from stores.voices import VoiceNotFound
 
 from ..audio import AudioDecodeError, decode_audio
 from ..deps import BackendDep, ConversationsDep, MetricsDep, RequestIdDep, SettingsDep, StoreDep

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from models.params import SAMPLES_PER_FRAME
-from replica.records import ReplicaError
+from contract.errors import ReplicaError
 
 from ..audio import CONTENT_TYPES, AudioEncoder, make_encoder
 from ..deps import RequestIdDep, SettingsDep, SpeechDep

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from models.params import Speaker
-from replica.records import ReplicaError
-from replica.voice_store import VoiceError, VoiceNotFound
+from contract.errors import ReplicaError
+from stores.voices import VoiceError, VoiceNotFound
 
 from ..audio import AudioDecodeError, decode_audio
 from ..deps import BackendDep, RequestIdDep, SettingsDep, StoreDep

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from models.params import SAMPLE_RATE_HZ
-from replica.records import INTERNAL_MESSAGE
+from contract.errors import INTERNAL_MESSAGE
 
 from ..deps import is_authorized
 from .grpc_messages import (

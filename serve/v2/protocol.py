@@ -18,6 +18,7 @@ was never started is refused (400), as Triton refuses one without the START flag
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -28,8 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.utils import deserialize_bytes_tensor
 
 from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
-from replica.conversation_store import sequence_conversation
-from replica.records import ErrorInfo, ErrorKind
+from contract.errors import ErrorInfo, ErrorKind
 
 from ..errors import retry_after
 from ..schemas import SpeechRequest
@@ -98,7 +98,7 @@ class InferParams(BaseModel):
 @dataclass(frozen=True)
 class SequenceTurn:
     """A request's place in a Triton sequence: the conversation its id names (replica/
-    conversation_store.sequence_conversation), and whether it starts or ends it."""
+    sequence_conversation), and whether it starts or ends it."""
 
     sequence_id: int | str
     conversation: str
@@ -202,3 +202,10 @@ def _first_error(e: ValidationError, prefix: str | None, rename: dict[str, str] 
     if first["type"] == "extra_forbidden":
         return f"unknown parameter '{where}'; known: {', '.join(sorted(InferParams.model_fields))}"
     return f"{prefix + ' ' if prefix else ''}{where}: {first['msg']}"
+
+
+def sequence_conversation(sequence_id: int | str) -> str:
+    """The conversation a v2 sequence id names (Triton's sequence_id: a uint64 or a string,
+    chosen by the client): the same id always names the same conversation."""
+    kind = "int" if isinstance(sequence_id, int) else "str"
+    return "conv_" + hashlib.sha256(f"v2-sequence/{kind}/{sequence_id}".encode()).hexdigest()[:16]

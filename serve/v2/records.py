@@ -5,7 +5,7 @@ both edges describe the model identically."""
 from __future__ import annotations
 
 from models.params import SAMPLE_RATE_HZ
-from replica.records import Instances
+from contract.stats import Instances
 
 from .protocol import AUDIO, EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION, TEXT, VERSION
 from .service import Duration, ModelStats

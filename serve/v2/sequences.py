@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from replica.conversation_store import ConversationError, ConversationNotFound, ConversationStore
-from replica.records import ReplicaError
+from stores.conversations import ConversationError, ConversationNotFound, ConversationStore
+from contract.errors import ReplicaError
 
-from ..backend import SpeechBackend
+from contract.backend import SpeechBackend
 from .protocol import SequenceTurn, V2Error
 
 log = logging.getLogger(__name__)

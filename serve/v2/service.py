@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from replica.records import Instances, ReplicaError
+from contract.errors import ReplicaError
+from contract.stats import Instances
 
 from ..audio import as_mono_float
 from ..speech import SpeechService, SpeechStream, StreamTiming

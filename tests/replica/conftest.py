@@ -8,9 +8,9 @@ import pytest
 import soundfile
 
 from replica.config import ReplicaConfig
-from replica.conversation_store import ConversationStore
+from stores.conversations import ConversationStore
 from replica.replica import Replica
-from replica.voice_store import Voice, VoiceStore
+from stores.voices import Voice, VoiceStore
 
 
 @pytest.fixture

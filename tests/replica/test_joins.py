@@ -5,7 +5,7 @@ import asyncio
 import time
 
 from replica.joins import JoinGate
-from replica.playback import PlaybackClock
+from contract.playback import PlaybackClock
 
 
 def _listener(now: float, buffered_s: float) -> PlaybackClock:

@@ -11,7 +11,7 @@ import torch
 from models import GenerationParams, Overloaded
 from replica.config import ReplicaConfig
 from replica.pipeline import chunk_frames, next_chunk_frames
-from replica.playback import PlaybackClock
+from contract.playback import PlaybackClock
 
 
 def test_streams_beyond_the_rows_are_refused_at_once_or_wait_in_their_line(make_replica):

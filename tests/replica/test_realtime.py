@@ -8,7 +8,8 @@ import time
 import pytest
 
 from models.errors import Overloaded
-from replica.admission import Admission, QueueTimeout
+from contract.errors import QueueTimeout
+from replica.admission import Admission
 from replica.config import ReplicaConfig
 from replica.realtime import (
     FRAME_S,

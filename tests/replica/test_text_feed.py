@@ -1,4 +1,4 @@
-"""Texts that arrive while a stream speaks (replica/text_feed.py, the text-in WebSocket's
+"""Texts that arrive while a stream speaks (contract/text_feed.py, the text-in WebSocket's
 seam): fed one by one, later, they give the same audio as the same texts given at once, on
 one decoder row, with a mark after each text's audio; clearing drops only what has not
 started; closing the stream mid-wait frees its row."""
@@ -10,7 +10,7 @@ import pytest
 
 from models import GenerationParams
 from models.params import SAMPLE_RATE_HZ
-from replica.text_feed import PieceDone, QueueFeed
+from contract.text_feed import PieceDone, QueueFeed
 
 TEXTS = ("The first piece of the reply.", "Then a second one, a bit longer.", "And the end.")
 PARAMS = GenerationParams(seed=3, temperature=0.0, max_frames=4)

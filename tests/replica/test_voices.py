@@ -12,7 +12,7 @@ import pytest
 from models import GenerationParams, RequestError
 from models.codec.encode import encode_clip
 from replica.config import ReplicaConfig
-from replica.voice_store import MANIFEST, Voice, VoiceStore
+from stores.voices import MANIFEST, Voice, VoiceStore
 from tests.replica.conftest import make_voice
 
 

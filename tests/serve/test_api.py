@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 from serve.app import create_app
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings

@@ -20,7 +20,7 @@ from schemathesis.checks import (
 )
 
 from models import EngineConfig
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 from serve.app import create_app
 from serve.audio import decode_audio
 from serve.settings import ServerSettings

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from models import EngineConfig
-from replica.voice_store import OPENAI_VOICES
+from stores.voices import OPENAI_VOICES
 from serve.routes.playground import CSP
 from tests.conftest import wav_bytes
 from tests.local_server import local_server

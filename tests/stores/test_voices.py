@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from replica.voice_store import OPENAI_VOICES, Voice, VoiceNotFound, VoiceStore
+from stores.voices import OPENAI_VOICES, Voice, VoiceNotFound, VoiceStore
 from serve.audio import decode_audio
 
 
