@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from benchmarks.engine_bench import WORDS, device_name
+from contract.job import SpeechJob
 from models import EngineConfig, GenerationParams, Segment
 from models.codec.encode import encode_clip
 from models.core.prompt import build_prompt
 from replica.config import ReplicaConfig
-from stores.conversations import ConversationStore
-from contract.job import SpeechJob
 from replica.replica import Replica
+from stores.conversations import ConversationStore
 from stores.voices import VoiceStore
 
 

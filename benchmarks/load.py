@@ -47,8 +47,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
 from contract.playback import PlaybackClock
+from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
 
 from . import stages as stage_metrics
 

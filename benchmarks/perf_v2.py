@@ -28,10 +28,10 @@ import uvicorn
 from deployments.local import start_replica
 from models import EngineConfig
 from observability.metrics import Metrics
-from stores.voices import VoiceStore
 from serve.app import create_app
 from serve.settings import ServerSettings
 from serve.v2.grpc_service import start_grpc_server
+from stores.voices import VoiceStore
 
 TEXT = "Hello there, this is a benchmark sentence."
 

@@ -10,11 +10,11 @@ from typing import Protocol
 
 import numpy as np
 
-from models.params import Priority
 from contract.errors import ErrorInfo
 from contract.job import SpeechJob
 from contract.stats import Instances
 from contract.text_feed import PieceDone, TextFeed, TextFeedWriter
+from models.params import Priority
 from stores.voices import Voice
 
 

@@ -13,6 +13,7 @@ request id and never sent. Which status each kind gets is each protocol's own ta
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -54,23 +55,40 @@ class QueueTimeout(RuntimeError):
     """A stream waited for a row its own timeout long (Triton's `timeout` parameter)."""
 
 
-def first_error(exc: ValidationError) -> tuple[str | None, str]:
-    """A pydantic error's first complaint: (the field's dotted path or None, its message)."""
-    first = exc.errors()[0]
-    return ".".join(str(p) for p in first.get("loc", ())) or None, first["msg"]
+@dataclass(frozen=True)
+class FirstError:
+    """A validation error's first complaint: the field's dotted path (None: the value as a
+    whole), pydantic's message and its error type."""
+
+    param: str | None
+    message: str
+    type: str
 
 
-def store_error_info(exc: BaseException, id_param: str = "conversation") -> ErrorInfo | None:
-    """A store's refusal (stores/) as a client is told it, or None for anything else.
-    `id_param`: the field that named the missing conversation (a body field, a path's id)."""
+def first_error(exc: ValidationError, skip: tuple[str, ...] = (), drop: int = 0) -> FirstError:
+    """The first complaint of `exc` (the one way every edge reads a pydantic error), its path
+    without its first `drop` parts and the parts named in `skip` (FastAPI's "body", ...)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    parts = [str(p) for p in tuple(first.get("loc", ()))[drop:] if p not in skip]
+    return FirstError(".".join(parts) or None, first.get("msg", "invalid request"), first.get("type", ""))
+
+
+def store_error_info(exc: BaseException, path_param: str | None = None) -> ErrorInfo | None:
+    """A store's refusal (stores/) as a client is told it, or None for anything else. A
+    missing voice or conversation named by a resource path (`path_param`: its id's name) is
+    not found; named in a request's fields, an unknown conversation is not found and an
+    unknown voice a bad value of `voice`."""
     if isinstance(exc, ConversationNotFound):
-        return ErrorInfo(kind="not_found", message=str(exc), param=id_param, code="conversation_not_found")
+        return ErrorInfo(kind="not_found", message=str(exc), param=path_param or "conversation",
+                         code="conversation_not_found")
     if isinstance(exc, TurnInProgress):
-        return ErrorInfo(kind="conflict", message=str(exc), param=id_param, code="turn_in_progress")
+        return ErrorInfo(kind="conflict", message=str(exc), param=path_param or "conversation", code="turn_in_progress")
     if isinstance(exc, ConversationError):
         return ErrorInfo(kind="invalid_request", message=exc.message, param=exc.param, code=exc.code)
     if isinstance(exc, VoiceNotFound):
-        return ErrorInfo(kind="invalid_request", message=str(exc), param="voice", code="voice_not_found")
+        return ErrorInfo(kind="not_found" if path_param else "invalid_request", message=str(exc),
+                         param=path_param or "voice", code="voice_not_found")
     if isinstance(exc, VoiceError):
         return ErrorInfo(kind="invalid_request", message=str(exc), param=exc.param, code="invalid_voice")
     return None
@@ -83,9 +101,9 @@ def error_info(exc: BaseException, request_id: str) -> ErrorInfo:
     if isinstance(exc, RequestError):
         return ErrorInfo(kind="invalid_request", message=exc.message, param=exc.param, code=exc.code)
     if isinstance(exc, ValidationError):
-        param, message = first_error(exc)
-        return ErrorInfo(kind="invalid_request", message=f"{param}: {message}" if param else message,
-                         param=param, code="invalid_value")
+        first = first_error(exc)
+        return ErrorInfo(kind="invalid_request", message=f"{first.param}: {first.message}" if first.param
+                         else first.message, param=first.param, code="invalid_value")
     if (info := store_error_info(exc)) is not None:
         return info
     if isinstance(exc, Overloaded):

@@ -4,12 +4,23 @@ here, and it pickles as is (its feed under Ray as a handle, deployments/text_cha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.params import GenerationParams, MaxAudioSeconds, Priority
 from stores.voices import Voice
 
 from .text_feed import TextFeed
+
+
+@dataclass(frozen=True)
+class RoutingKey:
+    """What a router reads of a job (deployments/router.py): its priority, and the context it
+    is best served where it is cached (a conversation's id; None: any replica)."""
+
+    priority: Priority
+    home: str | None
 
 
 class SpeechJob(BaseModel):
@@ -32,3 +43,7 @@ class SpeechJob(BaseModel):
     feed: TextFeed | None = None  # more texts as they arrive, after `texts` (the text-in WebSocket)
     marks: bool = False  # yield a PieceDone after each text's audio (its text and timestamps)
     conversation: str | None = None  # speak the next turn of this conversation (replica/conversations.py)
+
+    @property
+    def routing(self) -> RoutingKey:
+        return RoutingKey(self.priority, self.conversation)

@@ -10,8 +10,8 @@ import asyncio
 from models import EngineConfig
 from observability.metrics import Metrics, MetricsSink
 from replica.config import ReplicaConfig
-from stores.conversations import ConversationStore
 from replica.replica import Replica
+from stores.conversations import ConversationStore
 from stores.voices import VoiceStore
 
 

@@ -27,6 +27,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from contract.errors import ErrorInfo, ReplicaError, error_info
+from contract.job import SpeechJob
+from contract.stats import Instances, ReplicaStats
+from contract.text_feed import PieceDone
 from models import EngineConfig
 from models.engine import StepHook
 from models.errors import EngineDeadError, Overloaded
@@ -34,13 +38,9 @@ from models.params import Priority
 from observability import metrics as m
 from observability.metrics import REPLICA_METRICS, MetricsSink
 from replica.config import ReplicaConfig
-from contract.errors import ErrorInfo, ReplicaError, error_info
-from contract.job import SpeechJob
-from contract.stats import Instances, ReplicaStats
 from replica.replica import Replica
-from contract.text_feed import PieceDone
-from stores.voices import Voice, VoiceStore
 from stores.settings import StoreSettings
+from stores.voices import Voice, VoiceStore
 
 from .autoscaling import replica_autoscaling_stats
 from .headroom import Headroom, HeadroomView

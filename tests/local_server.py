@@ -14,10 +14,10 @@ from models import EngineConfig
 from models.engine import StepHook
 from observability.metrics import Metrics
 from replica.config import ReplicaConfig
-from stores.voices import VoiceStore
 from serve.app import create_app
 from serve.settings import ServerSettings
 from serve.v2.grpc_service import start_grpc_server
+from stores.voices import VoiceStore
 from tests.conftest import free_port
 
 

@@ -17,11 +17,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from models.params import SAMPLES_PER_FRAME
+from contract.backend import SpeechBackend, TextFeedBoth
 from contract.errors import ErrorInfo, ReplicaError
 from contract.text_feed import PieceDone
+from models.params import SAMPLES_PER_FRAME
 
-from contract.backend import SpeechBackend, TextFeedBoth
 from ..speech import SpeechService, SpeechStream
 from .events import SessionConfig
 

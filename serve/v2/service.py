@@ -59,7 +59,7 @@ class V2Service:
         self.speech, self.settings = speech, speech.settings
         self.models = list(speech.models)
         self.stats = {name: ModelStats() for name in self.models}
-        self.sequences = Sequences(speech.conversations, speech.backend)
+        self.sequences = Sequences(speech.conversations)
 
     def check_model(self, model: str, version: str | None = None) -> None:
         if model not in self.stats:

@@ -4,8 +4,8 @@ hand, the step period fixed, asyncio's own clock for the waits."""
 import asyncio
 import time
 
-from replica.joins import JoinGate
 from contract.playback import PlaybackClock
+from replica.joins import JoinGate
 
 
 def _listener(now: float, buffered_s: float) -> PlaybackClock:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from models.errors import Overloaded
 from contract.errors import QueueTimeout
+from models.errors import Overloaded
 from replica.admission import Admission
 from replica.config import ReplicaConfig
 from replica.realtime import (
