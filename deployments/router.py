@@ -39,7 +39,7 @@ from itertools import groupby
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from contract.job import RoutingKey, SpeechJob
+from contract.job import RoutingKey
 
 FRESH_S = 0.1  # ongoing counts older than this are asked afresh from every replica
 ROUTING_STATS_PERIOD_S = 0.5  # how often Serve's controller polls each replica's routing stats
@@ -62,7 +62,9 @@ class HeadroomRouter(FIFOMixin, RequestRouter):
             self._probed_at = now
             await self._probe_queue_lens(candidate_replicas, 0)
         job = pending_request.args[0] if pending_request is not None and pending_request.args else None
-        key = job.routing if isinstance(job, SpeechJob) else RoutingKey("interactive", None)  # other calls: by room
+        key = getattr(job, "routing", None)  # a SpeechJob's typed key; other calls (add_voice, ...) have none
+        if not isinstance(key, RoutingKey):
+            key = RoutingKey("interactive", None)
         if key.priority == "batch":
             return [random.sample(candidate_replicas, len(candidate_replicas))]  # Serve takes the least busy
         room = {r.replica_id: self.headroom(r) for r in candidate_replicas}
