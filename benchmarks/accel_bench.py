@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 import transformers
 
+from contract.job import SpeechJob
 from models import Engine, EngineConfig, GenerationParams, load_model
 from models.core.prompt import build_prompt
 from models.params import FRAME_RATE_HZ
 from replica.replica import Replica
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 
 from .engine_bench import device_name
 
@@ -79,12 +80,14 @@ def time_to_first_audio(engine: Engine, c: int, frames: int) -> dict:
     to each request's first PCM chunk."""
 
     async def main() -> list[float]:
-        replica = Replica(engine, VoiceStore(None), max_waiting=c)
-        pipeline = replica.pipeline
+        store = VoiceStore(None)
+        replica = Replica(engine, store, max_waiting=c)
+        pipeline, voice = replica.pipeline, store.resolve("alloy")
         t0 = time.perf_counter()
 
         async def one(i: int) -> float:
-            stream = pipeline.stream(f"a{i}", [TEXT], params=GenerationParams(seed=i, max_frames=frames))
+            stream = pipeline.stream(SpeechJob(request_id=f"a{i}", texts=(TEXT,), voice=voice,
+                                               params=GenerationParams(seed=i, max_frames=frames)))
             await anext(stream)
             seconds = time.perf_counter() - t0
             await stream.aclose()

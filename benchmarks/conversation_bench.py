@@ -32,14 +32,14 @@ import numpy as np
 import torch
 
 from benchmarks.engine_bench import WORDS, device_name
+from contract.job import SpeechJob
 from models import EngineConfig, GenerationParams, Segment
 from models.codec.encode import encode_clip
 from models.core.prompt import build_prompt
 from replica.config import ReplicaConfig
-from replica.conversation_store import ConversationStore
-from replica.records import SpeechJob
 from replica.replica import Replica
-from replica.voice_store import VoiceStore
+from stores.conversations import ConversationStore
+from stores.voices import VoiceStore
 
 
 def words(n: int, seed: int) -> str:

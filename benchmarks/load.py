@@ -47,8 +47,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from contract.playback import PlaybackClock
 from models.params import SAMPLE_RATE_HZ as SAMPLE_RATE
-from replica.playback import PlaybackClock
 
 from . import stages as stage_metrics
 
@@ -70,7 +70,7 @@ class Result:
     retry_after: bool | None = None  # rejections only: was Retry-After present
     retry_after_s: float = 0.0  # its value in seconds (0 when absent or not a number)
     body: bytes = b""  # non-pcm formats: the whole body, decoded after the level
-    underruns: int = 0  # pcm: gaps a real-time listener heard (replica/playback.py, at the client)
+    underruns: int = 0  # pcm: gaps a real-time listener heard (contract/playback.py, at the client)
     min_slack_s: float | None = None  # pcm: the least audio it had buffered when the next bytes came
     max_gap_s: float = 0.0  # pcm: the longest gap it heard
 

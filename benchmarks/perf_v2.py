@@ -25,13 +25,9 @@ from pathlib import Path
 
 import uvicorn
 
-from deployments.local import start_replica
+from deployments.local import start_local
 from models import EngineConfig
-from observability.metrics import Metrics
-from replica.voice_store import VoiceStore
-from serve.app import create_app
 from serve.settings import ServerSettings
-from serve.v2.grpc_service import start_grpc_server
 
 TEXT = "Hello there, this is a benchmark sentence."
 
@@ -40,15 +36,10 @@ def serve(config: EngineConfig, http_port: int, grpc_port: int) -> uvicorn.Serve
     state: dict = {}
 
     async def main() -> None:
-        settings, store = ServerSettings(), VoiceStore(None)
-        metrics = Metrics()
-        backend = await start_replica(config, store, None, metrics, max_queued_requests=64)
-        app = create_app(backend, store, settings, metrics)
-        grpc_server = await start_grpc_server(app.state.v2, f"127.0.0.1:{grpc_port}")
-        state["server"] = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning"))
-        await state["server"].serve()
-        await grpc_server.stop(grace=2)
-        backend.shutdown()
+        server = await start_local(config, ServerSettings(), "127.0.0.1", http_port, grpc_port,
+                                   max_queued_requests=64, log_level="warning")
+        state["server"] = server.http
+        await server.run()
 
     threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
     while not (state.get("server") and state["server"].started):

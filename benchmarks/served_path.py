@@ -24,14 +24,14 @@ import time
 
 import torch
 
+from contract.job import SpeechJob
 from models import Engine, EngineConfig, GenerationParams, build_engine
 from models.core.threads import ThreadPlan
 from models.core.threads import apply as apply_threads
 from models.params import FRAME_RATE_HZ, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from replica.config import ReplicaConfig
-from replica.records import SpeechJob
 from replica.replica import Replica
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 
 TEXT = "The weather today is sunny with a light breeze, and tomorrow brings rain."
 

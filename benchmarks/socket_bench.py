@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 from websockets.asyncio.client import connect
 
-from replica.playback import PlaybackClock
+from contract.playback import PlaybackClock
 
 REPLY = ("Sure, I can help with that. The meeting is moved to Thursday at ten. "
          "I have sent the new invitation to everyone on the list. Anything else?")

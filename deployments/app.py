@@ -16,11 +16,11 @@ from ray.serve.handle import DeploymentHandle
 
 from models.engine import StepHook
 from observability.metrics import REQUEST_METRICS
-from replica.voice_store import VoiceStore
 from serve.app import create_app
 from serve.settings import ServerSettings
 from serve.v2.grpc_messages import pb
 from serve.v2.grpc_service import UNARY, InferenceRPC, RpcStatus
+from stores.voices import VoiceStore
 
 from .metrics import RayMetrics
 from .placement import AppArgs, engine_actor_options

@@ -39,11 +39,13 @@ def _serve(args: argparse.Namespace) -> None:
 async def _say(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from contract.job import SpeechJob
+    from contract.text_feed import PieceDone
     from models import EngineConfig, GenerationParams
     from models.params import FRAME_S, SAMPLES_PER_FRAME
     from replica.replica import Replica
-    from replica.voice_store import VoiceStore
     from serve.text import split_text
+    from stores.voices import VoiceStore
 
     fmt = args.format or Path(args.output).suffix.lstrip(".").lower()
     if fmt not in FORMATS:
@@ -51,16 +53,19 @@ async def _say(args: argparse.Namespace) -> int:
     encoder = make_encoder(fmt, args.speed)
     store = VoiceStore(args.voices_dir)
     voice = store.resolve(args.voice)
-    params = GenerationParams(speaker=voice.speaker, seed=args.seed, max_frames=args.max_frames)
+    texts = split_text(args.text)
+    job = SpeechJob(request_id="say", texts=tuple(texts), voice=voice, marks=True,
+                    params=GenerationParams(speaker=voice.speaker, seed=args.seed, max_frames=args.max_frames))
     replica = Replica.build(EngineConfig(model=args.model, device=args.device, max_num_seqs=1), store)
     try:
-        prefix = await replica.voices.prefix(voice)
-        texts = split_text(args.text)
         with open(args.output, "wb") as out, tqdm(total=len(texts), unit="segment", desc="speaking") as bar:
             frames = 0
-            async for pcm in replica.pipeline.stream("say", texts, prefix, params, on_segment_done=lambda i, _: bar.update(1)):
-                out.write(encoder.encode(pcm))
-                frames += len(pcm) // SAMPLES_PER_FRAME
+            async for item in replica.synthesize(job):
+                if isinstance(item, PieceDone):
+                    bar.update(1)
+                    continue
+                out.write(encoder.encode(item))
+                frames += len(item) // SAMPLES_PER_FRAME
                 bar.set_postfix(audio_s=f"{frames * FRAME_S:.1f}")
             out.write(encoder.flush())
     finally:

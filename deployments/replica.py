@@ -27,6 +27,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from contract.errors import ErrorInfo, ReplicaError, error_info
+from contract.job import SpeechJob
+from contract.stats import Instances, ReplicaStats
+from contract.text_feed import PieceDone
 from models import EngineConfig
 from models.engine import StepHook
 from models.errors import EngineDeadError, Overloaded
@@ -34,11 +38,9 @@ from models.params import Priority
 from observability import metrics as m
 from observability.metrics import REPLICA_METRICS, MetricsSink
 from replica.config import ReplicaConfig
-from replica.records import ErrorInfo, Instances, ReplicaError, ReplicaStats, SpeechJob, error_info
 from replica.replica import Replica
-from replica.text_feed import PieceDone
-from replica.voice_store import Voice, VoiceStore
-from serve.settings import ServerSettings
+from stores.settings import StoreSettings
+from stores.voices import Voice, VoiceStore
 
 from .autoscaling import replica_autoscaling_stats
 from .headroom import Headroom, HeadroomView
@@ -68,10 +70,11 @@ class ReplicaDeployment:
 
     def __init__(self, engine: dict, replica: dict, voices_dir: str | None, before_step: StepHook | None = None,
                  server: dict | None = None, max_waiting: int = 0):
-        """`server`: the ingress's settings (ServerSettings), for the conversations' store."""
+        """`server`: the ingress's settings (serve.settings.ServerSettings); their StoreSettings bound the
+        conversations' store."""
         check_priority(log)
         store = VoiceStore(voices_dir)
-        conversations = ServerSettings(**(server or {})).conversation_store()
+        conversations = StoreSettings(**(server or {})).conversation_store()
         self.replica = Replica.build(EngineConfig(**engine), store, ReplicaConfig(**replica), RayMetrics(REPLICA_METRICS),
                                      max_waiting=max_waiting, before_step=before_step, conversations=conversations)
         self.replica.start_background()  # Serve runs constructors on the replica's event loop

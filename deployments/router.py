@@ -39,6 +39,8 @@ from itertools import groupby
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
+from contract.job import RoutingKey
+
 FRESH_S = 0.1  # ongoing counts older than this are asked afresh from every replica
 ROUTING_STATS_PERIOD_S = 0.5  # how often Serve's controller polls each replica's routing stats
 # Keys of the routing stats a replica reports (deployments/replica.py) and the router reads.
@@ -60,15 +62,17 @@ class HeadroomRouter(FIFOMixin, RequestRouter):
             self._probed_at = now
             await self._probe_queue_lens(candidate_replicas, 0)
         job = pending_request.args[0] if pending_request is not None and pending_request.args else None
-        if getattr(job, "priority", "interactive") == "batch":
+        key = getattr(job, "routing", None)  # a SpeechJob's typed key; other calls (add_voice, ...) have none
+        if not isinstance(key, RoutingKey):
+            key = RoutingKey("interactive", None)
+        if key.priority == "batch":
             return [random.sample(candidate_replicas, len(candidate_replicas))]  # Serve takes the least busy
         room = {r.replica_id: self.headroom(r) for r in candidate_replicas}
         shuffled = random.sample(candidate_replicas, len(candidate_replicas))  # ties at random
         by_room = sorted(shuffled, key=lambda r: room[r.replica_id], reverse=True)
         ranks = [list(group) for _, group in groupby(by_room, key=lambda r: room[r.replica_id])]
-        conversation = getattr(job, "conversation", None)
-        if conversation is not None:
-            first = home(conversation, candidate_replicas)
+        if key.home is not None:
+            first = home(key.home, candidate_replicas)
             if room[first.replica_id] > 0:
                 ranks.insert(0, [first])
         return ranks

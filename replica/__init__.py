@@ -1,19 +1,15 @@
-"""What one card serves: a framework-free replica (no ray, no fastapi; a guard test keeps it
-so) that the in-process server serves directly and the Ray deployment wraps.
+"""What runs on one card: a framework-free replica (no ray, no fastapi; a guard test keeps it
+so) that the in-process server serves directly and the Ray deployment wraps. The edges never
+import it: what crosses is contract/ (the job, the error and stats records, SpeechBackend,
+the text feed, the playback clock), what is shared on disk stores/ (voices, conversations).
 
 Modules, from the edges' side inwards:
-    records.py        torch-free: SpeechJob, ErrorInfo/ReplicaError, Instances, ReplicaStats
-    voice_store.py    torch-free: the voices as files, shared by every replica and ingress
-    text_feed.py      torch-free: texts that arrive while a stream speaks (the text-in WebSocket)
-    conversation_store.py  torch-free: conversations as files (their turns, bounds, turn lock)
     replica.py        Replica: the pipeline, the context cache, the recorder, stats()
     pipeline.py       texts -> PCM on one decoder row (admission.py: rows and the wait line)
+    admission.py      rows and real-time headroom (realtime.py: the capacity; joins.py: joins)
     voices.py         voices on this replica: clips -> Mimi codes -> prefix, in the cache
+    conversations.py  conversations on this replica: turns -> prefix, in the cache
     context_cache.py  torch-free: computed prefixes, keyed by id + version, bounded in bytes
     recorder.py       the engine's and the cache's metrics
     config.py         ReplicaConfig
-
-The edges import only the torch-free modules (records, voice_store, text_feed, conversation_store, context_cache,
-config),
-so they never import torch; import each name from its module.
 """

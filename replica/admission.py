@@ -40,16 +40,13 @@ import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from contract.errors import QueueTimeout
 from models.errors import Overloaded
 from models.params import Priority
 
 from .realtime import FRAME_S, RealtimePolicy
 
 SOON_S = 0.1  # how soon a row of a growing batch, or a listener catching up, is expected
-
-
-class QueueTimeout(RuntimeError):
-    """A stream waited for a row its own timeout long (Triton's `timeout` parameter)."""
 
 
 @dataclass(eq=False)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from contract.stats import ContextCacheStats
 from models.core.prompt import Prefix
 from models.params import Segment
 
@@ -28,17 +29,6 @@ class ContextKey:
     kind: ContextKind
     id: str
     version: str
-
-
-@dataclass(frozen=True)
-class ContextCacheStats:
-    num_entries: int
-    num_bytes: int
-    max_bytes: int
-    num_hits: tuple[tuple[str, int], ...]  # (kind, count): lookups that found their prefix
-    num_misses: tuple[tuple[str, int], ...]  # (kind, count): lookups that had to compute it
-    num_evictions: int  # entries dropped to stay within max_bytes
-    num_positions: tuple[tuple[str, str, int], ...] = ()  # (kind, reused | computed, positions): requests' contexts
 
 
 class ContextCache:

@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract.job import SpeechJob
 from models.codec.encode import encode_clip
 from models.core.prompt import Prefix, fit_context
 from models.errors import RequestError
 from models.frontend.engine_loop import EngineLoop
 from models.params import Segment
+from stores.conversations import Conversation, ConversationNotFound, ConversationStore, Turn
 
 from .context_cache import ContextCache, ContextKey
-from .conversation_store import Conversation, ConversationNotFound, ConversationStore, Turn
-from .records import SpeechJob
 
 log = logging.getLogger(__name__)
 MAX_SEGMENTS = 128  # turns kept read (and Mimi-encoded) in memory, across conversations

@@ -30,7 +30,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from .playback import PlaybackClock
+from contract.playback import PlaybackClock
 from .realtime import FRAME_S
 
 

@@ -1,7 +1,7 @@
-"""Texts in, PCM out: one speech stream = one voice, one decoder row.
+"""Texts in, PCM out: one speech stream = one job (contract/job.py), one context, one decoder row.
 
-Each text is generated with the voice's context plus the previous text's audio codes (so the
-voice holds), starting from the voice's computed prefix, and every frame goes through the
+Each text is generated with the context (a voice's or a conversation's computed prefix) plus
+the previous text's audio codes (so the voice holds), and every frame goes through the
 stream's one streaming Mimi row (so texts join without gaps, clicks or repeated audio). The
 stream's audio cap is the engine's too: each text's request may take only the frames left,
 ends there with reason `length`, and the last chunk is cut to the exact sample.
@@ -13,9 +13,13 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from contract.job import SpeechJob
+from contract.playback import PlaybackClock
+from contract.text_feed import PieceDone, TextFeed
 from models.core.prompt import Prefix
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
@@ -24,7 +28,6 @@ from models.params import (
     FRAME_RATE_HZ,
     SAMPLE_RATE_HZ,
     SAMPLES_PER_FRAME,
-    GenerationParams,
     Priority,
     Segment,
 )
@@ -32,8 +35,6 @@ from models.params import (
 from .admission import Admission, Ticket
 from .joins import JoinGate
 from .realtime import FRAME_S
-from .playback import PlaybackClock
-from .text_feed import PieceDone, TextFeed
 
 
 def chunk_frames(chunk_s: float) -> int:
@@ -87,62 +88,48 @@ class SpeechPipeline:
             self._on_stage("queue", time.perf_counter() - t0)
             yield ticket
 
-    async def stream(self, request_id: str, texts: tuple[str, ...] | list[str], voice: Prefix | None = None,
-                     params: GenerationParams | None = None, max_audio_s: float | None = None,
-                     on_segment_done: Callable[[int, Segment], None] | None = None, priority: Priority = "interactive",
-                     timeout_s: float | None = None, feed: TextFeed | None = None,
-                     marks: bool = False) -> AsyncIterator[np.ndarray | PieceDone]:
-        """`admit`, then `speak` (arguments as there): Overloaded or QueueTimeout before the
-        first chunk when the stream is not admitted."""
-        async with self.admit(priority, timeout_s) as ticket:
-            async with contextlib.aclosing(self.speak(ticket, request_id, texts, voice, params, max_audio_s,
-                                                      on_segment_done, feed, marks)) as chunks:
+    async def stream(self, job: SpeechJob, context: Prefix | None = None,
+                     on_segment_done: Callable[[int, Segment], None] | None = None) -> AsyncIterator[np.ndarray | PieceDone]:
+        """`admit` (the job's priority and timeout), then `speak` (arguments as there):
+        Overloaded or QueueTimeout before the first chunk when the stream is not admitted."""
+        async with self.admit(job.priority, job.timeout_s) as ticket:
+            async with contextlib.aclosing(self.speak(ticket, job, context, on_segment_done)) as chunks:
                 async for chunk in chunks:
                     yield chunk
 
-    async def speak(
-        self,
-        ticket: Ticket,
-        request_id: str,
-        texts: tuple[str, ...] | list[str],
-        voice: Prefix | None = None,
-        params: GenerationParams | None = None,
-        max_audio_s: float | None = None,
-        on_segment_done: Callable[[int, Segment], None] | None = None,
-        feed: TextFeed | None = None,
-        marks: bool = False,
-    ) -> AsyncIterator[np.ndarray | PieceDone]:
-        """Yield float32 PCM chunks (24 kHz mono) on the row `ticket` holds (admit): the first
-        one frame (80 ms, so first audio costs prefill + one frame + one small decode), the next
-        ones growing with the audio already out (next_chunk_frames) up to `chunk_frames` frames
-        (steady state: few, batched decodes).
+    async def speak(self, ticket: Ticket, job: SpeechJob, context: Prefix | None = None,
+                    on_segment_done: Callable[[int, Segment], None] | None = None) -> AsyncIterator[np.ndarray | PieceDone]:
+        """Yield float32 PCM chunks (24 kHz mono) of `job` on the row `ticket` holds (admit): the
+        first one frame (80 ms, so first audio costs prefill + one frame + one small decode), the
+        next ones growing with the audio already out (next_chunk_frames) up to `chunk_frames`
+        frames (steady state: few, batched decodes).
 
-        Text i runs with `params.for_segment(i)` (seed + i) and the context `voice` plus text
-        i-1's audio; the whole stream is at most `max_audio_s` long. Raises RequestError before
-        the first chunk for unusable input. `on_segment_done(i, segment)` gets each text as
-        spoken once its audio is out (its codes are the context of the next text). The ticket's
-        `frames_left` follows the stream (an upper bound: the texts' frame caps, the audio cap),
-        for the admission's estimate of when rows free up.
+        Text i runs with `job.params.for_segment(i)` (seed + i) and the computed `context` (a
+        voice's or a conversation's prefix) plus text i-1's audio; the whole stream is at most
+        `job.max_audio_s` long. Raises RequestError before the first chunk for unusable input.
+        `on_segment_done(i, segment)` gets each text as spoken once its audio is out (its codes
+        are the context of the next text). The ticket's `frames_left` follows the stream (an
+        upper bound: the texts' frame caps, the audio cap), for the admission's estimate of when
+        rows free up.
 
-        `feed`: the texts after `texts`, taken one at a time as each previous text's codes
-        exist (so a text that came while the one before was speaking follows it with no gap);
-        while the stream waits for one, its listener's silence is the client's, not a gap
-        (PlaybackClock.wait_input). `marks`: a PieceDone after each text's last chunk."""
-        params = params or GenerationParams()
-        max_samples = round(max_audio_s * SAMPLE_RATE_HZ) if max_audio_s else None
-        frame_budget = -(-max_samples // SAMPLES_PER_FRAME) if max_samples else None
+        `job.feed`: the texts after `job.texts`, taken one at a time as each previous text's
+        codes exist (so a text that came while the one before was speaking follows it with no
+        gap); while the stream waits for one, its listener's silence is the client's, not a gap
+        (PlaybackClock.wait_input). `job.marks`: a PieceDone after each text's last chunk."""
+        request_id = job.request_id
+        caps = _Caps.of(job)
         clock = PlaybackClock() if ticket.priority == "interactive" else None
         if clock is not None:
             self._clocks[request_id] = clock
         try:  # closing the stream closes the generation at once (its engine request is aborted)
-            pieces = _pieces(texts, feed, clock)
-            left = _FramesLeft(ticket, [self.loop.engine.default_max_frames(t) for t in texts], frame_budget,
-                               feed is not None)
-            async with contextlib.aclosing(self._generate(request_id, pieces, ticket, voice, params, frame_budget,
-                                                          max_samples, on_segment_done, left, clock)) as items:
+            pieces = _pieces(job.texts, job.feed, clock)
+            left = _FramesLeft(ticket, [self.loop.engine.default_max_frames(t) for t in job.texts], caps.frames,
+                               job.feed is not None)
+            async with contextlib.aclosing(self._generate(job, pieces, ticket, context, caps, on_segment_done, left,
+                                                          clock)) as items:
                 async for item in items:
                     if isinstance(item, PieceDone):
-                        if marks:
+                        if job.marks:
                             yield item
                         continue
                     if clock is not None:
@@ -153,11 +140,12 @@ class SpeechPipeline:
             self._clocks.pop(request_id, None)
             self.joins.starting.discard(request_id)
 
-    async def _generate(self, request_id: str, texts: AsyncIterator[str], ticket: Ticket, voice: Prefix | None,
-                        params: GenerationParams, frame_budget: int | None, max_samples: int | None,
-                        on_segment_done: Callable[[int, Segment], None] | None,
+    async def _generate(self, job: SpeechJob, texts: AsyncIterator[str], ticket: Ticket, context: Prefix | None,
+                        caps: _Caps, on_segment_done: Callable[[int, Segment], None] | None,
                         left: _FramesLeft, clock: PlaybackClock | None) -> AsyncIterator[np.ndarray | PieceDone]:
-        voice_context = voice.context if voice is not None else ()
+        request_id, params = job.request_id, job.params
+        frame_budget, max_samples = caps.frames, caps.samples
+        context_segments = context.context if context is not None else ()
         is_first = True  # the row's first decode resets it
         chunk = 1  # frames in the next chunk (next_chunk_frames)
         previous: tuple[Segment, ...] = ()
@@ -175,7 +163,7 @@ class SpeechPipeline:
             sent = time.perf_counter()
             try:
                 async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
-                                                    voice_context + previous, voice, frame_cap, ticket.priority):
+                                                    context_segments + previous, context, frame_cap, ticket.priority):
                     joining.leave()
                     if not frames and out.frames:
                         self._on_stage("prefill", time.perf_counter() - sent)
@@ -226,6 +214,19 @@ class SpeechPipeline:
     def shutdown(self) -> None:
         self.loop.shutdown()
         self.decoder.close()
+
+
+@dataclass(frozen=True)
+class _Caps:
+    """A stream's audio cap, in samples and in frames (None: uncapped)."""
+
+    samples: int | None
+    frames: int | None
+
+    @classmethod
+    def of(cls, job: SpeechJob) -> _Caps:
+        samples = round(job.max_audio_s * SAMPLE_RATE_HZ) if job.max_audio_s else None
+        return cls(samples, -(-samples // SAMPLES_PER_FRAME) if samples else None)
 
 
 class _FramesLeft:

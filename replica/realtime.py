@@ -50,6 +50,7 @@ import bisect
 import time
 from dataclasses import dataclass
 
+from contract.stats import RealtimeInputs
 from models.params import FRAME_RATE_HZ
 
 FRAME_S = 1.0 / FRAME_RATE_HZ
@@ -115,20 +116,6 @@ def monotone(points: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], 
     for total, count in blocks:
         fitted += [total / count] * count
     return tuple((rows, t) for (rows, _), t in zip(points, fitted, strict=True))
-
-
-@dataclass(frozen=True)
-class RealtimeInputs:
-    """What the capacity is computed from, for stats: the idle profile (smoothed) and when it
-    was taken (monotonic seconds; None: never), the sizes' fresh serving periods, the fitted
-    serving line (seconds per step at no rows, and per row; None: nothing served yet), and
-    the prediction per size."""
-
-    profile: tuple[tuple[int, float], ...]
-    profiled_at: float | None
-    serving: tuple[tuple[int, float], ...]
-    line_s: tuple[float, float] | None
-    predicted: tuple[tuple[int, float], ...]
 
 
 def slope(points: tuple[tuple[int, float], ...]) -> float:

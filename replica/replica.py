@@ -4,7 +4,7 @@ metrics recorder, and engine errors turned into typed error records. Framework-f
 ray, no fastapi): the in-process server serves a Replica directly, and the Ray deployment
 (deployments/replica.py) is a thin shell around one per card.
 
-A Replica satisfies the edges' `SpeechBackend` protocol (serve/backend.py). Event-loop
+A Replica satisfies the edges' `SpeechBackend` protocol (contract/backend.py). Event-loop
 state: its async methods run on one asyncio loop; `stats()` may be read from any thread.
 """
 
@@ -17,32 +17,33 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import numpy as np
 
+from contract.errors import ErrorInfo, ReplicaError, error_info
+from contract.job import SpeechJob
+from contract.stats import Instances, ReplicaStats, instance_kind
+from contract.text_feed import PieceDone, QueueFeed
 from models.codec.mimi_stream import StreamingMimiDecoder
 from models.core.config import EngineConfig
-from models.core.prompt import Prefix
 from models.core.threads import ThreadPlan
 from models.engine import Engine, StepHook, build_engine
+from models.errors import Overloaded
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
-from models.errors import Overloaded
-from models.params import FRAME_RATE_HZ, EngineStats, Priority, Segment
+from models.params import FRAME_RATE_HZ, EngineStats, Priority
 from observability.metrics import MetricsSink
+from stores.conversations import ConversationError, ConversationStore
+from stores.voices import Voice, VoiceStore
 
-from .admission import Admission, Ticket
+from .admission import Admission
 from .config import ReplicaConfig
 from .context_cache import ContextCache
-from .conversation_store import ConversationError, ConversationStore
 from .conversations import ConversationContexts
 from .pipeline import SpeechPipeline, chunk_frames
 from .realtime import RealtimePolicy, StepTimes, budget_s, profile_sizes
 from .recorder import EngineRecorder, held_card
-from .records import ErrorInfo, Instances, ReplicaError, ReplicaStats, SpeechJob, error_info, instance_kind
-from .text_feed import PieceDone, QueueFeed
-from .voice_store import Voice, VoiceStore
 from .voices import SYNC_INTERVAL_S, VoiceContexts
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class Replica:
                 self._record_admission()
                 prefix = await self.voices.prefix(job.voice)
                 if job.conversation is None:
-                    async with contextlib.aclosing(self._speak(job, ticket, prefix)) as items:
+                    async with contextlib.aclosing(self.pipeline.speak(ticket, job, prefix)) as items:
                         async for item in items:
                             yield item
                     return
@@ -202,7 +203,8 @@ class Replica:
                     raise ConversationError("conversation", "conversations are disabled: no conversations directory "
                                             "is configured")
                 async with (self.conversations.turn(job, prefix) as plan,
-                            contextlib.aclosing(self._speak(job, ticket, plan.prefix, plan.segment_done)) as items):
+                            contextlib.aclosing(self.pipeline.speak(ticket, job, plan.prefix,
+                                                                     plan.segment_done)) as items):
                     async for item in items:
                         yield item
                     await self.conversations.complete(job, plan)  # only a stream that ran to its end
@@ -211,11 +213,6 @@ class Replica:
         finally:
             self._streams = tuple(r for r in self._streams if r != job.request_id)
             self._record_admission()
-
-    def _speak(self, job: SpeechJob, ticket: Ticket, prefix: Prefix | None,
-               on_segment_done: Callable[[int, Segment], None] | None = None) -> AsyncIterator[np.ndarray | PieceDone]:
-        return self.pipeline.speak(ticket, job.request_id, job.texts, prefix, job.params, job.max_audio_s,
-                                    on_segment_done=on_segment_done, feed=job.feed, marks=job.marks)
 
     def _room_frames(self, job: SpeechJob) -> int:
         """Positions a conversation turn's reply may take past its context (conversations.py):

@@ -17,9 +17,9 @@ from models.codec.encode import encode_clip
 from models.core.prompt import Prefix
 from models.frontend.engine_loop import EngineLoop
 from models.params import Segment
+from stores.voices import Voice, VoiceStore
 
 from .context_cache import ContextCache, ContextKey
-from .voice_store import Voice, VoiceStore
 
 log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 1.0

@@ -5,16 +5,18 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from contract.backend import SpeechBackend
 from observability.metrics import Metrics, MetricsSink
-from replica.voice_store import VoiceStore
+from stores.voices import VoiceStore
 
-from .backend import SpeechBackend
+from .conversations import ConversationService
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
 from .routes import conversations, health, models, playground, speech, speech_stream, voices
 from .settings import ServerSettings
 from .speech import SpeechService
 from .v2 import routes as v2_routes
+from .voices import VoiceService
 
 
 def create_app(
@@ -24,9 +26,10 @@ def create_app(
     of the same definitions (exported by Ray's metrics agent); default: a private registry."""
     app = FastAPI(title="csm-serve", version="0.1.0", description="OpenAI-compatible speech API for Sesame CSM")
     metrics = metrics if metrics is not None else Metrics()
-    app.state.backend, app.state.store, app.state.settings, app.state.metrics = backend, store, settings, metrics
-    app.state.conversations = settings.conversation_store()
-    app.state.speech = SpeechService(backend, store, settings, metrics, app.state.conversations)
+    app.state.backend, app.state.settings, app.state.metrics = backend, settings, metrics
+    app.state.voices = VoiceService(store, backend)  # each resource's one owner at the edge
+    app.state.conversations = ConversationService(settings.conversation_store(), backend, metrics)
+    app.state.speech = SpeechService(backend, app.state.voices, app.state.conversations, settings, metrics)
     if isinstance(metrics, Metrics):
         app.add_api_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
     install_error_handlers(app)

@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: the backend, the speech service, the voice and conversation stores, the settings,
+"""Typed FastAPI dependencies: the backend, the speech service, the voice and conversation services, the settings,
 metrics, the request id, API-key auth. All `async def`: FastAPI runs a plain `def` dependency on a worker
 thread, a thread hop per dependency per request (measurable in a burst of refusals)."""
 
@@ -9,14 +9,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from contract.backend import SpeechBackend
 from observability.metrics import MetricsSink
-from replica.conversation_store import ConversationStore
-from replica.voice_store import VoiceStore
 
-from .backend import SpeechBackend
+from .conversations import ConversationService
 from .errors import APIError
 from .settings import ServerSettings
 from .speech import SpeechService
+from .voices import VoiceService
 
 
 async def get_backend(request: Request) -> SpeechBackend:
@@ -27,11 +27,11 @@ async def get_speech(request: Request) -> SpeechService:
     return request.app.state.speech
 
 
-async def get_store(request: Request) -> VoiceStore:
-    return request.app.state.store
+async def get_voices(request: Request) -> VoiceService:
+    return request.app.state.voices
 
 
-async def get_conversations(request: Request) -> ConversationStore:
+async def get_conversations(request: Request) -> ConversationService:
     return request.app.state.conversations
 
 
@@ -51,8 +51,8 @@ BackendDep = Annotated[SpeechBackend, Depends(get_backend)]
 MetricsDep = Annotated[MetricsSink, Depends(get_metrics)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
-StoreDep = Annotated[VoiceStore, Depends(get_store)]
-ConversationsDep = Annotated[ConversationStore, Depends(get_conversations)]
+VoicesDep = Annotated[VoiceService, Depends(get_voices)]
+ConversationsDep = Annotated[ConversationService, Depends(get_conversations)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 
 

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.errors import INTERNAL_MESSAGE, ErrorInfo, ErrorKind, first_error
 from observability.metrics import ERRORS
-from replica.records import INTERNAL_MESSAGE, ErrorInfo, ErrorKind
 
 from .schemas import ErrorResponse
 
@@ -82,26 +82,20 @@ def _json(request: Request, status: int, message: str, param=None, code=None, he
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
-def _param(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or None
-
-
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return _json(request, exc.status, exc.message, exc.param, exc.code, exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    if first.get("type") == "json_invalid":
+    first = first_error(exc, skip=("body", "query", "path", "header", "form"))
+    if first.type == "json_invalid":
         return _json(request, 400, "We could not parse the JSON body of your request.", None, "invalid_json")
-    param = _param(tuple(first.get("loc", ())))
-    message = first.get("msg", "invalid request")
-    if first.get("type") == "extra_forbidden":
+    param, message = first.param, first.message
+    if first.type == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"
     elif param:
         message = f"{param}: {message}"
-    return _json(request, 400, message, param, first.get("type"))
+    return _json(request, 400, message, param, first.type or None)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

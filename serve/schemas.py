@@ -7,38 +7,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.params import (
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_K,
-    GenerationParams,
-    MaxAudioSeconds,
-    Priority,
-    Seed,
-    Speaker,
-    Temperature,
-    TopK,
-)
-
 from .audio import MAX_SPEED, MIN_SPEED, ResponseFormat
+from .options import SpeechOptions, VoiceRef
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit on `input`
 
 
-class VoiceRef(BaseModel):
-    """`voice: {"id": "voice_..."}`: a custom voice made with POST /v1/audio/voices."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=128)
-
-
-class SpeechRequest(BaseModel):
-    """POST /v1/audio/speech. Unknown fields are rejected, as OpenAI does."""
+class SpeechRequest(SpeechOptions):
+    """POST /v1/audio/speech: OpenAI's fields and the speech options (options.py). Unknown
+    fields are rejected, as OpenAI does."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(min_length=1, max_length=128)
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, description="the text to speak")
-    voice: str | VoiceRef = Field(description="an OpenAI voice name, a custom voice id, or {'id': ...}")
     instructions: str | None = Field(
         None, max_length=4096,
         description="accepted for compatibility; CSM has no instruction input, so it is ignored",
@@ -46,19 +28,6 @@ class SpeechRequest(BaseModel):
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream_format: Literal["audio", "sse"] = "audio"
-    # Extensions for CSM (not in OpenAI's API); limits and meaning from models.params.
-    seed: Seed | None = None
-    temperature: Temperature = DEFAULT_TEMPERATURE
-    top_k: TopK = DEFAULT_TOP_K
-    max_audio_seconds: MaxAudioSeconds | None = None
-    speaker: Speaker | None = Field(None, description="CSM speaker id; default: the voice's")
-    conversation: str | None = Field(None, max_length=128, description=(
-        "a conversation's id (POST /v1/audio/conversations): the input is spoken as its next turn, after its "
-        "earlier turns, and kept as a turn of it when the audio completes"))
-    priority: Priority = Field("interactive", description=(
-        "interactive: a listener plays it as it arrives (admitted only while every such stream stays real time); "
-        "batch: no real-time need (narration, bulk): uses spare capacity, paused between frames when interactive "
-        "streams need the step"))
 
     @field_validator("input")
     @classmethod
@@ -67,15 +36,6 @@ class SpeechRequest(BaseModel):
         if not any(unicodedata.category(c)[0] in "LNPS" for c in value):
             raise ValueError("input must contain text to speak")
         return value
-
-    @property
-    def voice_key(self) -> str:
-        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
-
-    def generation_params(self, voice_speaker: int) -> GenerationParams:
-        """The one conversion from this schema to the engine's parameters."""
-        speaker = voice_speaker if self.speaker is None else self.speaker
-        return GenerationParams(speaker=speaker, temperature=self.temperature, top_k=self.top_k, seed=self.seed)
 
 
 class ModelCard(BaseModel):

@@ -1,15 +1,16 @@
 """The edges' settings (the ingress process), from the environment (CSM_*) or the deployment
-config's `server:`; a replica's own are replica.ReplicaConfig (`replica:`)."""
+config's `server:`; the stores' directories and bounds are stores.settings.StoreSettings (embedded:
+the same flat fields), a replica's own settings replica.ReplicaConfig (`replica:`)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from replica.conversation_store import ConversationStore
+from stores.settings import StoreSettings
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(BaseSettings, StoreSettings):
     model_config = SettingsConfigDict(env_prefix="CSM_", extra="forbid", protected_namespaces=())
 
     model_id: str = Field("csm-1b", description="the id /v1/models lists and requests name")
@@ -18,13 +19,6 @@ class ServerSettings(BaseSettings):
         description="OpenAI model names accepted as this model, so unmodified clients work",
     )
     api_keys: list[str] = Field(default_factory=list, description="if set, Bearer keys every route but health needs")
-    voices_dir: str | None = Field(None, description="where voices live; custom voices need it")
-    conversations_dir: str | None = Field(None, description=(
-        "where conversations live (shared by every replica, as voices_dir); conversations need it"))
-    max_conversations: int = Field(1000, ge=1, description="conversations kept at once (then 400 conversation_limit)")
-    max_conversation_bytes: int = Field(16 * 2**20, ge=65536, description=(
-        "bytes of turns (audio, codes) one conversation may hold (then 400 conversation_too_large)"))
-    conversation_idle_s: float = Field(24 * 3600.0, gt=0, description="a conversation unchanged this long is deleted")
     max_turn_audio_bytes: int = Field(10 * 2**20, ge=1024, description="largest turn audio upload")
     max_sample_bytes: int = Field(10 * 2**20, description="largest voice sample upload")
     segment_max_chars: int = Field(250, ge=20, le=1000, description="long input is spoken in pieces of at most this")
@@ -38,7 +32,3 @@ class ServerSettings(BaseSettings):
     ws_max_send_buffer_bytes: int = Field(4 * 2**20, ge=65536, description=(
         "most audio and events waiting for a client that does not read (then close 1008, its row freed)"))
 
-    def conversation_store(self) -> ConversationStore:
-        """The conversations' store as these settings bound it (disabled without a directory)."""
-        return ConversationStore(self.conversations_dir, max_count=self.max_conversations,
-                                 max_bytes=self.max_conversation_bytes, idle_expiry_s=self.conversation_idle_s)

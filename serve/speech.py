@@ -17,18 +17,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.backend import SpeechBackend
+from contract.errors import ErrorInfo, ErrorKind, ReplicaError
+from contract.job import SpeechJob
+from contract.playback import PlaybackClock, PlaybackSummary
+from contract.text_feed import PieceDone, TextFeed
 from models.params import SAMPLE_RATE_HZ
 from observability import metrics as m
-from replica.conversation_store import Conversation, ConversationError, ConversationNotFound, ConversationStore
-from replica.playback import PlaybackClock, PlaybackSummary
-from replica.records import ErrorInfo, ErrorKind, ReplicaError, SpeechJob, error_info
-from replica.text_feed import PieceDone, TextFeed
-from replica.voice_store import OPENAI_VOICES, VoiceNotFound, VoiceStore
+from stores.voices import OPENAI_VOICES
 
-from .backend import SpeechBackend
+from .conversations import ConversationService
 from .schemas import SpeechRequest
 from .settings import ServerSettings
 from .text import split_text
+from .voices import VoiceService
 
 log = logging.getLogger(__name__)
 OUTCOMES: dict[ErrorKind, str] = {"invalid_request": "client_error", "not_found": "client_error",
@@ -58,7 +60,7 @@ class RequestTally:
         self.metrics.observe(m.TTFA, time.monotonic() - self.t0)
 
     def playback(self, summary: PlaybackSummary) -> None:
-        """A streamed request's listener (replica/playback.py): its gaps and its lowest slack."""
+        """A streamed request's listener (contract/playback.py): its gaps and its lowest slack."""
         labels = {"protocol": self.labels["protocol"]}
         if summary.underruns:  # Ray's counters take positive increments only
             self.metrics.inc(m.UNDERRUNS, summary.underruns, labels=labels)
@@ -155,10 +157,10 @@ class SpeechStream:
 
 
 class SpeechService:
-    def __init__(self, backend: SpeechBackend, store: VoiceStore, settings: ServerSettings,
-                 metrics: m.MetricsSink, conversations: ConversationStore | None = None) -> None:
-        self.backend, self.store, self.settings, self.metrics = backend, store, settings, metrics
-        self.conversations = conversations if conversations is not None else settings.conversation_store()
+    def __init__(self, backend: SpeechBackend, voices: VoiceService, conversations: ConversationService,
+                 settings: ServerSettings, metrics: m.MetricsSink) -> None:
+        self.backend, self.voices, self.conversations = backend, voices, conversations
+        self.settings, self.metrics = settings, metrics
         self.models = (settings.model_id, *settings.model_aliases)
 
     async def start(self, request: SpeechRequest, protocol: str, request_id: str, fmt: str | None = None,
@@ -199,19 +201,10 @@ class SpeechService:
             raise ReplicaError(refused)  # at capacity: answered before any work on the request
         voice_key = request.voice_key
         if request.conversation is not None:  # a conversation with a voice speaks in it
-            voice_key = (await self._conversation(request.conversation)).voice or voice_key
-        try:  # the store may stat a shared volume: off the event loop
-            voice = await asyncio.to_thread(self.store.resolve, voice_key)
-        except VoiceNotFound as e:
-            raise ReplicaError(ErrorInfo(kind="invalid_request", message=str(e), param="voice",
-                                         code="voice_not_found")) from None
+            voice_key = (await self.conversations.get(request.conversation)).voice or voice_key
+        voice = await self.voices.resolve(voice_key)
         texts = await asyncio.to_thread(split_text, request.input, self.settings.segment_max_chars)
         return SpeechJob(request_id=request_id, texts=tuple(texts), voice=voice,
                          params=request.generation_params(voice.speaker), max_audio_s=request.max_audio_seconds,
                          priority=request.priority, timeout_s=timeout_s, conversation=request.conversation)
 
-    async def _conversation(self, conversation_id: str) -> Conversation:
-        try:
-            return await asyncio.to_thread(self.conversations.get, conversation_id)
-        except (ConversationNotFound, ConversationError) as e:
-            raise ReplicaError(error_info(e, conversation_id)) from None

@@ -7,17 +7,11 @@ import contextlib
 import threading
 import time
 
-import uvicorn
-
-from deployments.local import start_replica
+from deployments.local import start_local
 from models import EngineConfig
 from models.engine import StepHook
-from observability.metrics import Metrics
 from replica.config import ReplicaConfig
-from replica.voice_store import VoiceStore
-from serve.app import create_app
 from serve.settings import ServerSettings
-from serve.v2.grpc_service import start_grpc_server
 from tests.conftest import free_port
 
 
@@ -31,22 +25,15 @@ def local_server(voices_dir: str, engine: EngineConfig | None = None, max_queued
     # Rows are the bound these tests count on; real-time admission (on in the product) has tests of its own.
     replica = replica or ReplicaConfig(realtime_admission=False)
     server_settings = ServerSettings(voices_dir=voices_dir, **settings)
-    store = VoiceStore(voices_dir)
     port, grpc_port = free_port(), free_port()
     state = {}
 
     async def main():
-        metrics = Metrics()
-        served = await start_replica(config, store, replica, metrics, max_queued_requests, before_step,
-                                     server_settings.conversation_store())
-        state["replica"] = served
-        served.grpc_port = grpc_port
-        app = create_app(served, store, server_settings, metrics)
-        grpc_server = await start_grpc_server(app.state.v2, f"127.0.0.1:{grpc_port}")
-        state["server"] = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        await state["server"].serve()
-        await grpc_server.stop(grace=2)
-        served.shutdown()
+        server = await start_local(config, server_settings, "127.0.0.1", port, grpc_port, replica,
+                                   max_queued_requests, before_step, log_level="warning")
+        server.replica.grpc_port = grpc_port
+        state["replica"], state["server"] = server.replica, server.http
+        await server.run()
 
     thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
     thread.start()

@@ -1,27 +1,24 @@
-"""Conversations: CSM's context kept on the server (replica/conversation_store.py). A speech
+"""Conversations: CSM's context kept on the server (their owner: serve/conversations.py). A speech
 request with `conversation` speaks its next turn (serve/speech.py); these routes create one,
 show it, delete it, and add a turn someone else spoke (its recording and its words)."""
 
 import asyncio
-import logging
 import math
 from typing import Annotated
 
 from fastapi import APIRouter, Body, File, Form, UploadFile
 
+from contract.errors import ReplicaError
 from models.params import FRAME_RATE_HZ, SAMPLE_RATE_HZ, Speaker
-from observability import metrics as m
-from replica.conversation_store import Conversation, ConversationError, ConversationNotFound
-from replica.records import ReplicaError
-from replica.voice_store import VoiceNotFound
+from stores.conversations import Conversation
 
 from ..audio import AudioDecodeError, decode_audio
-from ..deps import BackendDep, ConversationsDep, MetricsDep, RequestIdDep, SettingsDep, StoreDep
+from ..deps import BackendDep, ConversationsDep, RequestIdDep, SettingsDep, VoicesDep
 from ..errors import APIError, api_error
 from ..schemas import ConversationCreate, ConversationObject, ConversationTurnObject
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["conversations"])
+PATH_ID = "conversation_id"  # the path's name for the conversation a route acts on
 MIN_REPLY_FRAMES = 125  # 10 s: what a turn must leave of the context for the model's reply
 
 
@@ -32,66 +29,42 @@ def _object(conversation: Conversation, idle_s: float) -> ConversationObject:
                               expires_at=int(conversation.updated_at + idle_s), turns=turns, bytes=conversation.num_bytes)
 
 
-def _not_found(e: ConversationNotFound) -> APIError:
-    return APIError(404, str(e), "conversation_id", "conversation_not_found")
-
-
-def _refused(e: ConversationError) -> APIError:
-    return APIError(400, e.message, e.param, e.code)
-
-
 @router.post("/v1/audio/conversations", response_model=ConversationObject)
 async def create_conversation(
-    conversations: ConversationsDep, store: StoreDep, settings: SettingsDep, metrics: MetricsDep,
+    conversations: ConversationsDep, voices: VoicesDep, settings: SettingsDep, request_id: RequestIdDep,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationObject:
     voice = None
-    if body is not None and body.voice is not None:
-        key = body.voice.id if not isinstance(body.voice, str) else body.voice
-        try:
-            voice = (await asyncio.to_thread(store.resolve, key)).id
-        except VoiceNotFound as e:  # the id is not echoed: a generated one could look like a secret
-            raise APIError(400, "voice: no such voice; use an OpenAI voice name or a custom voice id", "voice",
-                           "voice_not_found") from e
     try:
-        conversation = await asyncio.to_thread(conversations.create, voice)
-    except ConversationError as e:
-        raise _refused(e) from e
-    finally:
-        await _count(conversations, metrics)
+        if body is not None and body.voice is not None:
+            key = body.voice.id if not isinstance(body.voice, str) else body.voice
+            try:
+                voice = (await voices.resolve(key)).id
+            except ReplicaError:  # the id is not echoed: a generated one could look like a secret
+                raise APIError(400, "voice: no such voice; use an OpenAI voice name or a custom voice id", "voice",
+                               "voice_not_found") from None
+        conversation = await conversations.create(voice)
+    except ReplicaError as e:
+        raise api_error(e.info, request_id, settings.retry_after_s) from None
     return _object(conversation, settings.conversation_idle_s)
 
 
-async def _count(conversations, metrics) -> None:
-    if conversations.dir is not None:
-        metrics.set(m.CONVERSATIONS, await asyncio.to_thread(conversations.count))
-
-
 @router.get("/v1/audio/conversations/{conversation_id}", response_model=ConversationObject)
-async def get_conversation(conversation_id: str, conversations: ConversationsDep,
-                           settings: SettingsDep) -> ConversationObject:
+async def get_conversation(conversation_id: str, conversations: ConversationsDep, settings: SettingsDep,
+                           request_id: RequestIdDep) -> ConversationObject:
     try:
-        return _object(await asyncio.to_thread(conversations.get, conversation_id), settings.conversation_idle_s)
-    except ConversationNotFound as e:
-        raise _not_found(e) from e
-    except ConversationError as e:
-        raise _refused(e) from e
+        return _object(await conversations.get(conversation_id, PATH_ID), settings.conversation_idle_s)
+    except ReplicaError as e:
+        raise api_error(e.info, request_id, settings.retry_after_s) from None
 
 
 @router.delete("/v1/audio/conversations/{conversation_id}")
-async def delete_conversation(conversation_id: str, conversations: ConversationsDep, backend: BackendDep,
-                              metrics: MetricsDep) -> dict:
+async def delete_conversation(conversation_id: str, conversations: ConversationsDep, settings: SettingsDep,
+                              request_id: RequestIdDep) -> dict:
     try:
-        conversation = await asyncio.to_thread(conversations.delete, conversation_id)
-    except ConversationNotFound as e:
-        raise _not_found(e) from e
-    except ConversationError as e:
-        raise _refused(e) from e
-    await _count(conversations, metrics)
-    try:
-        await backend.forget_conversation(conversation.id)
-    except ReplicaError as e:  # the files are gone; the replicas follow the store and forget it anyway
-        log.warning("conversation %s deleted, but an engine did not forget it: %s", conversation.id, e.info.message)
+        conversation = await conversations.delete(conversation_id, PATH_ID)
+    except ReplicaError as e:
+        raise api_error(e.info, request_id, settings.retry_after_s) from None
     return {"id": conversation.id, "object": "audio.conversation.deleted", "deleted": True}
 
 
@@ -109,11 +82,9 @@ async def add_turn(
     """A turn someone else spoke (the user, another voice): kept after the conversation's
     turns, so the next turn the model speaks follows it."""
     try:
-        await asyncio.to_thread(conversations.get, conversation_id)  # a 404 before reading any upload
-    except ConversationNotFound as e:
-        raise _not_found(e) from e
-    except ConversationError as e:
-        raise _refused(e) from e
+        await conversations.get(conversation_id, PATH_ID)  # a 404 before reading any upload
+    except ReplicaError as e:
+        raise api_error(e.info, request_id, settings.retry_after_s) from None
     max_bytes = settings.max_turn_audio_bytes
     data = await audio.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -133,9 +104,7 @@ async def add_turn(
                        f"the model's context of {max_positions} positions with room for a reply", "audio",
                        "turn_too_long")
     try:
-        conversation = await asyncio.to_thread(conversations.add_audio_turn, conversation_id, speaker, transcript, pcm)
-    except ConversationNotFound as e:
-        raise _not_found(e) from e
-    except ConversationError as e:
-        raise _refused(e) from e
+        conversation = await conversations.add_audio_turn(conversation_id, speaker, transcript, pcm, PATH_ID)
+    except ReplicaError as e:
+        raise api_error(e.info, request_id, settings.retry_after_s) from None
     return _object(conversation, settings.conversation_idle_s)

@@ -11,8 +11,8 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from contract.errors import ReplicaError
 from models.params import SAMPLES_PER_FRAME
-from replica.records import ReplicaError
 
 from ..audio import CONTENT_TYPES, AudioEncoder, make_encoder
 from ..deps import RequestIdDep, SettingsDep, SpeechDep

@@ -15,38 +15,33 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from models.params import MaxAudioSeconds, Priority, Seed, Speaker, Temperature, TopK
+from models.params import Seed
 
 from ..audio import MAX_SPEED, MIN_SPEED, ResponseFormat
-from ..schemas import ErrorBody, SpeechRequest, Usage, VoiceRef
+from ..options import SpeechOptions, VoiceRef
+from ..schemas import ErrorBody, SpeechRequest, Usage
 
 # ---- csm-serve's dialect: client -> server ------------------------------------------------
 
 
-class SessionConfig(BaseModel):
+class SessionConfig(SpeechOptions):
     """How every response of the session is spoken (sticky; `session.update` changes the
-    fields it names). The fields of POST /v1/audio/speech but `input` and `stream_format`."""
+    fields it names): the speech options (serve/options.py), and of POST /v1/audio/speech's
+    other fields the model and how the audio is encoded."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    voice: str | VoiceRef = "alloy"  # the session's voice until an update names another
     model: str | None = Field(None, min_length=1, max_length=128, description="default: the served model")
-    voice: str | VoiceRef = "alloy"
     response_format: ResponseFormat = "pcm"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
-    seed: Seed | None = None
-    temperature: Temperature | None = None
-    top_k: TopK | None = None
-    max_audio_seconds: MaxAudioSeconds | None = Field(None, description="cap on each response's audio")
-    speaker: Speaker | None = None
-    priority: Priority = "interactive"
     audio_transport: Literal["base64", "binary"] = Field(
         "base64", description="base64: response.audio.delta events; binary: the audio bytes as binary frames")
-    conversation: str | None = Field(None, max_length=128, description="reserved for conversations (not yet served)")
 
     def request(self, text: str, default_model: str) -> SpeechRequest:
         """The speech request one response's first text makes (validated as on HTTP)."""
-        fields = self.model_dump(exclude={"audio_transport", "conversation", "model"}, exclude_none=True)
-        return SpeechRequest(model=self.model or default_model, input=text, **fields)
+        return SpeechRequest(model=self.model or default_model, input=text, response_format=self.response_format,
+                             speed=self.speed, **self.options())
 
 
 class SessionUpdate(BaseModel):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from contract.errors import first_error
+
 from ..text import normalize_whitespace, split_text
 from ..text_stream import StreamSplitter
 from .events import OMNI_EVENTS, OmniSessionDone
@@ -20,9 +22,9 @@ class OmniDialect:
         try:
             event = OMNI_EVENTS.validate_python(raw)
         except ValidationError as e:
-            first = e.errors()[0]
-            unknown = first["type"] == "union_tag_invalid"
-            self._error(f"Unknown message type: {raw['type']}" if unknown else f"Invalid message: {first['msg']}",
+            first = first_error(e)
+            unknown = first.type == "union_tag_invalid"
+            self._error(f"Unknown message type: {raw['type']}" if unknown else f"Invalid message: {first.message}",
                         fatal=True)
             return
         if self.omni is None and event.type != "session.config":

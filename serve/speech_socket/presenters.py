@@ -20,9 +20,9 @@ from collections.abc import Callable
 import numpy as np
 from pydantic import BaseModel
 
+from contract.errors import ErrorInfo
+from contract.text_feed import PieceDone
 from models.params import SAMPLE_RATE_HZ
-from replica.records import ErrorInfo
-from replica.text_feed import PieceDone
 
 from ..audio import AudioEncoder, make_encoder
 from ..errors import api_error, error_body, retry_after

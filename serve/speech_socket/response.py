@@ -1,7 +1,7 @@
 """One response of the text-in WebSocket: the pieces of text it is given, spoken in order by
 ONE speech stream (one engine row, one Mimi row: the voice and the audio run on across
 pieces with no seam), the first piece starting it and the next ones fed to it as they come
-(replica/text_feed.py). Responses of a socket run one after another, never two at once.
+(contract/text_feed.py). Responses of a socket run one after another, never two at once.
 
 What it hears goes to a `Presenter` (the dialect's framing, presenters.py) as typed calls;
 it never touches the socket itself.
@@ -17,11 +17,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from contract.backend import SpeechBackend, TextFeedBoth
+from contract.errors import ErrorInfo, ReplicaError
+from contract.text_feed import PieceDone
 from models.params import SAMPLES_PER_FRAME
-from replica.records import ErrorInfo, ReplicaError
-from replica.text_feed import PieceDone
 
-from ..backend import SpeechBackend, TextFeedBoth
 from ..speech import SpeechService, SpeechStream
 from .events import SessionConfig
 

@@ -23,6 +23,8 @@ from typing import Literal
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketState
 
+from contract.errors import first_error
+
 from ..schemas import ErrorBody
 from ..settings import ServerSettings
 from ..speech import SpeechService
@@ -215,10 +217,9 @@ class SpeechSocket(OmniDialect):
         try:
             event = CLIENT_EVENTS.validate_python(raw)
         except ValidationError as e:
-            first = e.errors()[0]
-            param = ".".join(str(p) for p in first["loc"][1:]) or None
-            unknown = first["type"] == "union_tag_invalid"
-            message = f"Unknown event type: {raw['type']}" if unknown else f"{param}: {first['msg']}"
+            first = first_error(e, drop=1)
+            param, unknown = first.param, first.type == "union_tag_invalid"
+            message = f"Unknown event type: {raw['type']}" if unknown else f"{param}: {first.message}"
             self._error(message, param, "unknown_event" if unknown else "invalid_value", event_id)
             return
         if event.type == "session.update":
@@ -256,9 +257,9 @@ class SpeechSocket(OmniDialect):
         try:
             config = SessionConfig.model_validate({**self.config.model_dump(exclude_none=True), **changes})
         except ValidationError as e:
-            first = e.errors()[0]
-            param = ".".join(["session", *(str(p) for p in first["loc"])])
-            self._error(f"{param}: {first['msg']}", param, "invalid_value", event_id)
+            first = first_error(e)
+            param = ".".join(["session", *([first.param] if first.param else [])])
+            self._error(f"{param}: {first.message}", param, "invalid_value", event_id)
             return
         if config.conversation is not None:
             self._error("conversations are not served yet", "session.conversation", "unsupported", event_id)

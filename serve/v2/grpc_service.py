@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from contract.errors import INTERNAL_MESSAGE
 from models.params import SAMPLE_RATE_HZ
-from replica.records import INTERNAL_MESSAGE
 
 from ..deps import is_authorized
 from .grpc_messages import (

@@ -18,6 +18,7 @@ was never started is refused (400), as Triton refuses one without the START flag
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -27,9 +28,8 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.utils import deserialize_bytes_tensor
 
+from contract.errors import ErrorInfo, ErrorKind, first_error
 from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
-from replica.conversation_store import sequence_conversation
-from replica.records import ErrorInfo, ErrorKind
 
 from ..errors import retry_after
 from ..schemas import SpeechRequest
@@ -98,7 +98,7 @@ class InferParams(BaseModel):
 @dataclass(frozen=True)
 class SequenceTurn:
     """A request's place in a Triton sequence: the conversation its id names (replica/
-    conversation_store.sequence_conversation), and whether it starts or ends it."""
+    sequence_conversation), and whether it starts or ends it."""
 
     sequence_id: int | str
     conversation: str
@@ -172,18 +172,25 @@ def text_inference(model: str, client_id: str, request_id: str, text: str, param
         params = InferParams.model_validate(parameters)
     except ValidationError as e:
         raise V2Error(400, _first_error(e, "parameters")) from None
-    extensions = params.model_dump(exclude={"voice", "triton_enable_empty_final_response", "priority", "timeout",
-                                            "sequence_id", "sequence_start", "sequence_end"}, exclude_none=True)
-    priority = "batch" if params.priority >= 2 else "interactive"
     sequence = _sequence(params)
     try:
-        speech = SpeechRequest(model=model, input=text, voice=params.voice, response_format="pcm", priority=priority,
-                               conversation=sequence.conversation if sequence else None, **extensions)
+        speech = SpeechRequest(model=model, input=text, response_format="pcm", **speech_options(params, sequence))
     except ValidationError as e:
         raise V2Error(400, _first_error(e, None, rename={"input": f"input '{TEXT}'"})) from None
     timeout_s = params.timeout / 1e6 if params.timeout else None  # Triton: 0 is no timeout
     return TextInference(model, client_id, request_id, speech, protocol, arrived_ns, time.monotonic_ns(),
                          params.triton_enable_empty_final_response, timeout_s, sequence)
+
+
+def speech_options(params: InferParams, sequence: SequenceTurn | None) -> dict:
+    """The one mapping of v2's parameters onto the speech options (serve/options.py): Triton's
+    priority levels onto interactive / batch, a sequence onto its conversation; the options a
+    request leaves unset keep their defaults."""
+    options = {"voice": params.voice, "seed": params.seed, "temperature": params.temperature, "top_k": params.top_k,
+               "speaker": params.speaker, "max_audio_seconds": params.max_audio_seconds,
+               "priority": "batch" if params.priority >= 2 else "interactive",
+               "conversation": sequence.conversation if sequence else None}
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _sequence(params: InferParams) -> SequenceTurn | None:
@@ -196,9 +203,15 @@ def _sequence(params: InferParams) -> SequenceTurn | None:
 
 
 def _first_error(e: ValidationError, prefix: str | None, rename: dict[str, str] | None = None) -> str:
-    first = e.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    where = (rename or {}).get(where, where)
-    if first["type"] == "extra_forbidden":
+    first = first_error(e)
+    where = (rename or {}).get(first.param or "", first.param or "")
+    if first.type == "extra_forbidden":
         return f"unknown parameter '{where}'; known: {', '.join(sorted(InferParams.model_fields))}"
-    return f"{prefix + ' ' if prefix else ''}{where}: {first['msg']}"
+    return f"{prefix + ' ' if prefix else ''}{where}: {first.message}"
+
+
+def sequence_conversation(sequence_id: int | str) -> str:
+    """The conversation a v2 sequence id names (Triton's sequence_id: a uint64 or a string,
+    chosen by the client): the same id always names the same conversation."""
+    kind = "int" if isinstance(sequence_id, int) else "str"
+    return "conv_" + hashlib.sha256(f"v2-sequence/{kind}/{sequence_id}".encode()).hexdigest()[:16]

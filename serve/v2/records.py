@@ -4,8 +4,8 @@ both edges describe the model identically."""
 
 from __future__ import annotations
 
+from contract.stats import Instances
 from models.params import SAMPLE_RATE_HZ
-from replica.records import Instances
 
 from .protocol import AUDIO, EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION, TEXT, VERSION
 from .service import Duration, ModelStats

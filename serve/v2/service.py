@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from replica.records import Instances, ReplicaError
+from contract.errors import ReplicaError
+from contract.stats import Instances
 
 from ..audio import as_mono_float
 from ..speech import SpeechService, SpeechStream, StreamTiming
@@ -58,7 +59,7 @@ class V2Service:
         self.speech, self.settings = speech, speech.settings
         self.models = list(speech.models)
         self.stats = {name: ModelStats() for name in self.models}
-        self.sequences = Sequences(speech.conversations, speech.backend)
+        self.sequences = Sequences(speech.conversations)
 
     def check_model(self, model: str, version: str | None = None) -> None:
         if model not in self.stats:

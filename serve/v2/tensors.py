@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from contract.errors import first_error
+
 from .protocol import AUDIO, TEXT, VERSION, V2Error, check_output_names, check_text_input, text_from_raw
 
 MAX_BODY_BYTES = 1 << 20  # 4,096 characters of UTF-8 are at most 16 KiB; room for JSON
@@ -70,8 +72,8 @@ def parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
     try:
         request = InferRequestBody.model_validate_json(header)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise V2Error(400, f"malformed infer request: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        first = first_error(e)
+        raise V2Error(400, f"malformed infer request: {first.param or ''}: {first.message}") from None
     first = request.inputs[0] if request.inputs else None
     check_text_input([i.name for i in request.inputs], first.datatype if first else "", first.shape if first else [])
     text = _text(first, binary)

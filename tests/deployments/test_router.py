@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 from ray import serve
 
+from contract.job import RoutingKey
 from deployments.router import by_headroom, routing_stats
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,10 +51,15 @@ class CapacityHolder:
 
 @dataclass(frozen=True)
 class Turn:
-    """Stands for a SpeechJob: the router reads `conversation` from the first argument."""
+    """Stands for a SpeechJob: the router reads the first argument's `routing` key (its
+    conversation)."""
 
     conversation: str | None
     seconds: float = 0.0
+
+    @property
+    def routing(self) -> RoutingKey:
+        return RoutingKey("interactive", self.conversation)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import soundfile
 
+from contract.job import SpeechJob
+from models import GenerationParams
 from replica.config import ReplicaConfig
-from replica.conversation_store import ConversationStore
 from replica.replica import Replica
-from replica.voice_store import Voice, VoiceStore
+from stores.conversations import ConversationStore
+from stores.voices import Voice, VoiceStore
 
 
 @pytest.fixture
@@ -51,3 +53,9 @@ def sample_wav(seconds: float = 2.0) -> bytes:
 def make_voice(store: VoiceStore, name: str = "narrator", transcript: str = "Hello, I am the narrator.",
                speaker: int = 4, seconds: float = 2.0) -> Voice:
     return store.create(name, sample_pcm(seconds), transcript, speaker)
+
+
+def job(request_id: str, texts, params: GenerationParams | None = None, **fields) -> SpeechJob:
+    """A job for the pipeline's tests: its context is passed beside it, so its voice is a built-in one."""
+    return SpeechJob(request_id=request_id, texts=tuple(texts), voice=Voice(id="alloy", name="alloy", is_builtin=True),
+                     params=params or GenerationParams(), **fields)

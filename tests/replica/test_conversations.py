@@ -16,13 +16,14 @@ import pytest
 import torch
 from transformers import CsmProcessor, EncodecFeatureExtractor
 
+from contract.errors import ReplicaError
+from contract.job import SpeechJob
 from models import GenerationParams, Segment
 from models.codec.encode import encode_clip
 from models.core.prompt import segment_positions
 from models.params import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from replica.config import ReplicaConfig
-from replica.conversation_store import ConversationStore, TurnInProgress
-from replica.records import ReplicaError, SpeechJob
+from stores.conversations import ConversationStore, TurnInProgress
 from tests.replica.conftest import sample_pcm
 
 TEXTS = ("Hello there, how are you today?", "I am fine, thank you for asking.", "What did you do yesterday?",

@@ -4,8 +4,8 @@ hand, the step period fixed, asyncio's own clock for the waits."""
 import asyncio
 import time
 
+from contract.playback import PlaybackClock
 from replica.joins import JoinGate
-from replica.playback import PlaybackClock
 
 
 def _listener(now: float, buffered_s: float) -> PlaybackClock:

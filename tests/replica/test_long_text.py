@@ -11,7 +11,7 @@ import torch
 
 from models import GenerationParams
 from serve.text import split_text
-from tests.replica.conftest import make_voice
+from tests.replica.conftest import job, make_voice
 
 PARAGRAPH = (
     "Dr. Smith paid $3.50 for coffee at 9 a.m. on Jan. 5, e.g. a small one. "
@@ -36,7 +36,7 @@ def test_4096_characters_in_one_voice(make_replica, store, tiny):
 
     async def run():
         prefix = await replica.voices.prefix(voice)
-        chunks = [c async for c in replica.pipeline.stream("long", texts, prefix, GenerationParams(speaker=4, seed=7, max_frames=2),
+        chunks = [c async for c in replica.pipeline.stream(job("long", texts, GenerationParams(speaker=4, seed=7, max_frames=2)), prefix,
                                                            on_segment_done=lambda i, seg: spoken.append(seg))]
         return prefix, chunks
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from contract.playback import PlaybackClock
 from models import GenerationParams, Overloaded
 from replica.config import ReplicaConfig
 from replica.pipeline import chunk_frames, next_chunk_frames
-from replica.playback import PlaybackClock
+from tests.replica.conftest import job
 
 
 def test_streams_beyond_the_rows_are_refused_at_once_or_wait_in_their_line(make_replica):
@@ -23,17 +24,17 @@ def test_streams_beyond_the_rows_are_refused_at_once_or_wait_in_their_line(make_
     pipeline = replica.pipeline
 
     async def run():
-        first = pipeline.stream("a", ["Hello there."], params=GenerationParams(max_frames=50))
+        first = pipeline.stream(job("a", ["Hello there."], GenerationParams(max_frames=50)))
         await anext(first)
         with pytest.raises(Overloaded) as refused:
-            await anext(pipeline.stream("b", ["Hi."]))
+            await anext(pipeline.stream(job("b", ["Hi."])))
         assert refused.value.retry_after_s > 1.0  # ~49 frames left, at 80 ms a step without a profile
-        second = asyncio.ensure_future(anext(pipeline.stream("c", ["Hi."], params=GenerationParams(max_frames=2),
-                                                             priority="batch")))
+        second = asyncio.ensure_future(anext(pipeline.stream(job("c", ["Hi."], GenerationParams(max_frames=2),
+                                                                 priority="batch"))))
         await asyncio.sleep(0.05)
         assert not second.done() and replica.stats().num_waiting_streams == 1
         with pytest.raises(Overloaded):  # the line is full
-            await anext(pipeline.stream("d", ["Hi."], priority="batch"))
+            await anext(pipeline.stream(job("d", ["Hi."], priority="batch")))
         await first.aclose()  # frees the row: the waiting stream gets it
         return await second
 
@@ -55,7 +56,7 @@ def test_first_chunk_is_one_frame_then_chunks_grow_with_the_audio_out(make_repli
 
     async def run():
         return [c async for c in replica.pipeline.stream(
-            "schedule", ["First part.", "Second part."], params=GenerationParams(seed=4, max_frames=12),
+            job("schedule", ["First part.", "Second part."], GenerationParams(seed=4, max_frames=12)),
             on_segment_done=lambda _, seg: frames.extend(seg.codes))]
 
     chunks = asyncio.run(run())
@@ -102,8 +103,8 @@ def test_concurrent_streams_share_batched_mimi_decodes(make_replica, tiny):
         if after is not None:
             await after  # takes the decoder row that stream frees
         spoken = frames_of.setdefault(i, [])
-        return [c async for c in pipeline.stream(f"s{i}", ["First part.", "Second part."],
-                                                 params=GenerationParams(seed=i, max_frames=5),
+        return [c async for c in pipeline.stream(job(f"s{i}", ["First part.", "Second part."],
+                                                     GenerationParams(seed=i, max_frames=5)),
                                                  on_segment_done=lambda _, seg: spoken.extend(seg.codes))]
 
     async def run():
@@ -129,8 +130,8 @@ def test_the_audio_cap_stops_the_engine_at_the_exact_sample(make_replica, max_au
     replica = make_replica(config=ReplicaConfig(chunk_s=0.08, realtime_admission=False))
 
     async def run():
-        return [c async for c in replica.pipeline.stream("capped", ["One.", "Two.", "Three."],
-                                                         params=GenerationParams(seed=1), max_audio_s=max_audio_s)]
+        return [c async for c in replica.pipeline.stream(job("capped", ["One.", "Two.", "Three."],
+                                                             GenerationParams(seed=1), max_audio_s=max_audio_s))]
 
     pcm = np.concatenate(asyncio.run(run()))
     assert len(pcm) == round(max_audio_s * 24_000)
@@ -146,8 +147,8 @@ def test_the_cap_carries_over_to_the_next_text(make_replica):
 
     async def run():
         return [c async for c in replica.pipeline.stream(
-            "carry", ["One.", "Two.", "Three.", "Four."], params=GenerationParams(seed=2, max_frames=2),
-            max_audio_s=5 * 0.08, on_segment_done=lambda i, seg: spoken.append(len(seg.codes)))]
+            job("carry", ["One.", "Two.", "Three.", "Four."], GenerationParams(seed=2, max_frames=2),
+                max_audio_s=5 * 0.08), on_segment_done=lambda i, seg: spoken.append(len(seg.codes)))]
 
     assert sum(map(len, asyncio.run(run()))) == 5 * 1920
     assert spoken == [2, 2, 1]

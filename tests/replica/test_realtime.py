@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from contract.errors import QueueTimeout
 from models.errors import Overloaded
-from replica.admission import Admission, QueueTimeout
+from replica.admission import Admission
 from replica.config import ReplicaConfig
 from replica.realtime import (
     FRAME_S,

@@ -1,4 +1,4 @@
-"""Texts that arrive while a stream speaks (replica/text_feed.py, the text-in WebSocket's
+"""Texts that arrive while a stream speaks (contract/text_feed.py, the text-in WebSocket's
 seam): fed one by one, later, they give the same audio as the same texts given at once, on
 one decoder row, with a mark after each text's audio; clearing drops only what has not
 started; closing the stream mid-wait frees its row."""
@@ -8,9 +8,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from contract.text_feed import PieceDone, QueueFeed
 from models import GenerationParams
 from models.params import SAMPLE_RATE_HZ
-from replica.text_feed import PieceDone, QueueFeed
+from tests.replica.conftest import job
 
 TEXTS = ("The first piece of the reply.", "Then a second one, a bit longer.", "And the end.")
 PARAMS = GenerationParams(seed=3, temperature=0.0, max_frames=4)
@@ -27,7 +28,7 @@ def test_texts_fed_later_give_the_audio_of_texts_given_at_once(make_replica):
     replica = make_replica()
 
     async def run():
-        whole, _ = await _collect(replica.pipeline.stream("whole", TEXTS, params=PARAMS))
+        whole, _ = await _collect(replica.pipeline.stream(job("whole", TEXTS, PARAMS)))
         feed = QueueFeed()
 
         async def write():
@@ -37,7 +38,7 @@ def test_texts_fed_later_give_the_audio_of_texts_given_at_once(make_replica):
             await feed.close()
 
         writer = asyncio.create_task(write())
-        fed, marks = await _collect(replica.pipeline.stream("fed", TEXTS[:1], params=PARAMS, feed=feed, marks=True))
+        fed, marks = await _collect(replica.pipeline.stream(job("fed", TEXTS[:1], PARAMS, feed=feed, marks=True)))
         await writer
         return whole, fed, marks
 
@@ -58,10 +59,10 @@ def test_clear_drops_queued_texts_and_a_closed_stream_frees_its_row(make_replica
         await feed.put("This one too.")
         assert await feed.clear() == 2
         await feed.close()
-        _, marks = await _collect(replica.pipeline.stream("cleared", TEXTS[:1], params=PARAMS, feed=feed, marks=True))
+        _, marks = await _collect(replica.pipeline.stream(job("cleared", TEXTS[:1], PARAMS, feed=feed, marks=True)))
         assert [m.text for m in marks] == [TEXTS[0]]
         waiting = QueueFeed()  # never closed: the stream waits for text until its consumer leaves
-        stream = replica.pipeline.stream("left", TEXTS[:1], params=PARAMS, feed=waiting, marks=True)
+        stream = replica.pipeline.stream(job("left", TEXTS[:1], PARAMS, feed=waiting, marks=True))
         items = [await anext(stream) for _ in range(3)]
         assert replica.stats().num_streams == 1 and items
         await asyncio.sleep(0.3)

@@ -12,8 +12,8 @@ import pytest
 from models import GenerationParams, RequestError
 from models.codec.encode import encode_clip
 from replica.config import ReplicaConfig
-from replica.voice_store import MANIFEST, Voice, VoiceStore
-from tests.replica.conftest import make_voice
+from stores.voices import MANIFEST, Voice, VoiceStore
+from tests.replica.conftest import job, make_voice
 
 
 def test_a_voice_is_encoded_once_and_its_prefix_reused(make_replica, store, tiny):
@@ -23,8 +23,8 @@ def test_a_voice_is_encoded_once_and_its_prefix_reused(make_replica, store, tiny
     async def run():
         prefix = await replica.voices.prefix(voice)
         again = await replica.voices.prefix(store.resolve(voice.id))
-        chunks = [c async for c in replica.pipeline.stream("a", ["One.", "Two."], prefix,
-                                                           GenerationParams(speaker=2, max_frames=2))]
+        chunks = [c async for c in replica.pipeline.stream(job("a", ["One.", "Two."], GenerationParams(speaker=2, max_frames=2)),
+                                                           prefix)]
         return prefix, again, chunks
 
     prefix, again, chunks = asyncio.run(run())

@@ -10,10 +10,10 @@ import numpy as np
 import openai
 import pytest
 
-from replica.voice_store import VoiceStore
 from serve.app import create_app
 from serve.audio import FORMATS, decode_audio
 from serve.settings import ServerSettings
+from stores.voices import VoiceStore
 from tests.conftest import fan_out, wav_bytes
 from tests.local_server import local_server
 

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from models import EngineConfig
-from replica.conversation_store import sequence_conversation
+from serve.v2.protocol import sequence_conversation
 from tests.conftest import assert_no_leak, wav_bytes
 from tests.local_server import local_server
 

@@ -20,10 +20,10 @@ from schemathesis.checks import (
 )
 
 from models import EngineConfig
-from replica.voice_store import VoiceStore
 from serve.app import create_app
 from serve.audio import decode_audio
 from serve.settings import ServerSettings
+from stores.voices import VoiceStore
 from tests.conftest import assert_no_leak, wav_bytes
 from tests.local_server import local_server
 

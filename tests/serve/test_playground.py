@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from models import EngineConfig
-from replica.voice_store import OPENAI_VOICES
 from serve.routes.playground import CSP
+from stores.voices import OPENAI_VOICES
 from tests.conftest import wav_bytes
 from tests.local_server import local_server
 

@@ -20,7 +20,7 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from models import EngineConfig
-from replica.voice_store import OPENAI_VOICES
+from stores.voices import OPENAI_VOICES
 from tests.conftest import free_port, wait_engine_idle, wav_bytes
 from tests.local_server import local_server
 from tests.wyoming_server import wyoming_client

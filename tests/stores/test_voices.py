@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from replica.voice_store import OPENAI_VOICES, Voice, VoiceNotFound, VoiceStore
 from serve.audio import decode_audio
+from stores.voices import OPENAI_VOICES, Voice, VoiceNotFound, VoiceStore
 
 
 def _sample(seconds: float, rate: int = 44_100, fmt: str = "WAV", channels: int = 2) -> bytes:

@@ -1,11 +1,11 @@
-"""The conversation store (replica/conversation_store.py): turns kept in order on a shared
+"""The conversation store (stores/conversations.py): turns kept in order on a shared
 folder, each change whole or not at all, its bounds (count, bytes, idle expiry) as client
 errors naming them, one turn at a time per conversation, nothing readable after a delete."""
 
 import numpy as np
 import pytest
 
-from replica.conversation_store import ConversationError, ConversationNotFound, ConversationStore, TurnInProgress
+from stores.conversations import ConversationError, ConversationNotFound, ConversationStore, TurnInProgress
 
 
 def test_turns_kept_in_order_and_read_back(tmp_path):

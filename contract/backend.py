@@ -1,7 +1,7 @@
 """What the edges need from whatever serves the model: the in-process `replica.Replica`, or
 `deployments.replica.RayReplicas` in front of a Ray deployment of them. Typed both ways with
-the records of replica/records.py: a SpeechJob in, float32 PCM chunks out, a ReplicaError
-(carrying an ErrorInfo) on failure. No torch here."""
+the records of contract/ (job.py, errors.py, stats.py): a SpeechJob in, float32 PCM chunks
+out, a ReplicaError (carrying an ErrorInfo) on failure. No torch here."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from typing import Protocol
 
 import numpy as np
 
+from contract.errors import ErrorInfo
+from contract.job import SpeechJob
+from contract.stats import Instances
+from contract.text_feed import PieceDone, TextFeed, TextFeedWriter
 from models.params import Priority
-from replica.records import ErrorInfo, Instances, SpeechJob
-from replica.text_feed import PieceDone, TextFeed, TextFeedWriter
-from replica.voice_store import Voice
+from stores.voices import Voice
 
 
 class TextFeedBoth(TextFeed, TextFeedWriter, Protocol):

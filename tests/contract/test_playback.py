@@ -3,7 +3,7 @@ assertion): slack, gaps and where playback resumes."""
 
 import pytest
 
-from replica.playback import PlaybackClock
+from contract.playback import PlaybackClock
 
 CHUNK = 1920 * 3  # 0.24 s of audio
 

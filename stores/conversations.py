@@ -1,4 +1,4 @@
-"""Conversations kept as files, as voices are (voice_store.py): one folder per conversation,
+"""Conversations kept as files, as voices are (voices.py): one folder per conversation,
 shared by every replica and ingress (a shared volume on k8s), each change written whole and
 renamed into place, so a reader on any node sees a conversation before or after a change,
 never half of one.
@@ -20,7 +20,6 @@ replica/conversations.py.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import secrets
@@ -217,9 +216,3 @@ class ConversationStore:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
 
-
-def sequence_conversation(sequence_id: int | str) -> str:
-    """The conversation a v2 sequence id names (Triton's sequence_id: a uint64 or a string,
-    chosen by the client): the same id always names the same conversation."""
-    kind = "int" if isinstance(sequence_id, int) else "str"
-    return "conv_" + hashlib.sha256(f"v2-sequence/{kind}/{sequence_id}".encode()).hexdigest()[:16]
