@@ -12,9 +12,11 @@
    --burst requests sent at once, and after a 5 s pause c=4 again (does the capacity come back?).
    Between levels the replica's published capacity (`tts_realtime_capacity_streams` from Ray's
    metrics export) is read.
-3. The report: per level (c=1 and c=8 with the server's per-stage timings), streams served at once (the most admitted streams whose intervals
-   overlap), time to first audio p50/p95/max of admitted streams, refusal latency p50/max,
-   streams with a gap, RTF p50; and the ratio of the served-at-once figure to the engine alone.
+3. The report: per level (c=1 and c=8 with the server's per-stage timings), streams served
+   at once (the most admitted streams whose intervals overlap), time to first audio
+   p50/p95/max of admitted streams, refusal latency p50/max, streams with a gap, with one over
+   100 ms and the longest gap, RTF p50; and the ratio of the served-at-once figure to the
+   engine alone.
 
 Nothing is sent anywhere but loopback. The server is stopped (and `ray stop`) at the end.
 """

@@ -37,8 +37,9 @@ profile plus `prior_excess` (25%). More rows never step faster, so what the size
 within the last `floor_s` (2 s) cost now is a floor under every larger size: a slow stretch at
 one row (the host busy elsewhere) drops the capacity to that row at once, though a long fast
 history at larger sizes would hold the line down (a line's slope is never below 0). A slow
-stretch raises the sizes that ran; fast steps after it bring them back within a second or two. There is no slow start: a stream is admitted or
-refused when it arrives (admission.py), on the prediction for the batch it makes; the margin
+stretch raises the sizes that ran; fast steps after it bring them back within a second or two.
+There is no slow start: a stream is admitted or refused when it arrives (admission.py), on
+the prediction for the batch it makes; the margin
 absorbs what the prediction misses, and a stream behind its listener stops further admissions.
 The engine's thread writes (`observe`, `seed`); the event loop reads `model`, an immutable
 snapshot replaced whole.
