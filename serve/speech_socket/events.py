@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
 from models.params import Seed
 
@@ -44,11 +44,27 @@ class SessionConfig(SpeechOptions):
                              speed=self.speed, **self.options())
 
 
+def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """`model`'s fields, each optional and unset unless given: what an update may name, typed
+    when the event is read (the values' bounds are checked on the config it makes)."""
+    fields = {key: (field.annotation | None, Field(None, description=field.description))
+              for key, field in model.model_fields.items()}
+    return create_model(name, __config__=ConfigDict(extra="forbid", protected_namespaces=()),
+                        __doc__=f"The {model.__name__} fields to change.", **fields)
+
+
+SessionPatch = _partial(SessionConfig, "SessionPatch")
+
+
 class SessionUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["session.update"]
     event_id: str | None = None
-    session: dict = Field(default_factory=dict, description="SessionConfig fields to change")
+    session: SessionPatch = Field(default_factory=SessionPatch, description="SessionConfig fields to change")
+
+    def changes(self) -> dict:
+        """The fields the client named, as given."""
+        return self.session.model_dump(exclude_unset=True)
 
 
 class TextAppend(BaseModel):

@@ -223,7 +223,7 @@ class SpeechSocket(OmniDialect):
             self._error(message, param, "unknown_event" if unknown else "invalid_value", event_id)
             return
         if event.type == "session.update":
-            self._update(event.session, event_id)
+            self._update(event.changes(), event_id)
         elif event.type == "input_text_buffer.append":
             if self._count(event.text, event_id):
                 for piece in self.splitter.append(event.text):

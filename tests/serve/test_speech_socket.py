@@ -231,6 +231,28 @@ def test_bad_events_get_an_in_band_error_and_the_socket_goes_on(served, message,
         assert _until(ws, "response.done")[0]["response"]["status"] == "completed"
 
 
+def test_a_session_update_is_typed_and_names_the_field_it_refuses(served):
+    """`session.update` is read as a typed partial of the session: an unknown field or a value
+    of the wrong type is refused as the event is read, a value out of bounds on the config it
+    would make; each error names its field, and the session stays as it was."""
+    url, _ = served
+    with _open(url) as ws:
+        _hello(ws)
+        for session, param in (({"sped": 1.5}, "session.sped"), ({"seed": "abc"}, "session.seed"),
+                               ({"speed": 99}, "session.speed"), ({"temperature": None}, "session.temperature")):
+            _send(ws, "session.update", session=session)
+            error = _until(ws, "error")[0]["error"]
+            assert (error["param"], error["code"]) == (param, "invalid_value"), error
+        _send(ws, "session.update", session={"speed": 1.5})
+        updated = _until(ws, "session.updated")[0]["session"]
+        assert (updated["seed"], updated["temperature"], updated["speed"]) == (5, 0, 1.5)
+    from serve.speech_socket.events import SessionConfig, SessionUpdate
+
+    patch = SessionUpdate.model_json_schema()  # what a client's generator sees: every field, typed
+    fields = patch["$defs"]["SessionPatch"]["properties"]
+    assert set(fields) == set(SessionConfig.model_fields) and fields["speed"]["anyOf"][0]["type"] == "number"
+
+
 def test_text_over_the_bound_and_binary_frames_are_refused(served):
     url, _ = served
     with _open(url) as ws:
