@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from clients.wyoming import server as wyoming_server
-from serve.audio import FORMATS, make_encoder
+from serve.audio import FORMATS, SAMPLE_RATES, make_encoder
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -50,7 +50,10 @@ async def _say(args: argparse.Namespace) -> int:
     fmt = args.format or Path(args.output).suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise SystemExit(f"format: use one of {', '.join(FORMATS)} (or an output file ending in one)")
-    encoder = make_encoder(fmt, args.speed)
+    try:
+        encoder = make_encoder(fmt, args.speed, args.sample_rate)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     store = VoiceStore(args.voices_dir)
     voice = store.resolve(args.voice)
     texts = split_text(args.text)
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     say.add_argument("--device", default="auto")
     say.add_argument("--seed", type=int, default=None)
     say.add_argument("--speed", type=float, default=1.0)
+    say.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=None, help="default: the format's own")
     say.add_argument("--max-frames", type=int, default=None, help="cap per text segment (80 ms each)")
     wyo = sub.add_parser("wyoming", help="a Wyoming TTS server (Home Assistant) in front of a running csm-serve")
     wyoming_server.add_arguments(wyo)

@@ -6,7 +6,7 @@ is one field here, one field of SpeechJob and where it is used."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from models.params import (
     DEFAULT_TEMPERATURE,
@@ -19,6 +19,8 @@ from models.params import (
     Temperature,
     TopK,
 )
+
+from .audio import MAX_SPEED, MIN_SPEED, ResponseFormat, SampleRate, output_rate
 
 
 class VoiceRef(BaseModel):
@@ -60,3 +62,27 @@ class SpeechOptions(BaseModel):
         """The one conversion from the options to the engine's parameters."""
         speaker = voice_speaker if self.speaker is None else self.speaker
         return GenerationParams(speaker=speaker, temperature=self.temperature, top_k=self.top_k, seed=self.seed)
+
+
+class AudioOutput(BaseModel):
+    """How the audio is sent: the format, its tempo and its sample rate (formats.py says which
+    go together). Every edge that encodes audio embeds it, each with its own default format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_format: ResponseFormat = "mp3"
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    sample_rate: SampleRate | None = Field(None, description=(
+        "samples per second of the audio sent (an extension of OpenAI's body); default: the format's own "
+        "(24000; opus 48000; mulaw and alaw, G.711 phone audio, 8000)"))
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _format_takes_it(cls, rate: int | None, info: ValidationInfo) -> int | None:
+        if rate is not None and "response_format" in info.data:
+            output_rate(info.data["response_format"], rate)  # ValueError: this format cannot be sent at it
+        return rate
+
+    def audio_output(self) -> dict:
+        """These fields, as another shape that embeds them takes them."""
+        return {name: getattr(self, name) for name in AudioOutput.model_fields}

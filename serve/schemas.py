@@ -7,15 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .audio import MAX_SPEED, MIN_SPEED, ResponseFormat
-from .options import SpeechOptions, VoiceRef
+from .options import AudioOutput, SpeechOptions, VoiceRef
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit on `input`
 
 
-class SpeechRequest(SpeechOptions):
-    """POST /v1/audio/speech: OpenAI's fields and the speech options (options.py). Unknown
-    fields are rejected, as OpenAI does."""
+class SpeechRequest(SpeechOptions, AudioOutput):
+    """POST /v1/audio/speech: OpenAI's fields, the speech options and how the audio is sent
+    (options.py). Unknown fields are rejected, as OpenAI does."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -25,8 +24,6 @@ class SpeechRequest(SpeechOptions):
         None, max_length=4096,
         description="accepted for compatibility; CSM has no instruction input, so it is ignored",
     )
-    response_format: ResponseFormat = "mp3"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream_format: Literal["audio", "sse"] = "audio"
 
     @field_validator("input")

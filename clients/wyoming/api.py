@@ -8,7 +8,8 @@ import httpx
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.params import MaxAudioSeconds
+from models.params import SAMPLE_RATE_HZ, MaxAudioSeconds
+from serve.audio import SampleRate
 from serve.schemas import ErrorResponse, ModelList, SpeechRequest, VoiceList, VoiceObject
 
 
@@ -23,6 +24,7 @@ class WyomingSettings(BaseSettings):
     voice: str = Field("alloy", description="the voice when a request names none")
     model: str | None = Field(None, description="model id to request; default: the first of GET /v1/models")
     max_audio_seconds: MaxAudioSeconds | None = Field(None, description="cap on each request's audio")
+    sample_rate: SampleRate = Field(SAMPLE_RATE_HZ, description="samples per second of the audio sent (16000 for satellites that want it)")
     timeout_s: float = Field(30.0, gt=0, description="connect timeout, and the longest wait for the next audio bytes")
 
 
@@ -59,7 +61,7 @@ class SpeechAPI:
         closes the HTTP response, which aborts the generation on the server."""
         try:
             body = SpeechRequest(model=await self.model(), input=text, voice=voice, response_format="pcm",
-                                 max_audio_seconds=self.settings.max_audio_seconds)
+                                 max_audio_seconds=self.settings.max_audio_seconds, sample_rate=self.settings.sample_rate)
         except ValidationError as e:
             raise SpeechAPIError(f"cannot speak this: {e.errors()[0]['msg']}", "invalid_request") from None
         odd = b""

@@ -25,7 +25,6 @@ from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
-from models.params import SAMPLE_RATE_HZ
 from serve.schemas import MAX_INPUT_CHARS
 from serve.text import split_text
 
@@ -178,7 +177,7 @@ class SpeechEventHandler(AsyncEventHandler):
             log.info("wyoming client gone while speaking")
 
     async def _speak_stream(self, text_stream: _TextStream) -> None:
-        fmt = {"rate": SAMPLE_RATE_HZ, "width": 2, "channels": 1}
+        fmt = {"rate": self.api.settings.sample_rate, "width": 2, "channels": 1}
         started = False
         try:
             async for item in text_stream.stream.audio():
@@ -202,7 +201,7 @@ class SpeechEventHandler(AsyncEventHandler):
         await self.write_event(SynthesizeStopped().event())
 
     async def _speak(self, job: Say) -> bool:
-        fmt = {"rate": SAMPLE_RATE_HZ, "width": 2, "channels": 1}
+        fmt = {"rate": self.api.settings.sample_rate, "width": 2, "channels": 1}
         started = not job.is_first  # a plain synthesize split in pieces sends one audio-start
         speech = self.api.speak(job.text, job.voice)
         try:

@@ -27,7 +27,7 @@ class SentenceDone:
 
 class TextStream:
     """One streamed synthesis: `append` text as it comes, `commit` at its end, and iterate
-    `audio()` for raw PCM bytes (24 kHz, 16-bit, mono) and a SentenceDone after each sentence.
+    `audio()` for raw PCM bytes (16-bit mono at the settings' sample_rate) and a SentenceDone after each sentence.
     Closing the socket (`aclose`) stops the speech on the server and frees its row."""
 
     def __init__(self, ws: ClientConnection) -> None:
@@ -43,7 +43,8 @@ class TextStream:
         except (OSError, WebSocketException, TimeoutError) as e:
             raise SpeechAPIError(f"the speech API is unreachable: {type(e).__name__}: {e}", "unavailable") from None
         stream = cls(ws)
-        session = {"model": model, "voice": voice, "response_format": "pcm", "audio_transport": "binary"}
+        session = {"model": model, "voice": voice, "response_format": "pcm", "audio_transport": "binary",
+                   "sample_rate": settings.sample_rate}
         if settings.max_audio_seconds is not None:
             session["max_audio_seconds"] = settings.max_audio_seconds
         await stream._send({"type": "session.update", "session": session})

@@ -28,7 +28,7 @@ _AUDIO_RESPONSES = {200: {"content": {**{t: {} for t in CONTENT_TYPES.values()},
 
 @router.post("/v1/audio/speech", responses=_AUDIO_RESPONSES, response_class=StreamingResponse)
 async def create_speech(body: SpeechRequest, speech: SpeechDep, settings: SettingsDep, request_id: RequestIdDep):
-    encoder = make_encoder(body.response_format, body.speed)
+    encoder = make_encoder(body.response_format, body.speed, body.sample_rate)
     try:  # the first chunk decides the status: overload and unusable input are 4xx, not a cut stream
         stream = await speech.start(body, "openai", request_id)
     except ReplicaError as e:

@@ -17,14 +17,14 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, cr
 
 from models.params import Seed
 
-from ..audio import MAX_SPEED, MIN_SPEED, ResponseFormat
-from ..options import SpeechOptions, VoiceRef
+from ..audio import ResponseFormat, output_rate
+from ..options import AudioOutput, SpeechOptions, VoiceRef
 from ..schemas import ErrorBody, SpeechRequest, Usage
 
 # ---- csm-serve's dialect: client -> server ------------------------------------------------
 
 
-class SessionConfig(SpeechOptions):
+class SessionConfig(SpeechOptions, AudioOutput):
     """How every response of the session is spoken (sticky; `session.update` changes the
     fields it names): the speech options (serve/options.py), and of POST /v1/audio/speech's
     other fields the model and how the audio is encoded."""
@@ -34,14 +34,12 @@ class SessionConfig(SpeechOptions):
     voice: str | VoiceRef = "alloy"  # the session's voice until an update names another
     model: str | None = Field(None, min_length=1, max_length=128, description="default: the served model")
     response_format: ResponseFormat = "pcm"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     audio_transport: Literal["base64", "binary"] = Field(
         "base64", description="base64: response.audio.delta events; binary: the audio bytes as binary frames")
 
     def request(self, text: str, default_model: str) -> SpeechRequest:
         """The speech request one response's first text makes (validated as on HTTP)."""
-        return SpeechRequest(model=self.model or default_model, input=text, response_format=self.response_format,
-                             speed=self.speed, **self.options())
+        return SpeechRequest(model=self.model or default_model, input=text, **self.audio_output(), **self.options())
 
 
 def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
@@ -187,7 +185,7 @@ ServerEvent = Annotated[SessionCreated | SessionUpdated | TextCommitted | TextCl
 # ---- vLLM-Omni's dialect ----------------------------------------------------------------------
 
 
-class OmniConfig(BaseModel):
+class OmniConfig(AudioOutput):
     """vLLM-Omni's `session.config`: the REST fields it shares with this server; the ones only
     its models have (task_type, language, ref_audio, ...) are ignored, as it ignores unknown."""
 
@@ -197,7 +195,6 @@ class OmniConfig(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=128)
     voice: str = Field("alloy", validation_alias=AliasChoices("voice", "speaker"), min_length=1, max_length=128)
     response_format: ResponseFormat = "wav"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     seed: Seed | None = None
     stream_audio: bool = False
     split_granularity: Literal["none", "sentence", "clause"] = "none"
@@ -209,8 +206,13 @@ class OmniConfig(BaseModel):
         return self
 
     def session(self) -> SessionConfig:
-        return SessionConfig(model=self.model, voice=self.voice, response_format=self.response_format,
-                             speed=self.speed, seed=self.seed, audio_transport="binary")
+        return SessionConfig(model=self.model, voice=self.voice, seed=self.seed, audio_transport="binary",
+                             **self.audio_output())
+
+    @property
+    def rate(self) -> int:
+        """The rate its audio is sent at (audio.start's sample_rate)."""
+        return output_rate(self.response_format, self.sample_rate)
 
 
 class _OmniEvent(BaseModel):

@@ -22,7 +22,6 @@ from pydantic import BaseModel
 
 from contract.errors import ErrorInfo
 from contract.text_feed import PieceDone
-from models.params import SAMPLE_RATE_HZ
 
 from ..audio import AudioEncoder, make_encoder
 from ..errors import api_error, error_body, retry_after
@@ -98,7 +97,8 @@ class RealtimePresenter:
             self.outbox.event(AudioDelta(response_id=response.id, delta=base64.b64encode(data).decode()))
 
     async def started(self, response: Response) -> None:
-        self._encoders[response.id] = make_encoder(response.config.response_format, response.config.speed)
+        config = response.config
+        self._encoders[response.id] = make_encoder(config.response_format, config.speed, config.sample_rate)
         self.outbox.event(ResponseCreated(response=ResponseRef(id=response.id)))
 
     async def audio(self, response: Response, pcm: np.ndarray) -> None:
@@ -133,17 +133,18 @@ class OmniPresenter:
         self.unit, self.unit_bytes, self.is_unit_open = 0, 0, False
         self._file: AudioEncoder | None = None  # the unit's file (not stream_audio), and its bytes so far
         self._held = b""
-        self._pcm = make_encoder("pcm")
+        self._pcm = make_encoder("pcm", sample_rate=config.sample_rate)
 
     def _open_unit(self, response: Response, with_rate: bool) -> None:
         text = self.whole_text if self.whole_text is not None else (
             response.pieces[self.unit] if self.unit < len(response.pieces) else "")
-        rate = {"sample_rate": SAMPLE_RATE_HZ, "channels": 1} if with_rate else {}
+        rate = {"sample_rate": self.config.rate, "channels": 1} if with_rate else {}
         self.outbox.event(OmniAudioStart(utterance_index=self.utterance, sentence_index=self.unit, sentence_text=text,
                                          format=self.config.response_format, **rate))
         self.is_unit_open, self.unit_bytes = True, 0
         if not self.config.stream_audio:
-            self._file, self._held = make_encoder(self.config.response_format, self.config.speed), b""
+            config = self.config
+            self._file, self._held = make_encoder(config.response_format, config.speed, config.sample_rate), b""
 
     def _close_unit(self, error: bool) -> None:
         if self._file is not None and not error:  # the unit's whole file, in one binary frame

@@ -23,7 +23,6 @@ import grpc
 import numpy as np
 
 from contract.errors import INTERNAL_MESSAGE
-from models.params import SAMPLE_RATE_HZ
 
 from ..deps import is_authorized
 from .grpc_messages import (
@@ -139,7 +138,7 @@ class InferenceRPC:
         chunks = [c async for c in self.service.audio(inference, stream)]
         t = time.monotonic_ns()
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        response = infer_response(inference.model, request.id, pcm, sample_rate=SAMPLE_RATE_HZ)
+        response = infer_response(inference.model, request.id, pcm, sample_rate=inference.rate)
         self.service.record_success(inference, stream.timing, time.monotonic_ns() - t)
         return response
 
@@ -153,7 +152,7 @@ class InferenceRPC:
         def response(pcm, final: bool) -> pb.ModelStreamInferResponse:
             nonlocal output_ns
             t = time.monotonic_ns()
-            rate = SAMPLE_RATE_HZ if pcm is not None else None
+            rate = inference.rate if pcm is not None else None
             message = _stream(infer_response(model, request_id, pcm, final, rate))
             output_ns += time.monotonic_ns() - t
             return message

@@ -29,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.utils import deserialize_bytes_tensor
 
 from contract.errors import ErrorInfo, ErrorKind, first_error
-from models.params import MaxAudioSeconds, Seed, Speaker, Temperature, TopK
+from models.params import SAMPLE_RATE_HZ, MaxAudioSeconds, Seed, Speaker, Temperature, TopK
 
+from ..audio import SampleRate
 from ..errors import retry_after
 from ..schemas import SpeechRequest
 
@@ -93,6 +94,7 @@ class InferParams(BaseModel):
         None, description="Triton's: a conversation, named by the client (0 or empty: none)")
     sequence_start: bool = Field(False, description="Triton's: this request starts the sequence (a new conversation)")
     sequence_end: bool = Field(False, description="Triton's: the sequence ends after this request (it is deleted)")
+    sample_rate: SampleRate | None = Field(None, description="samples per second of the audio tensor; default 24000")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,11 @@ class TextInference:
     wants_empty_final: bool = False
     timeout_s: float | None = None  # Triton's `timeout`: how long it may wait to start
     sequence: SequenceTurn | None = None  # Triton's sequence parameters: speech.conversation is its conversation
+
+    @property
+    def rate(self) -> int:
+        """Samples per second of the `audio` tensor (the response's sample_rate parameter)."""
+        return self.speech.sample_rate or SAMPLE_RATE_HZ
 
 
 def check_text_input(names: list[str], datatype: str, shape: list[int]) -> None:
@@ -174,7 +181,8 @@ def text_inference(model: str, client_id: str, request_id: str, text: str, param
         raise V2Error(400, _first_error(e, "parameters")) from None
     sequence = _sequence(params)
     try:
-        speech = SpeechRequest(model=model, input=text, response_format="pcm", **speech_options(params, sequence))
+        speech = SpeechRequest(model=model, input=text, response_format="pcm", sample_rate=params.sample_rate,
+                               **speech_options(params, sequence))
     except ValidationError as e:
         raise V2Error(400, _first_error(e, None, rename={"input": f"input '{TEXT}'"})) from None
     timeout_s = params.timeout / 1e6 if params.timeout else None  # Triton: 0 is no timeout

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from models.params import SAMPLE_RATE_HZ
 from observability import metrics as m
 
 from ..deps import get_request_id, require_api_key
@@ -113,7 +112,7 @@ async def infer(model: str, request: Request, version: str | None = None) -> Res
     pcm, timing = collect.result()
     t1 = time.monotonic_ns()
     body, headers = infer_response(model, parsed.id, pcm, parsed.binary_audio,
-                                   {"sample_rate": SAMPLE_RATE_HZ, "audio_seconds": len(pcm) / SAMPLE_RATE_HZ})
+                                   {"sample_rate": inference.rate, "audio_seconds": len(pcm) / inference.rate})
     service.record_success(inference, timing, time.monotonic_ns() - t1)
     media = "application/octet-stream" if parsed.binary_audio else "application/json"
     return Response(body, media_type=media, headers=headers)

@@ -21,8 +21,9 @@ import numpy as np
 
 from contract.errors import ReplicaError
 from contract.stats import Instances
+from models.params import SAMPLE_RATE_HZ
 
-from ..audio import as_mono_float
+from ..audio import Resample, as_mono_float
 from ..speech import SpeechService, SpeechStream, StreamTiming
 from .protocol import VERSION, TextInference, V2Error, v2_error
 from .sequences import Sequences
@@ -94,9 +95,16 @@ class V2Service:
         mid-stream (rarely: a failed engine); a stream that does not end well is recorded as
         a failure, and on success the edge calls `record_success` once its responses are out.
         Closing the iterator early aborts the generation."""
+        resample = Resample(inference.rate) if inference.rate != SAMPLE_RATE_HZ else None
         try:
             async for chunk in stream.audio():
-                yield as_mono_float(chunk)  # -1..1, as the OpenAI edge's encoders send it
+                samples = as_mono_float(chunk)  # -1..1, as the OpenAI edge's encoders send it
+                samples = resample.process(samples) if resample else samples
+                if samples.size:
+                    yield samples
+            tail = resample.flush() if resample else None
+            if tail is not None and tail.size:
+                yield tail
         except ReplicaError as e:
             raise v2_error(e.info, inference.request_id, self.settings.retry_after_s) from None
         finally:

@@ -39,6 +39,8 @@ def test_every_format_decodes_to_the_right_audio(client, fmt):
     if fmt == "pcm":
         pcm = np.frombuffer(audio, "<i2")
         assert len(pcm) == 6 * 1920
+    elif fmt in ("mulaw", "alaw"):  # raw G.711: 8 kHz, one byte a sample
+        assert len(audio) == 6 * 1920 // 3
     else:
         pcm = decode_audio(audio)
         assert 0.40 < len(pcm) / 24_000 < 0.70  # 0.48 s, plus codec padding for lossy formats
@@ -102,6 +104,11 @@ BAD = [
     ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": 5}, 400, "speed"),
     ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": "fast"}, 400, "speed"),
     ({"model": "tts-1", "voice": "alloy", "input": "x", "bogus": 1}, 400, "bogus"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "sample_rate": 12345}, 400, "sample_rate"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "sample_rate": "fast"}, 400, "sample_rate"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "response_format": "opus", "sample_rate": 44100}, 400,
+     "sample_rate"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "response_format": "ulaw"}, 400, "response_format"),
     ({"model": "tts-1", "voice": 5, "input": "x"}, 400, "voice"),
     ({"model": "nope", "voice": "alloy", "input": "x"}, 404, "model"),
     ({"model": "tts-1", "voice": {"id": "voice_0000000000000000"}, "input": "x"}, 400, "voice"),

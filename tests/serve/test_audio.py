@@ -19,6 +19,7 @@ from serve.audio import CONTENT_TYPES, FORMATS, SAMPLE_RATE, AudioDecodeError, d
 SR = SAMPLE_RATE
 CHUNKS = (1920, 500, 7000)
 LOSSY = ("mp3", "aac", "opus")
+PHONE = ("mulaw", "alaw")  # G.711 at 8 kHz by default: band-limited and companded
 # Extra decoded samples allowed on top of 3% of the duration: encoder priming and last-frame padding that
 # the container does not record (MP3 without a LAME tag: encoder + decoder delay and a frame; ADTS AAC:
 # 1024 priming samples and a 1024-sample frame). Ogg Opus records pre-skip and end trim, so it needs none.
@@ -53,9 +54,17 @@ def encode_all(fmt: str, signal: np.ndarray, sizes=CHUNKS, speed: float = 1.0) -
     return b"".join(pieces) + tail
 
 
-def decode(fmt: str, data: bytes) -> np.ndarray:
-    if fmt == "pcm":  # headerless: nothing for a demuxer to probe
+def decode(fmt: str, data: bytes, rate: int = 8000) -> np.ndarray:
+    """Back to 24 kHz float: raw formats have nothing for a demuxer to probe (G.711 is read by
+    PyAV's raw demuxer at `rate`, then resampled as uploads are)."""
+    if fmt == "pcm":
         return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
+    if fmt in PHONE:
+        with av.open(io.BytesIO(data), format=fmt, options={"sample_rate": str(rate)}) as raw:
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SR)
+            frames = [f for packet in raw.decode(audio=0) for f in resampler.resample(packet)]
+            frames += resampler.resample(None)
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
     return decode_audio(data)
 
 
@@ -107,7 +116,7 @@ def test_round_trip(fmt):
     if fmt == "opus":
         assert b"OpusHead" in data[:100]
     decoded = decode(fmt, data)
-    if fmt in LOSSY:
+    if fmt in LOSSY + PHONE:
         assert_duration(fmt, len(decoded), len(signal))
         assert aligned_corr(signal, decoded) > 0.9
     else:  # lossless up to int16 quantization, sample for sample
@@ -185,7 +194,7 @@ def test_speed_out_of_range_is_rejected(speed):
 def test_encoder_contract():
     assert set(CONTENT_TYPES) == set(FORMATS)
     for fmt in FORMATS:
-        assert make_encoder(fmt).content_type == CONTENT_TYPES[fmt]
+        assert make_encoder(fmt).content_type.startswith(CONTENT_TYPES[fmt])  # G.711's with ";rate=8000"
     enc = make_encoder("wav")
     with pytest.raises(ValueError, match="1-D"):
         enc.encode(np.zeros((2, 10), dtype=np.float32))
