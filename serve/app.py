@@ -12,7 +12,7 @@ from stores.voices import VoiceStore
 from .conversations import ConversationService
 from .deps import require_api_key
 from .errors import ERROR_RESPONSES, install_error_handlers
-from .routes import conversations, health, models, playground, speech, speech_stream, voices
+from .routes import batch, conversations, health, models, playground, speech, speech_stream, voices
 from .settings import ServerSettings
 from .speech import SpeechService
 from .v2 import routes as v2_routes
@@ -38,7 +38,7 @@ def create_app(
     playground.install(app)
     app.include_router(speech_stream.router)  # API keys checked in the route (a WebSocket has no 401)
     auth = [Depends(require_api_key)]
-    for router in (models.router, speech.router, voices.router, conversations.router):
+    for router in (models.router, speech.router, batch.router, voices.router, conversations.router):
         app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)
     return app
 

@@ -6,7 +6,7 @@ is one field here, one field of SpeechJob and where it is used."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from models.params import (
     DEFAULT_TEMPERATURE,
@@ -86,3 +86,12 @@ class AudioOutput(BaseModel):
     def audio_output(self) -> dict:
         """These fields, as another shape that embeds them takes them."""
         return {name: getattr(self, name) for name in AudioOutput.model_fields}
+
+
+def partial(name: str, *models: type[BaseModel], exclude: tuple[str, ...] = (), doc: str = "") -> type[BaseModel]:
+    """The fields of `models`, each optional and unset unless given (a change to, or an
+    override of, a full record: `model_dump(exclude_unset=True)` is what was named), typed as
+    they are; unknown fields refused. Bounds are checked on the full record it makes."""
+    fields = {key: (field.annotation | None, Field(None, description=field.description))
+              for model in models for key, field in model.model_fields.items() if key not in exclude}
+    return create_model(name, __config__=ConfigDict(extra="forbid", protected_namespaces=()), __doc__=doc, **fields)

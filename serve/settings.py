@@ -23,6 +23,11 @@ class ServerSettings(BaseSettings, StoreSettings):
     max_sample_bytes: int = Field(10 * 2**20, description="largest voice sample upload")
     segment_max_chars: int = Field(250, ge=20, le=1000, description="long input is spoken in pieces of at most this")
     retry_after_s: int = Field(2, ge=1, description="Retry-After on 429/503")
+    # POST /v1/audio/speech/batch
+    batch_max_chars: int = Field(32768, ge=1, description="most input characters one batch may hold, all items together")
+    batch_max_audio_s: float = Field(600.0, gt=0, description=(
+        "most audio one batch may produce, all items together (items past it end with batch_audio_limit)"))
+    batch_concurrency: int = Field(4, ge=1, le=32, description="items of one batch spoken at once (each holds a row)")
     # The text-in WebSocket (/v1/audio/speech/stream)
     ws_flush_after_s: float = Field(0.5, gt=0, description="text pending this long with no new text is spoken")
     ws_clause_min_words: int = Field(12, ge=1, description="an unfinished sentence is cut at a clause mark after this many words")

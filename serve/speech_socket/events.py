@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from models.params import Seed
 
 from ..audio import ResponseFormat, output_rate
-from ..options import AudioOutput, SpeechOptions, VoiceRef
+from ..options import AudioOutput, SpeechOptions, VoiceRef, partial
 from ..schemas import ErrorBody, SpeechRequest, Usage
 
 # ---- csm-serve's dialect: client -> server ------------------------------------------------
@@ -42,16 +42,7 @@ class SessionConfig(SpeechOptions, AudioOutput):
         return SpeechRequest(model=self.model or default_model, input=text, **self.audio_output(), **self.options())
 
 
-def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
-    """`model`'s fields, each optional and unset unless given: what an update may name, typed
-    when the event is read (the values' bounds are checked on the config it makes)."""
-    fields = {key: (field.annotation | None, Field(None, description=field.description))
-              for key, field in model.model_fields.items()}
-    return create_model(name, __config__=ConfigDict(extra="forbid", protected_namespaces=()),
-                        __doc__=f"The {model.__name__} fields to change.", **fields)
-
-
-SessionPatch = _partial(SessionConfig, "SessionPatch")
+SessionPatch = partial("SessionPatch", SessionConfig, doc="The SessionConfig fields to change.")
 
 
 class SessionUpdate(BaseModel):
