@@ -140,3 +140,31 @@ def test_a_refused_stream_computes_no_prefix_and_takes_no_turn_lock(server):
     r = httpx.post(url + "/v1/audio/speech", timeout=60, json={"model": "tts-1", "voice": "alloy", "input": "Now.",
                                                                 "response_format": "pcm", "conversation": conversation})
     assert r.status_code == 200 and statuses == [200]  # the turn is free and the voice loads on demand
+
+
+def test_a_batch_beside_listeners_takes_no_real_time_from_them(server, tmp_path):
+    """32 batch items (2 s of audio each) while 4 listeners play in real time (the load client
+    at niceness 19): the listeners are all admitted and hear no gap over 100 ms, the batch
+    completes, and its rows are paused for the listeners, not the other way round."""
+    url, replica = server
+    wait_engine_idle(replica)
+    items = [{"input": f"Chapter one, paragraph {i}. " + LONG[:120], "seed": i} for i in range(32)]
+    batch: dict = {}
+
+    def run_batch() -> None:
+        batch["response"] = httpx.post(url + "/v1/audio/speech/batch", timeout=300, json={
+            "response_format": "pcm", "max_audio_seconds": 2.0, "items": items})
+
+    runner = threading.Thread(target=run_batch)
+    runner.start()
+    _until(lambda: replica.stats().num_batch_streams >= 2, 30, "the batch did not start")
+    level = _load(url, tmp_path, 4, 4.0)
+    still_running = replica.stats().num_batch_streams > 0 or runner.is_alive()
+    runner.join(300)
+    assert level["ok"] == 4 and level["rejected"] == 0, level  # the batch's rows never cost a listener its place
+    heard = level["listeners"]
+    assert heard["streams_over_100ms_gap"] == 0 and heard["streams_with_underruns"] <= 1, heard
+    assert still_running  # the listeners ran beside the batch, not after it
+    out = batch["response"].json()
+    assert batch["response"].status_code == 200 and out["succeeded"] == 32, out.get("results", out)[:2]
+    assert all(r["audio_seconds"] == 2.0 for r in out["results"])
