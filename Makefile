@@ -17,6 +17,14 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# LiveKit Agents (psutil>=7) cannot share a venv with KServe's SDK (psutil<6): its plugin is
+# tested from a venv of its own against the server the test starts (tests/clients/test_livekit.py).
+LIVEKIT_VENV ?= .venv-livekit
+$(LIVEKIT_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(LIVEKIT_VENV)
+	$(LIVEKIT_VENV)/bin/python -m pip install -q "livekit-agents==1.8.9" "livekit-plugins-openai==1.8.9"
+	touch $@
+
 # RAY_worker_niceness=0: Serve's processes at the host's priority, not Ray's default 15 (deployments/priority.py)
 serve: venv  ## Ray Serve app from serve_config.yaml on 127.0.0.1:8000 (gRPC: 8001); Ray metrics on 127.0.0.1:8080/metrics
 	RAY_worker_niceness=0 $(VENV)/bin/ray start --head --metrics-export-port=8080 --dashboard-host=127.0.0.1 --disable-usage-stats
@@ -30,10 +38,10 @@ CARDS ?= 2
 serve-cluster: venv  ## rehearse placement and scaling on this machine: NODES x CARDS simulated Ascend cards (csm-tiny on CPU), 127.0.0.1:8000
 	$(PY) -m deployments.sim_cluster --nodes $(NODES) --cards-per-node $(CARDS)
 
-test: venv
+test: venv $(LIVEKIT_VENV)/.installed
 	$(PY) -m pytest -m "not accel" $(PYTEST_ARGS)
 
-test-fast: venv
+test-fast: venv $(LIVEKIT_VENV)/.installed
 	$(PY) -m pytest -m "not accel and not slow" $(PYTEST_ARGS)
 
 bench: venv
@@ -59,4 +67,4 @@ device-check-dry: venv  ## the same steps on this CPU with csm-tiny (CI runs it 
 	$(PY) -m benchmarks.device_check --dry-run --out $(OUT)-dry $(CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LIVEKIT_VENV) .pytest_cache
