@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from models import EngineConfig
+from replica.config import ReplicaConfig
 from tests.local_server import local_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +26,8 @@ FRAMES = 6  # per text segment: the tiny model never says EOS, so each sentence 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     engine = EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4, max_frames_cap=FRAMES)
-    with local_server(str(tmp_path_factory.mktemp("voices")), engine=engine, segment_max_chars=40) as running:
+    with local_server(str(tmp_path_factory.mktemp("voices")), engine=engine, replica=ReplicaConfig(),
+                      segment_max_chars=40) as running:
         yield running
 
 

@@ -20,6 +20,7 @@ from websockets.sync.client import connect as sync_connect
 from clients.twilio.bridge import run
 from models import EngineConfig
 from tests.conftest import free_port, wait_engine_idle
+from replica.config import ReplicaConfig
 from tests.local_server import local_server
 from tests.serve.test_phone_audio import g711, resampled, snr_db
 
@@ -29,7 +30,7 @@ TEXT = "Thanks for calling the clinic. Your appointment is on Tuesday at nine."
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     engine = EngineConfig(model="csm-tiny", device="cpu", max_num_seqs=4, max_frames_cap=12)
-    with local_server(str(tmp_path_factory.mktemp("voices")), engine=engine) as running:
+    with local_server(str(tmp_path_factory.mktemp("voices")), engine=engine, replica=ReplicaConfig()) as running:
         yield running
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_engine_idle
+from replica.config import ReplicaConfig
 from tests.local_server import local_server
 
 URL = "/v1/audio/speech/batch"
@@ -23,7 +24,9 @@ CAP = {"max_audio_seconds": 0.48, "temperature": 0.9}  # 6 frames: the tiny mode
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with local_server(str(tmp_path_factory.mktemp("voices")), batch_max_audio_s=20.0, batch_max_chars=400) as running:
+    # the shipped replica settings (real-time admission on): batch items admitted as make serve admits them
+    with local_server(str(tmp_path_factory.mktemp("voices")), replica=ReplicaConfig(), batch_max_audio_s=20.0,
+                      batch_max_chars=400) as running:
         yield running
 
 

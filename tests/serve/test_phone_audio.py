@@ -6,6 +6,7 @@ tritonclient (HTTP and gRPC) and Wyoming. Each is checked against the same reque
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 
@@ -20,6 +21,7 @@ from websockets.sync.client import connect
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.tts import Synthesize
 
+from replica.config import ReplicaConfig
 from tests.local_server import local_server
 from tests.serve.test_audio_rates import resampled as _resampled
 from tests.wyoming_server import wyoming_client
@@ -31,7 +33,8 @@ TEXT = "Your appointment is confirmed for Tuesday."
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with local_server(str(tmp_path_factory.mktemp("voices"))) as running:
+    # the shipped replica settings (real-time admission on), as make serve runs them
+    with local_server(str(tmp_path_factory.mktemp("voices")), replica=ReplicaConfig()) as running:
         yield running
 
 
@@ -94,7 +97,7 @@ def test_sse_usage_stays_in_frames_at_another_rate(server):
     body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "mulaw", "stream_format": "sse", **EXTRA}
     with httpx.stream("POST", server[0] + "/v1/audio/speech", json=body, timeout=60) as r:
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
-    audio = b"".join(__import__("base64").b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
     assert len(audio) == SECONDS * 8000 and events[-1]["usage"]["output_tokens"] == 12
 
 
