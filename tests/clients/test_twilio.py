@@ -19,8 +19,8 @@ from websockets.sync.client import connect as sync_connect
 
 from clients.twilio.bridge import run
 from models import EngineConfig
-from tests.conftest import free_port, wait_engine_idle
 from replica.config import ReplicaConfig
+from tests.conftest import free_port, wait_engine_idle
 from tests.local_server import local_server
 from tests.serve.test_phone_audio import g711, resampled, snr_db
 

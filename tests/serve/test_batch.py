@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import wait_engine_idle
 from replica.config import ReplicaConfig
+from tests.conftest import wait_engine_idle
 from tests.local_server import local_server
 
 URL = "/v1/audio/speech/batch"
