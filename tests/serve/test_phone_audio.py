@@ -23,6 +23,7 @@ from wyoming.tts import Synthesize
 
 from replica.config import ReplicaConfig
 from tests.local_server import local_server
+from tests.serve.test_audio_rates import read
 from tests.serve.test_audio_rates import resampled as _resampled
 from tests.wyoming_server import wyoming_client
 
@@ -54,8 +55,7 @@ def resampled(signal: np.ndarray, rate: int) -> np.ndarray:
 
 def g711(data: bytes, fmt: str, rate: int) -> np.ndarray:
     """Raw G.711 bytes decoded by ffmpeg's own decoder, as float."""
-    with av.open(io.BytesIO(data), format=fmt, options={"sample_rate": str(rate)}) as f:
-        return np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(audio=0)]).astype(np.float32) / 32768
+    return read(fmt, data, rate)[0]
 
 
 def snr_db(want: np.ndarray, got: np.ndarray) -> float:
