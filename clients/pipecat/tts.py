@@ -17,6 +17,7 @@ whatever the cancelled response had already sent: everything before it is droppe
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSServic
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.protocol import State
 
 from serve.speech_socket.events import (
@@ -81,6 +82,13 @@ class CsmTTSSettings(TTSSettings):
     conversation: str | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
     max_audio_seconds: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
     priority: str | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+
+
+def _parse(message: str) -> BaseModel | None:
+    try:
+        return _EVENTS.validate_json(message)
+    except ValidationError:
+        return None  # an event this client does not use
 
 
 def _word_times(segment: SegmentDone, offset_s: float) -> list[tuple[str, float]]:
@@ -166,10 +174,26 @@ class CsmTTSService(WebsocketTTSService):
             self._reset_wire()
             await self._send(self._session_update())
             await self._call_event_handler("on_connected")
+        except ConnectionClosed as e:  # refused after the handshake: its error event says why
+            if not await self._read_refusal():
+                await self.push_error(error_msg=f"{self}: {self._url} closed the socket: {e}", exception=e)
+            self._websocket = None
+            await self._call_event_handler("on_connection_error", f"{e}")
         except (OSError, TimeoutError, WebSocketException) as e:
             self._websocket = None
             await self.push_error(error_msg=f"{self}: cannot connect to {self._url}: {e}", exception=e)
             await self._call_event_handler("on_connection_error", f"{e}")
+
+    async def _read_refusal(self) -> bool:
+        """Pass on the error events the server sent before it closed; whether there was one."""
+        refused = False
+        with contextlib.suppress(ConnectionClosed):  # raised once what came before the close is read
+            while True:
+                message = await self._websocket.recv()
+                if isinstance(message, str) and isinstance(event := _parse(message), ErrorEvent):
+                    await self._event(event)
+                    refused = True
+        return refused
 
     async def _disconnect_websocket(self) -> None:
         try:
@@ -260,11 +284,8 @@ class CsmTTSService(WebsocketTTSService):
             if isinstance(message, bytes):
                 await self._audio(message)
                 continue
-            try:
-                event = _EVENTS.validate_json(message)
-            except ValidationError:
-                continue  # an event this client does not use
-            await self._event(event)
+            if (event := _parse(message)) is not None:
+                await self._event(event)
 
     async def _audio(self, pcm: bytes) -> None:
         context_id = self._context_id
