@@ -235,3 +235,32 @@ def test_server_errors_are_error_frames(local, settings, message):
 
     _, down = _pipeline(_service(url, **settings), 24_000, script)
     assert not down.of(TTSAudioRawFrame)
+
+
+def test_a_cancelled_responses_tail_is_dropped_until_the_server_confirms_the_cancel():
+    """Audio the server sent before it read response.cancel can arrive after the next turn began
+    (the socket is ordered, so `input_text_buffer.cleared` marks its end): none of it goes into the
+    new turn's audio context. At the seam: the service's receive handlers, without a socket."""
+    from serve.speech_socket.events import SegmentDone, TextCleared
+
+    tts = _service("http://127.0.0.1:1")
+    appended: list[tuple[str, Frame]] = []
+
+    async def append(context_id: str, frame: Frame) -> None:
+        appended.append((context_id, frame))
+
+    async def words(times, context_id) -> None:
+        appended.append((context_id, TTSTextFrame(" ".join(w for w, _ in times), aggregated_by="word")))
+
+    tts.append_to_audio_context, tts.add_word_timestamps = append, words
+
+    async def script() -> None:
+        tts._context_id, tts._draining = "next-turn", 1  # cancelled, then the next turn's text sent
+        await tts._audio(b"\x01\x00" * 480)  # the cancelled response's last chunk
+        await tts._event(SegmentDone(response_id="r", index=0, text="old words", start_s=0.0, end_s=0.5))
+        assert appended == []
+        await tts._event(TextCleared(num_chars=5))
+        await tts._audio(b"\x02\x00" * 480)  # the next turn's first chunk
+        assert [(c, f.audio[:2]) for c, f in appended] == [("next-turn", b"\x02\x00")]
+
+    asyncio.run(script())
