@@ -20,7 +20,7 @@ import numpy as np
 from contract.job import SpeechJob
 from contract.playback import PlaybackClock
 from contract.text_feed import PieceDone, TextFeed
-from models.core.prompt import Prefix
+from models.core.prompt import Prefix, PromptContext
 from models.frontend.decoder import MimiDecodeWorker
 from models.frontend.engine_loop import EngineLoop
 from models.params import (
@@ -145,7 +145,6 @@ class SpeechPipeline:
                         left: _FramesLeft, clock: PlaybackClock | None) -> AsyncIterator[np.ndarray | PieceDone]:
         request_id, params = job.request_id, job.params
         frame_budget, max_samples = caps.frames, caps.samples
-        context_segments = context.context if context is not None else ()
         is_first = True  # the row's first decode resets it
         chunk = 1  # frames in the next chunk (next_chunk_frames)
         previous: tuple[Segment, ...] = ()
@@ -163,7 +162,7 @@ class SpeechPipeline:
             sent = time.perf_counter()
             try:
                 async for out in self.loop.generate(f"{request_id}/{i}", text, params.for_segment(i),
-                                                    context_segments + previous, context, frame_cap, ticket.priority):
+                                                    PromptContext.of(context, *previous), frame_cap, ticket.priority):
                     joining.leave()
                     if not frames and out.frames:
                         self._on_stage("prefill", time.perf_counter() - sent)

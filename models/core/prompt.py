@@ -52,6 +52,21 @@ class Prefix:
         return context[:n] is self.context or tuple(context[:n]) == self.context
 
 
+@dataclass(frozen=True)
+class PromptContext:
+    """What a request's text follows: the segments before it (a voice, earlier turns, the
+    previous text's audio) and, when they start with a computed prefix's segments, that prefix
+    (the request then skips its positions)."""
+
+    segments: tuple[Segment, ...] = ()
+    prefix: Prefix | None = None
+
+    @classmethod
+    def of(cls, prefix: Prefix | None, *after: Segment) -> PromptContext:
+        """A computed prefix's segments (none for None), then `after`, with the prefix."""
+        return cls((prefix.context if prefix is not None else ()) + after, prefix)
+
+
 def encode_segments(tokenizer, ids: SpecialIds, segments: tuple[Segment, ...]) -> PromptTokens:
     token_ids: list[int] = []
     frames: list[tuple[int, ...]] = []

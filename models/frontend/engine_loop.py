@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from ..core.prompt import Prefix
+from ..core.prompt import Prefix, PromptContext
 from ..core.request import Request
 from ..core.threads import apply as apply_threads
 from ..engine import Engine
@@ -26,6 +26,9 @@ from ..errors import EngineDeadError, EngineStepError
 from ..params import EngineStats, GenerationParams, Priority, Segment, StepOutput
 
 log = logging.getLogger(__name__)
+
+
+NO_CONTEXT = PromptContext()  # a text that follows nothing
 
 
 @dataclass(frozen=True)
@@ -124,14 +127,14 @@ class EngineLoop:
             raise EngineDeadError(f"engine loop is not running: {self._error!r}")
 
     async def generate(
-        self, request_id: str, text: str, params: GenerationParams | None = None, context: tuple[Segment, ...] = (),
-        prefix: Prefix | None = None, frame_cap: int | None = None, priority: Priority = "interactive",
+        self, request_id: str, text: str, params: GenerationParams | None = None,
+        context: PromptContext = NO_CONTEXT, frame_cap: int | None = None, priority: Priority = "interactive",
     ) -> AsyncIterator[StepOutput]:
         """Stream a request's outputs, one StepOutput per step that produced frames, the last
-        with is_finished (arguments as Engine.prepare). Bad input raises RequestError before
-        anything is queued."""
+        with is_finished (arguments as Engine.prepare; `context`: its segments and prefix). Bad
+        input raises RequestError before anything is queued."""
         self.check_health()
-        request = self.engine.prepare(request_id, text, params, context, prefix, frame_cap, priority)
+        request = self.engine.prepare(request_id, text, params, context.segments, context.prefix, frame_cap, priority)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._send(AddRequest(request, stream))
         finished = False

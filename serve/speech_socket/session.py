@@ -1,5 +1,7 @@
-"""One text-in WebSocket: reads the client's events, cuts its text into speakable pieces
-(serve/text_stream.py) and hands them to responses (response.py), one speaking at a time.
+"""One text-in WebSocket: reads the client's messages and hands each event to its dialect
+(csm.py, omni.py: two equal translators of their own events into this session's commands),
+which cuts the text into speakable pieces (serve/text_stream.py) for responses (response.py),
+one speaking at a time.
 
 The dialect is chosen by the client's first event (vLLM-Omni's names, or csm-serve's); a
 client that offered the `csm-serve` subprotocol, or sent nothing within HELLO_S, gets
@@ -18,52 +20,48 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, Protocol
 
-from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketState
 
-from contract.errors import first_error
-
-from ..schemas import ErrorBody
 from ..settings import ServerSettings
 from ..speech import SpeechService
-from ..text_stream import StreamSplitter
-from .events import (
-    CLIENT_EVENTS,
-    OMNI_TYPES,
-    ErrorEvent,
-    OmniError,
-    SessionConfig,
-    SessionCreated,
-    SessionFinished,
-    SessionUpdated,
-    TextCleared,
-    TextCommitted,
-)
+from .csm import CsmDialect, csm_error
+from .events import OMNI_TYPES, SessionConfig, SessionCreated
 from .omni import OmniDialect
-from .presenters import Outbox, RealtimePresenter
+from .presenters import Outbox
 from .response import Presenter, Response
 
 log = logging.getLogger(__name__)
 HELLO_S = 0.25  # a client that sends nothing first gets session.created after this
-Dialect = Literal["csm", "omni"]
+DialectName = Literal["csm", "omni"]
 
 
-class SpeechSocket(OmniDialect):
+class Dialect(Protocol):
+    """A dialect: its events read and translated into the session's commands, its errors shaped."""
+
+    async def event(self, raw: dict) -> None: ...
+    def error(self, message: str, param: str | None = None, code: str = "invalid_request",
+              event_id: str | None = None, fatal: bool = False) -> None: ...
+    def wait_s(self) -> float: ...
+    async def on_quiet(self) -> bool: ...
+
+
+class SpeechSocket:
     def __init__(self, ws: WebSocket, speech: SpeechService, settings: ServerSettings, socket_id: str,
-                 dialect: Dialect | None) -> None:
-        self.ws, self.speech, self.settings, self.id, self.dialect = ws, speech, settings, socket_id, dialect
+                 dialect: DialectName | None) -> None:
+        self.ws, self.speech, self.settings, self.id = ws, speech, settings, socket_id
         self.outbox = Outbox(self._send, settings.ws_max_send_buffer_bytes, self._overflowed)
-        self.config, self.omni = SessionConfig(), None
-        self.splitter = StreamSplitter(settings.segment_max_chars, settings.ws_clause_min_words)
+        self.config = SessionConfig()  # what the next response is spoken with (set by the dialect)
+        self.dialect: Dialect | None = None
         self.response: Response | None = None  # the response taking text now
         self._live: set[Response] = set()  # responses not yet ended (the newest taking text, older speaking)
         self._last: asyncio.Task | None = None
-        self._num_responses = self._utterance = self._num_chars = 0
-        self._omni_text = ""  # split_granularity none: the utterance so far
+        self._num_responses = self._num_chars = 0
         self._close: tuple[int, str] | None = None
         self._aborted = False
+        self._named = dialect
 
     # ---- the socket's life ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -75,7 +73,7 @@ class SpeechSocket(OmniDialect):
             if not self._aborted:
                 raise
         finally:
-            await self._cancel_live()
+            await self.cancel_responses()
             if not self._aborted:
                 await self._drain(sender)
             sender.cancel()
@@ -85,9 +83,7 @@ class SpeechSocket(OmniDialect):
                     await asyncio.wait_for(self.ws.close(code, reason), 2)
 
     async def _drain(self, sender: asyncio.Task) -> None:
-        for response in list(self._live):  # finishing: everything said is spoken first
-            with contextlib.suppress(BaseException):
-                await response.task
+        await self.drain_responses()  # finishing: everything said is spoken first
         self.outbox.close()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(sender, 30)
@@ -101,12 +97,20 @@ class SpeechSocket(OmniDialect):
         self._aborted, self._close = True, (1008, "send buffer full: the client is not reading")
         self._reader.cancel()
 
-    async def _read(self) -> None:
-        if self.dialect == "csm":
+    def _choose(self, name: DialectName) -> None:
+        if name == "csm":
+            self.dialect = CsmDialect(self)
             self.outbox.event(SessionCreated(session=self.config))
+        else:
+            self.dialect = OmniDialect(self)
+
+    async def _read(self) -> None:
+        if self._named is not None:
+            self._choose(self._named)
         while self._close is None:
+            wait_s = self.dialect.wait_s() if self.dialect is not None else HELLO_S
             try:
-                message = await asyncio.wait_for(self.ws.receive(), self._wait_s())
+                message = await asyncio.wait_for(self.ws.receive(), wait_s)
             except TimeoutError:
                 await self._timed_out()
                 continue
@@ -114,23 +118,14 @@ class SpeechSocket(OmniDialect):
                 return
             await self._message(message)
 
-    def _wait_s(self) -> float:
-        if self.dialect is None:
-            return HELLO_S
-        if self.dialect == "csm" and self.splitter.pending:
-            return self.settings.ws_flush_after_s
-        return self.settings.ws_idle_timeout_s
-
     async def _timed_out(self) -> None:
         if self.dialect is None:  # a client waiting for session.created
-            self.dialect = "csm"
-            self.outbox.event(SessionCreated(session=self.config))
-        elif self.dialect == "csm" and self.splitter.pending:  # a pause in the text: speak what came
-            for piece in self.splitter.flush():
-                await self._speak(piece)
+            self._choose("csm")
+        elif await self.dialect.on_quiet():  # a pause in the text: spoken
+            return
         elif not any(r.is_speaking for r in self._live):  # a response waiting for text holds a row: idle too
             self._error(f"idle: no event for {self.settings.ws_idle_timeout_s:g} s", code="idle_timeout")
-            self._close = (1000, "idle timeout")
+            self.close(1000, "idle timeout")
 
     async def _message(self, message: dict) -> None:
         text = message.get("text")
@@ -139,7 +134,7 @@ class SpeechSocket(OmniDialect):
             return
         if len(text.encode()) > self.settings.ws_max_message_bytes:
             self._error(f"message too large: at most {self.settings.ws_max_message_bytes} bytes", code="message_too_large")
-            self._close = (1009, "message too large")
+            self.close(1009, "message too large")
             return
         try:
             raw = json.loads(text)
@@ -150,23 +145,26 @@ class SpeechSocket(OmniDialect):
             self._error("WebSocket messages must be JSON objects with a string 'type'", code="invalid_message", fatal=True)
             return
         if self.dialect is None:
-            self.dialect = "omni" if raw["type"] in OMNI_TYPES else "csm"
-            if self.dialect == "csm":
-                self.outbox.event(SessionCreated(session=self.config))
-        await (self._omni_event(raw) if self.dialect == "omni" else self._csm_event(raw))
+            self._choose("omni" if raw["type"] in OMNI_TYPES else "csm")
+        await self.dialect.event(raw)
 
     def _error(self, message: str, param: str | None = None, code: str = "invalid_request",
                event_id: str | None = None, fatal: bool = False) -> None:
-        """An in-band error (vLLM-Omni: fatal before its session.config, as it is there)."""
-        if self.dialect == "omni":
-            self.outbox.event(OmniError(message=message))
-            if fatal and self.omni is None:
-                self._close = (1008, "session.config expected")
-            return
-        self.outbox.event(ErrorEvent(event_id=event_id, error=ErrorBody(
-            message=message, type="invalid_request_error", param=param, code=code)))
+        """An in-band error in the dialect's shape (csm-serve's before one is chosen)."""
+        if self.dialect is None:
+            csm_error(self.outbox, message, param, code, event_id)
+        else:
+            self.dialect.error(message, param, code, event_id, fatal)
 
-    def _count(self, text: str, event_id: str | None = None) -> bool:
+    # ---- the session's commands (what the dialects translate their events into) ----------------
+    def close(self, code: int, reason: str) -> None:
+        """End the socket once this event is handled (what was said is spoken first)."""
+        self._close = (code, reason)
+
+    def is_taking_text(self) -> bool:
+        return self.response is not None and self.response.is_open
+
+    def count(self, text: str, event_id: str | None = None) -> bool:
         """Whether `text` fits the current response's text bound (else an error)."""
         if self._num_chars + len(text) > self.settings.ws_max_text_chars:
             self._error(f"text over the bound: at most {self.settings.ws_max_text_chars} characters per response",
@@ -175,13 +173,12 @@ class SpeechSocket(OmniDialect):
         self._num_chars += len(text)
         return True
 
-    # ---- responses -----------------------------------------------------------------------------
-    async def _speak(self, piece: str, presenter: Presenter | None = None) -> None:
-        if self.response is None or not self.response.is_open:
+    async def speak(self, piece: str, presenter: Callable[[], Presenter]) -> None:
+        """Add a piece to the response taking text (a new one, framed by `presenter()`, if none)."""
+        if not self.is_taking_text():
             self._num_responses += 1
-            presenter = presenter or RealtimePresenter(self.outbox, self.settings.retry_after_s)
             self.response = Response(f"{self.id}_{self._num_responses}", self.config, self.speech,
-                                     self.speech.backend, presenter, self.settings.model_id, after=self._last)
+                                     self.speech.backend, presenter(), self.settings.model_id, after=self._last)
             self._live.add(self.response)
         response = self.response
         await response.submit(piece)
@@ -189,7 +186,7 @@ class SpeechSocket(OmniDialect):
             self._last = response.task
             response.task.add_done_callback(lambda _: self._live.discard(response))
 
-    async def _end_response(self) -> bool:
+    async def end_response(self) -> bool:
         """The taking response takes no more text; False if there was none."""
         response, self.response, self._num_chars = self.response, None, 0
         if response is None:
@@ -197,72 +194,22 @@ class SpeechSocket(OmniDialect):
         await response.finish()
         return True
 
-    async def _cancel_all(self) -> None:
-        self.splitter.clear()
-        self.response, self._num_chars, self._omni_text = None, 0, ""
-        await self._cancel_live()
+    async def clear_response(self) -> int:
+        """Drop the taking response's text not yet spoken; the characters dropped."""
+        return await self.response.clear() if self.response is not None else 0
 
-    async def _cancel_live(self) -> None:
-        """Every live response asked to stop first, then each awaited: one waiting behind the
-        speaking one must not start in between."""
+    async def cancel_responses(self) -> None:
+        """Stop every live response now (rows freed). Each is asked to stop first, then each
+        awaited: one waiting behind the speaking one must not start in between."""
+        self.response, self._num_chars = None, 0
         live = list(self._live)
         for response in live:
             response.request_cancel()
         for response in live:
             await response.cancel()
 
-    # ---- csm-serve's dialect -------------------------------------------------------------------
-    async def _csm_event(self, raw: dict) -> None:
-        event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
-        try:
-            event = CLIENT_EVENTS.validate_python(raw)
-        except ValidationError as e:
-            first = first_error(e, drop=1)
-            param, unknown = first.param, first.type == "union_tag_invalid"
-            message = f"Unknown event type: {raw['type']}" if unknown else f"{param}: {first.message}"
-            self._error(message, param, "unknown_event" if unknown else "invalid_value", event_id)
-            return
-        if event.type == "session.update":
-            self._update(event.changes(), event_id)
-        elif event.type == "input_text_buffer.append":
-            if self._count(event.text, event_id):
-                for piece in self.splitter.append(event.text):
-                    await self._speak(piece)
-        elif event.type in ("input_text_buffer.commit", "session.finish"):
-            for piece in self.splitter.flush():
-                await self._speak(piece)
-            await self._end_response()
-            if event.type == "session.finish":
-                await self._drain_responses()
-                self.outbox.event(SessionFinished())
-                self._close = (1000, "session finished")
-            else:
-                self.outbox.event(TextCommitted())
-        elif event.type == "input_text_buffer.clear":
-            dropped = len(self.splitter.clear()) + (await self.response.clear() if self.response else 0)
-            self.outbox.event(TextCleared(num_chars=dropped))
-        elif event.type == "response.cancel":
-            await self._cancel_all()
-
-    async def _drain_responses(self) -> None:
+    async def drain_responses(self) -> None:
+        """Wait until every live response has spoken."""
         for response in list(self._live):
             with contextlib.suppress(BaseException):
                 await response.task
-
-    def _update(self, changes: dict, event_id: str | None) -> None:
-        if (self.response is not None and self.response.is_open) or self.splitter.pending:
-            self._error("session.update cannot change a response in progress: commit it first", "session",
-                        "response_in_progress", event_id)
-            return
-        try:
-            config = SessionConfig.model_validate({**self.config.model_dump(exclude_none=True), **changes})
-        except ValidationError as e:
-            first = first_error(e)
-            param = ".".join(["session", *([first.param] if first.param else [])])
-            self._error(f"{param}: {first.message}", param, "invalid_value", event_id)
-            return
-        if config.conversation is not None:
-            self._error("conversations are not served yet", "session.conversation", "unsupported", event_id)
-            return
-        self.config = config
-        self.outbox.event(SessionUpdated(session=config))
