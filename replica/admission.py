@@ -73,7 +73,7 @@ class Admission:
         self.realtime = realtime
         self.max_batch_rows = num_rows if max_batch_rows is None else max_batch_rows
         self.wait_s, self.batch_wait_s, self.recheck_s = wait_s, batch_wait_s, recheck_s
-        self._is_behind = is_behind or (lambda: False)
+        self.is_behind = is_behind or (lambda: False)  # a listener hearing a gap now: admit nobody
         self._free = list(range(num_rows))
         self._held: dict[int, Ticket] = {}
         self._waiters: list[_Waiter] = []
@@ -146,7 +146,7 @@ class Admission:
         if interactive == 0:
             return True  # a lone stream is always served
         within = self.realtime.admits(interactive) if self.realtime is not None else interactive < self.num_rows
-        return within and not self._is_behind()
+        return within and not self.is_behind()
 
     def _take(self, priority: Priority) -> Ticket:
         row = heapq.heappop(self._free)

@@ -23,28 +23,21 @@ import numpy as np
 
 from contract.errors import ErrorInfo, ReplicaError, error_info
 from contract.job import SpeechJob
-from contract.stats import Instances, ReplicaStats, instance_kind
+from contract.stats import Instances, ReplicaStats
 from contract.text_feed import PieceDone, QueueFeed
-from models.codec.mimi_stream import StreamingMimiDecoder
 from models.core.config import EngineConfig
-from models.core.threads import ThreadPlan
 from models.engine import Engine, StepHook, build_engine
 from models.errors import Overloaded
-from models.frontend.decoder import MimiDecodeWorker
-from models.frontend.engine_loop import EngineLoop
-from models.params import FRAME_RATE_HZ, EngineStats, Priority
+from models.params import Priority
 from observability.metrics import MetricsSink
 from stores.conversations import ConversationError, ConversationStore
 from stores.voices import Voice, VoiceStore
 
-from .admission import Admission
 from .config import ReplicaConfig
-from .context_cache import ContextCache
-from .conversations import ConversationContexts
-from .pipeline import SpeechPipeline, chunk_frames
-from .realtime import RealtimePolicy, StepTimes, budget_s, profile_sizes
-from .recorder import EngineRecorder, held_card
-from .voices import SYNC_INTERVAL_S, VoiceContexts
+from .realtime import budget_s, profile_sizes
+from .recorder import held_card
+from .voices import SYNC_INTERVAL_S
+from .wiring import wire
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +49,18 @@ class Replica:
         """Serve a warmed-up engine: `max_waiting` streams may wait for one of its
         `max_num_seqs` rows (0 under Ray, where Serve's router queues; see admission.py),
         `metrics` (optional) gets the engine's and the cache's metrics, `conversations`
-        (optional) is the store conversation turns are spoken from and kept in."""
-        config = config or ReplicaConfig()
-        recorder = EngineRecorder(metrics, engine.loaded) if metrics is not None else None
-        self.threads = ThreadPlan.for_device(engine.loaded.device.type, engine=config.engine_threads,
-                                             decode=config.decode_threads)
+        (optional) is the store conversation turns are spoken from and kept in. The parts
+        are built in wiring.py."""
+        parts = wire(engine, store, config or ReplicaConfig(), metrics, max_waiting, conversations)
+        self._config, self.threads, self.step_times, self._loop = parts.config, parts.threads, parts.step_times, parts.loop
+        self.contexts, self.voices, self.conversations = parts.contexts, parts.voices, parts.conversations
+        self.pipeline, self._recorder, self._instances = parts.pipeline, parts.recorder, parts.instances
+        self._room_frames, self._rows = parts.room_frames, engine.config.max_num_seqs
         log.info("intra-op threads: engine %d, decode %d", self.threads.engine, self.threads.decode)
-        codec, rows = engine.loaded.model.codec_model, engine.config.max_num_seqs
-        self.step_times = StepTimes()
-        self.realtime = RealtimePolicy(self.step_times, rows, config.realtime_margin, config.realtime_admission)
-        engine.set_batch_rows(self.realtime.batch_rows)
-        self._recorder = recorder
-        self._loop = EngineLoop(engine, on_step=self._on_step, threads=self.threads.engine)
-        self._config = config
-        if config.realtime_admission:  # first estimates: the idle engine's period per batch size
+        if self._config.realtime_admission:  # first estimates: the idle engine's period per batch size
             self._seed_profile(self._loop.call(self._profile_idle).result())
         else:
             self.step_times.observe(1, engine.stats().last_step_s)  # warm-up's last step: what capacity reports
-        self.contexts = ContextCache(config.context_cache_bytes, recorder.on_cache if recorder else None)
-        if recorder is not None:
-            recorder.on_cache(self.contexts.stats())
-        self.voices = VoiceContexts(store, self.contexts, self._loop, codec)
-        self._engine_config, self._default_max_frames = engine.config, engine.default_max_frames
-        self.conversations = ConversationContexts(
-            conversations, self.contexts, self._loop, codec, engine.loaded.tokenizer, engine.config.max_seq_len,
-            self._room_frames, config.conversation_refill) if conversations is not None else None
-        batch_rows = config.max_batch_rows if config.max_batch_rows is not None else max(1, rows // 2)
-        admission = Admission(rows, max_waiting, self.realtime, batch_rows, config.admission_wait_s,
-                              config.batch_wait_s,
-                              is_behind=lambda: self.pipeline.is_behind() if config.realtime_admission else False)
-        self.pipeline = SpeechPipeline(self._loop, admission,
-                                       MimiDecodeWorker(StreamingMimiDecoder(codec, rows), self.threads.decode),
-                                       chunk_frames(config.chunk_s), recorder.on_stage if recorder else None,
-                                       lead=config.realtime_margin)
-        self._instances = Instances(kind=instance_kind(engine.loaded.device.type), count=1, max_num_seqs=rows,
-                                    max_positions=engine.config.max_seq_len)
         self._background: list[asyncio.Task] = []
         self._streams: tuple[str, ...] = ()  # request ids inside synthesize; replaced, never mutated (stats())
 
@@ -103,17 +73,6 @@ class Replica:
         engine = build_engine(engine_config, before_step)
         engine.warm_up()
         return cls(engine, store, config, metrics, max_waiting, conversations)
-
-    def _on_step(self, stats: EngineStats) -> None:
-        """After every engine step, on its thread: learn the step period and what a joining
-        text costs, record metrics."""
-        if stats.period_batch:
-            self.step_times.observe(stats.period_batch, stats.period_s)
-        if stats.last_num_prefills:
-            decode_s = (self.step_times.model.predict(stats.last_num_decodes) or 0.0) if stats.last_num_decodes else 0.0
-            self.pipeline.joins.observe(stats.last_num_prefills, stats.last_step_s, decode_s)
-        if self._recorder is not None:
-            self._recorder.on_step(stats)
 
     def start_background(self) -> None:
         """On the running loop, for the replica's life: follow the stores (forget voices deleted
@@ -214,16 +173,6 @@ class Replica:
             self._streams = tuple(r for r in self._streams if r != job.request_id)
             self._record_admission()
 
-    def _room_frames(self, job: SpeechJob) -> int:
-        """Positions a conversation turn's reply may take past its context (conversations.py):
-        its text pieces and frames at a slow speaking rate (each piece follows the one before
-        it, so two pieces' worth), at most the stream's audio cap."""
-        config = self._engine_config
-        frames = self._default_max_frames(" ".join(job.texts)) + config.frames_margin + 8
-        if job.max_audio_s is not None:
-            frames = min(frames, math.ceil(job.max_audio_s * FRAME_RATE_HZ) + 8)
-        return min(frames, 2 * config.max_frames_cap)
-
     def _record_admission(self) -> None:
         if self._recorder is not None:
             admission = self.pipeline.admission
@@ -272,7 +221,7 @@ class Replica:
             num_threads=threading.active_count(), card=held_card(), num_batch_streams=admission.num_held("batch"),
             realtime_capacity=admission.capacity(), headroom=admission.headroom(),
             num_waiting_batch_streams=admission.num_waiting_for("batch"),
-            realtime=self.step_times.inputs(self._engine_config.max_num_seqs), niceness=self._niceness(),
+            realtime=self.step_times.inputs(self._rows), niceness=self._niceness(),
             num_deferred_joins=self.pipeline.joins.num_deferred, num_refused_streams=admission.num_refused)
 
     def _niceness(self) -> int:
