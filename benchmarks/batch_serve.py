@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.realtime_serve import URL, run_load, start_server, stop_server
+from benchmarks.realtime_serve import URL, emit, run_load, start_server, stop_server
 
 TEXT = "Chapter {i}. The rain had stopped by the time the train pulled into the station, and the platform was empty."
 
@@ -107,11 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["batch"]["items_differing"] = [i for i, d in enumerate(diffs) if not 0 <= d <= 2]
     finally:
         stop_server(proc)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -173,10 +173,15 @@ def main(argv: list[str] | None = None) -> dict:
     if alone:
         best = max(level["served_at_once"] for level in report["levels"])
         report["served_over_engine_alone"] = {str(a["threads"]): round(best / max(1, a["capacity"]), 2) for a in alone}
+    return emit(report, args.out)
+
+
+def emit(report: dict, out: Path | None) -> dict:
+    """Print the report, and write it to `out` if given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
     return report
 
 

@@ -6,14 +6,13 @@ now, rows freed), session.finish (speak what was said, then close)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import ValidationError
 
 from contract.errors import first_error
 
 from ..schemas import ErrorBody
 from ..text_stream import StreamSplitter
+from .commands import Session
 from .events import (
     CLIENT_EVENTS,
     ErrorEvent,
@@ -25,9 +24,6 @@ from .events import (
 )
 from .presenters import Outbox, RealtimePresenter
 
-if TYPE_CHECKING:
-    from .session import SpeechSocket
-
 
 def csm_error(outbox: Outbox, message: str, param: str | None = None, code: str = "invalid_request",
               event_id: str | None = None) -> None:
@@ -36,7 +32,7 @@ def csm_error(outbox: Outbox, message: str, param: str | None = None, code: str 
 
 
 class CsmDialect:
-    def __init__(self, socket: SpeechSocket) -> None:
+    def __init__(self, socket: Session) -> None:
         self.socket, self.settings = socket, socket.settings
         self.splitter = StreamSplitter(self.settings.segment_max_chars, self.settings.ws_clause_min_words)
 

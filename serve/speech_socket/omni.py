@@ -5,25 +5,21 @@ config is fatal, as there."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import ValidationError
 
 from contract.errors import first_error
 
 from ..text import normalize_whitespace, split_text
 from ..text_stream import StreamSplitter
+from .commands import Session
 from .events import OMNI_EVENTS, OmniConfig, OmniError, OmniSessionDone
 from .presenters import OmniPresenter
-
-if TYPE_CHECKING:
-    from .session import SpeechSocket
 
 _CLAUSE_MIN_WORDS = {"clause": 1, "sentence": 10**6}  # split_granularity -> StreamSplitter's clause_min_words
 
 
 class OmniDialect:
-    def __init__(self, socket: SpeechSocket) -> None:
+    def __init__(self, socket: Session) -> None:
         self.socket, self.settings = socket, socket.settings
         self.config: OmniConfig | None = None  # nothing is accepted before it
         self.splitter = StreamSplitter(self.settings.segment_max_chars, 10**6)

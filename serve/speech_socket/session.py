@@ -21,12 +21,13 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from ..settings import ServerSettings
 from ..speech import SpeechService
+from .commands import Dialect
 from .csm import CsmDialect, csm_error
 from .events import OMNI_TYPES, SessionConfig, SessionCreated
 from .omni import OmniDialect
@@ -38,17 +39,9 @@ HELLO_S = 0.25  # a client that sends nothing first gets session.created after t
 DialectName = Literal["csm", "omni"]
 
 
-class Dialect(Protocol):
-    """A dialect: its events read and translated into the session's commands, its errors shaped."""
-
-    async def event(self, raw: dict) -> None: ...
-    def error(self, message: str, param: str | None = None, code: str = "invalid_request",
-              event_id: str | None = None, fatal: bool = False) -> None: ...
-    def wait_s(self) -> float: ...
-    async def on_quiet(self) -> bool: ...
-
-
 class SpeechSocket:
+    """The socket's life (read, time out, close, drain) and the session's commands (commands.Session)."""
+
     def __init__(self, ws: WebSocket, speech: SpeechService, settings: ServerSettings, socket_id: str,
                  dialect: DialectName | None) -> None:
         self.ws, self.speech, self.settings, self.id = ws, speech, settings, socket_id
