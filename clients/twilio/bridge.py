@@ -46,6 +46,7 @@ class Call:
         self.csm: ClientConnection | None = None
         self.stream_sid = ""
         self.replies = 0
+        self.interrupted = False  # after a barge-in, the reply's audio still on its way is dropped
 
     async def run(self) -> None:
         speaking: asyncio.Task | None = None
@@ -92,7 +93,8 @@ class Call:
         assert self.csm is not None
         async for message in self.csm:
             if isinstance(message, bytes):
-                await self.twilio.send(MediaOut.of(self.stream_sid, message).model_dump_json())
+                if not self.interrupted:  # after Twilio's clear, it would be played
+                    await self.twilio.send(MediaOut.of(self.stream_sid, message).model_dump_json())
                 continue
             event = json.loads(message)
             if event["type"] == "response.done":
@@ -104,7 +106,9 @@ class Call:
                 log.warning("csm-serve: %s", event["error"]["message"])
 
     async def interrupt(self) -> None:
-        """Barge-in: stop the reply on the server and drop what Twilio has buffered."""
+        """Barge-in: stop the reply on the server and drop what Twilio has buffered (and what
+        the server had sent before it read the cancel)."""
+        self.interrupted = True
         if self.csm is not None:
             await self.csm.send(ResponseCancel(type="response.cancel").model_dump_json())
         await self.twilio.send(Clear(stream_sid=self.stream_sid).model_dump_json())
