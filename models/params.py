@@ -11,7 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 # ---- the audio the model makes ------------------------------------------------------------
 NUM_CODEBOOKS = 32  # Mimi codebooks per frame
@@ -33,12 +34,22 @@ def is_eos_frame(frame: list[int] | tuple[int, ...]) -> bool:
 
 # ---- per-request limits (each written here only) -------------------------------------------
 SEED_LIMIT = 2**63
-Speaker = Annotated[int, Field(ge=0, le=999, description="CSM speaker id")]
-Temperature = Annotated[float, Field(ge=0.0, le=5.0, description="0 is greedy")]
-TopK = Annotated[int, Field(ge=1, le=AUDIO_VOCAB_SIZE, description="sample among the k likeliest codes")]
-Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="same seed, same audio, busy or idle")]
-MaxFrames = Annotated[int, Field(ge=1, description="cap on frames (80 ms each); None: derived from the text")]
-MaxAudioSeconds = Annotated[float, Field(gt=0, le=600, description="cap on the audio length, in seconds")]
+
+
+def _not_bool(value: object) -> object:
+    """JSON's true/false is not a number (pydantic's lax mode would read it as 1 / 0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
+    return value
+
+
+NotBool = BeforeValidator(_not_bool)  # last in an Annotated: it runs before the type and its bounds
+Speaker = Annotated[int, Field(ge=0, le=999, description="CSM speaker id"), NotBool]
+Temperature = Annotated[float, Field(ge=0.0, le=5.0, description="0 is greedy"), NotBool]
+TopK = Annotated[int, Field(ge=1, le=AUDIO_VOCAB_SIZE, description="sample among the k likeliest codes"), NotBool]
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="same seed, same audio, busy or idle"), NotBool]
+MaxFrames = Annotated[int, Field(ge=1, description="cap on frames (80 ms each); None: derived from the text"), NotBool]
+MaxAudioSeconds = Annotated[float, Field(gt=0, le=600, description="cap on the audio length, in seconds"), NotBool]
 Priority = Literal["interactive", "batch"]  # batch: no real-time need; paused between frames for interactive rows
 DEFAULT_TEMPERATURE = 0.9
 DEFAULT_TOP_K = 50

@@ -6,6 +6,8 @@ is one field here, one field of SpeechJob and where it is used."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from models.params import (
@@ -13,6 +15,7 @@ from models.params import (
     DEFAULT_TOP_K,
     GenerationParams,
     MaxAudioSeconds,
+    NotBool,
     Priority,
     Seed,
     Speaker,
@@ -71,7 +74,7 @@ class AudioOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     response_format: ResponseFormat = "mp3"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    speed: Annotated[float, NotBool] = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     sample_rate: SampleRate | None = Field(None, description=(
         "samples per second of the audio sent (an extension of OpenAI's body); default: the format's own "
         "(24000; opus 48000; mulaw and alaw, G.711 phone audio, 8000)"))
@@ -90,8 +93,14 @@ class AudioOutput(BaseModel):
 
 def partial(name: str, *models: type[BaseModel], exclude: tuple[str, ...] = (), doc: str = "") -> type[BaseModel]:
     """The fields of `models`, each optional and unset unless given (a change to, or an
-    override of, a full record: `model_dump(exclude_unset=True)` is what was named), typed as
-    they are; unknown fields refused. Bounds are checked on the full record it makes."""
-    fields = {key: (field.annotation | None, Field(None, description=field.description))
+    override of, a full record: `model_dump(exclude_unset=True)` is what was named), typed and
+    bounded as they are (each field's own checks); unknown fields refused. Checks across fields
+    run on the full record it makes."""
+    fields = {key: (_checked(field.annotation, field.metadata) | None, Field(None, description=field.description))
               for model in models for key, field in model.model_fields.items() if key not in exclude}
     return create_model(name, __config__=ConfigDict(extra="forbid", protected_namespaces=()), __doc__=doc, **fields)
+
+
+def _checked(annotation: object, metadata: list) -> object:
+    """A field's type with its own checks (bounds, validators) kept."""
+    return Annotated[(annotation, *metadata)] if metadata else annotation

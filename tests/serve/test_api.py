@@ -103,6 +103,9 @@ BAD = [
     ({"model": "tts-1", "voice": "alloy", "input": "x", "response_format": "ogg"}, 400, "response_format"),
     ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": 5}, 400, "speed"),
     ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": "fast"}, 400, "speed"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": True}, 400, "speed"),  # true is not 1
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "temperature": True}, 400, "temperature"),
+    ({"model": "tts-1", "voice": "alloy", "input": "x", "seed": False}, 400, "seed"),
     ({"model": "tts-1", "voice": "alloy", "input": "x", "bogus": 1}, 400, "bogus"),
     ({"model": "tts-1", "voice": "alloy", "input": "x", "sample_rate": 12345}, 400, "sample_rate"),
     ({"model": "tts-1", "voice": "alloy", "input": "x", "sample_rate": "fast"}, 400, "sample_rate"),
