@@ -39,10 +39,15 @@ def _serve_pids() -> dict[str, int]:
     return pids
 
 
+ROWS = 4  # the test app's max_num_seqs
+
+
 def _overload_burst(http: httpx.Client, url: str, n: int, probes: int) -> tuple[list, list]:
     """n simultaneous 8 s requests, then `probes` sequential requests while the engine is
     still full (8 s of audio keeps it full for seconds even where it runs 3x faster than real
-    time). Returns ([(status, seconds, response)] for the burst, same for the probes)."""
+    time). A burst may get fewer than the engine's rows in (Serve's router promises it only the
+    queue's places): before probing, more 8 s requests are sent one at a time until every row
+    is taken. Returns ([(status, seconds, response)] for the burst and those, same for the probes)."""
     def one(i):
         t0 = time.perf_counter()
         text = f"Load number {i}, a sentence long enough for eight seconds."  # its default frame cap is over 100
@@ -50,15 +55,20 @@ def _overload_burst(http: httpx.Client, url: str, n: int, probes: int) -> tuple[
                                  "seed": i, "max_audio_seconds": 8.0})
         return r.status_code, time.perf_counter() - t0, r
 
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        burst = pool.map(one, range(n))
+    with ThreadPoolExecutor(max_workers=n + ROWS) as pool:
+        sent = [pool.submit(one, i) for i in range(n)]
         time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while probes and replica_stats().engine.num_running < ROWS and time.monotonic() < deadline:
+            sent.append(pool.submit(one, len(sent)))
+            time.sleep(0.3)
+        assert not probes or replica_stats().engine.num_running == ROWS, "the engine never filled"
         probed = []
         for i in range(probes):
             t0 = time.perf_counter()
             r = http.post(url, json={"model": "tts-1", "voice": "alloy", "input": f"Probe {i}.", "response_format": "pcm"})
             probed.append((r.status_code, time.perf_counter() - t0, r))
-        outcomes = list(burst)
+        outcomes = [f.result() for f in sent]
     return outcomes, probed
 
 
@@ -75,7 +85,7 @@ def test_overload_gets_429_quickly_and_admitted_requests_finish(app_url):
         outcomes, probes = _overload_burst(http, url, 24, 10)
     refused = [o for o in outcomes if o[0] == 429]
     served = [o for o in outcomes if o[0] == 200]
-    assert len(refused) + len(served) == 24, [(o[0], o[2].text[:200]) for o in outcomes]  # nothing failed or lost
+    assert len(refused) + len(served) == len(outcomes) >= 24, [(o[0], o[2].text[:200]) for o in outcomes]  # none lost
     # Serve's router counts a request as queued until it is assigned, even one a free slot will
     # take (its own comment in router.wrap_request_assignment: "we may reject more requests than
     # strictly necessary"): a simultaneous burst is promised the queue's 2 places, not the 4 slots.
