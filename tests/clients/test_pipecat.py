@@ -35,7 +35,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from clients.pipecat import CsmTTSService
-from tests.local_server import local_server
+from replica.config import ReplicaConfig
+from tests.served import served_by
 
 CAP = 25  # frames of 80 ms per text piece: the tiny model never ends a piece by itself
 ENGINE = {"model": "csm-tiny", "device": "cpu", "max_num_seqs": 4, "max_frames_cap": CAP}
@@ -46,22 +47,10 @@ TEXT = "Here is the first sentence of the reply. And this is the second one"
 
 @pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.slow)])
 def served(request, tmp_path_factory):
-    """(base url, streams held now: a callable), in-process and behind Ray Serve."""
-    voices = str(tmp_path_factory.mktemp("voices"))
-    if request.param == "local":
-        from models import EngineConfig
-
-        with local_server(voices, EngineConfig(**ENGINE), max_queued_requests=4, **SETTINGS) as (url, replica):
-            yield url, lambda: replica.stats().num_streams
-    else:
-        from ray import serve
-
-        from tests.ray_serve import deployed
-
-        args = {"engine": ENGINE, "server": {"voices_dir": voices, **SETTINGS}, "cpus_per_engine": 1}
-        with deployed(request.getfixturevalue("ray_serve"), args) as url:
-            handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
-            yield url, lambda: handle.stats.remote().result(timeout_s=30).num_streams
+    """(base url, streams held now: a callable), in-process and behind Ray Serve, with the
+    shipped replica settings (real-time admission on, as serve_config.yaml has it)."""
+    with served_by(request, str(tmp_path_factory.mktemp("voices")), ENGINE, SETTINGS, ReplicaConfig()) as served:
+        yield served
 
 
 @pytest.fixture

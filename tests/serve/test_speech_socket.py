@@ -19,6 +19,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import assert_no_leak
 from tests.local_server import local_server
+from tests.served import served_by
 
 MAX_FRAMES = 6  # per piece: the tiny model never ends a text by itself
 ENGINE = {"model": "csm-tiny", "device": "cpu", "max_num_seqs": 4, "max_frames_cap": MAX_FRAMES}
@@ -30,21 +31,8 @@ KEYED = {**SETTINGS, "api_keys": ["sk-socket"]}
 @pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.slow)])
 def served(request, tmp_path_factory):
     """(base url, streams held now: a callable) in-process and behind Ray Serve."""
-    voices = str(tmp_path_factory.mktemp("voices"))
-    if request.param == "local":
-        from models import EngineConfig
-
-        with local_server(voices, EngineConfig(**ENGINE), max_queued_requests=4, **KEYED) as (url, replica):
-            yield url, lambda: replica.stats().num_streams
-    else:
-        from ray import serve
-
-        from tests.ray_serve import deployed
-
-        args = {"engine": ENGINE, "server": {"voices_dir": voices, **KEYED}, "cpus_per_engine": 1}
-        with deployed(request.getfixturevalue("ray_serve"), args) as url:
-            handle = serve.get_deployment_handle("SpeechReplica", app_name="csm")
-            yield url, lambda: handle.stats.remote().result(timeout_s=30).num_streams
+    with served_by(request, str(tmp_path_factory.mktemp("voices")), ENGINE, KEYED) as served:
+        yield served
 
 
 def _open(url: str, key: str | None = "sk-socket", subprotocols=("csm-serve",), **kw):
@@ -352,7 +340,7 @@ def test_a_vllm_omni_client_works_unchanged(served):
         config = {"type": "session.config", "voice": "alloy", "response_format": "pcm", "stream_audio": True,
                   "split_granularity": "sentence", "seed": 1, "task_type": "CustomVoice", "language": "Auto"}
         ws.send(json.dumps(config))
-        for word in "First sentence here. Second one".split(" "):
+        for word in ["First", "sentence", "here.", "Second", "one"]:
             ws.send(json.dumps({"type": "input.text", "text": word + " "}))
         ws.send(json.dumps({"type": "input.done"}))
         events, frames = _omni(ws)
